@@ -1,0 +1,195 @@
+"""The CLI's commands: each takes parsed arguments and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from imagesearch.cli.progress import DownloadBar, IndexProgressBar
+from imagesearch.domain import IndexReport, LibraryStatus, Query, SearchHit
+from imagesearch.errors import ImageSearchError, QueryError
+
+if TYPE_CHECKING:
+    from imagesearch.services.context import AppContext
+
+ContextFactory = Callable[[argparse.Namespace], "AppContext"]
+
+
+def run(args: argparse.Namespace, make_context: ContextFactory,
+        cancel: threading.Event) -> int:
+    ctx = make_context(args)
+    try:
+        handler = _HANDLERS[args.command]
+        return handler(args, ctx, cancel)
+    finally:
+        ctx.close()
+
+
+def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
+    folder_ids = None
+    if args.paths:
+        folder_ids = [ctx.library.add_folder(p).id for p in args.paths]
+    elif not ctx.library.folders():
+        raise ImageSearchError("The library has no folders yet: imagesearch index FOLDER")
+    if args.download and not ctx.models.weights_present():
+        download_bar = DownloadBar(f"Downloading {ctx.models.model_id}")
+        try:
+            ctx.models.download(progress=download_bar)
+        finally:
+            download_bar.close()
+    with IndexProgressBar(not args.no_progress) as bar:
+        report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)
+    print(_describe(report))
+    for warning in ctx.indexing.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 130 if report.cancelled else 0
+
+
+def _describe(r: IndexReport) -> str:
+    parts = [f"{r.added} added", f"{r.updated} updated", f"{r.moved} moved",
+             f"{r.removed} removed", f"{r.failed} failed", f"{r.unchanged} unchanged"]
+    text = ", ".join(parts) + f" in {r.seconds:.1f} s"
+    if r.offline_folders:
+        text += "\noffline (kept as they were): " + ", ".join(map(str, r.offline_folders))
+    if r.cancelled:
+        text += "\ncancelled: run again to continue where it stopped"
+    if r.failed:
+        text += "\nsee `imagesearch status` for the reasons, `imagesearch retry` to try again"
+    return text
+
+
+def _search(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event) -> int:
+    text = " ".join(args.text)
+    if not text.strip() and args.image is None:
+        raise QueryError("Give a description, --image FILE, or both.")
+    if args.image is not None and not args.image.is_file():
+        raise QueryError(f"{args.image} is not a file.")
+    weight = args.image_weight if args.image_weight is not None else ctx.settings.image_weight
+    if not 0.0 <= weight <= 1.0:
+        raise QueryError("--image-weight must be between 0 and 1.")
+    query = Query(text=text, image=args.image.resolve() if args.image else None,
+                  image_weight=weight, top_k=args.top_k or ctx.settings.top_k,
+                  folder=args.folder.resolve() if args.folder else None)
+    hits = ctx.search.search(query)
+    if args.json:
+        json.dump([_hit_json(h) for h in hits], sys.stdout, ensure_ascii=False, indent=1)
+        sys.stdout.write("\n")
+    elif not hits:
+        print("no results (is the library indexed? see `imagesearch status`)", file=sys.stderr)
+    else:
+        for h in hits:
+            print(f"{h.score:6.3f}  {h.path}")
+    return 0
+
+
+def _hit_json(h: SearchHit) -> dict[str, Any]:
+    return {"path": str(h.path), "score": round(h.score, 6), "id": h.photo_id,
+            "width": h.width, "height": h.height, "size": h.size,
+            "captured_at": h.captured_at.isoformat() if h.captured_at else None,
+            "box": None if h.box is None else [h.box.x, h.box.y, h.box.w, h.box.h]}
+
+
+def _status(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event) -> int:
+    st = ctx.library.status(failures=args.failures)
+    if args.json:
+        json.dump(_status_json(st, ctx.models.weights_present()), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    print(f"library:  {st.library_dir}")
+    weights = "installed" if ctx.models.weights_present() else \
+        "weights not installed (imagesearch models download)"
+    print(f"model:    {st.model_id} ({weights})")
+    print(f"photos:   {st.photo_count} ({st.indexed_count} indexed, {st.pending_count} pending, "
+          f"{st.failed_count} failed)")
+    if st.last_indexed:
+        print(f"indexed:  last change {st.last_indexed:%Y-%m-%d %H:%M} UTC")
+    if not st.folders:
+        print("folders:  none yet; add one with `imagesearch index FOLDER`")
+    for f in st.folders:
+        state = "" if f.online else "  [offline]"
+        print(f"  {f.path}: {f.indexed_count}/{f.photo_count} indexed, {f.failed_count} failed"
+              f"{'' if f.watched else ', not watched'}{state}")
+    if st.failures:
+        print(f"failures (first {len(st.failures)} of {st.failed_count}):")
+        for rec in st.failures:
+            print(f"  {rec.path}: {rec.error}")
+    return 0
+
+
+def _status_json(st: LibraryStatus, weights: bool) -> dict[str, Any]:
+    return {
+        "library": str(st.library_dir), "model": st.model_id, "weights_installed": weights,
+        "photos": st.photo_count, "indexed": st.indexed_count, "pending": st.pending_count,
+        "failed": st.failed_count,
+        "folders": [{"path": str(f.path), "photos": f.photo_count, "indexed": f.indexed_count,
+                     "failed": f.failed_count, "online": f.online, "watched": f.watched}
+                    for f in st.folders],
+        "failures": [{"path": str(r.path), "reason": r.error} for r in st.failures],
+    }
+
+
+def _retry(_args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
+    with IndexProgressBar() as bar:
+        report = ctx.indexing.retry_failed(progress=bar, cancel=cancel)
+    print(_describe(report))
+    return 0
+
+
+def _remove(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event) -> int:
+    for path in args.paths:
+        n = ctx.library.remove_folder(path)
+        print(f"removed {path} ({n} photos forgotten; files untouched)")
+    return 0
+
+
+def _watch(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
+    from imagesearch.services.watching import FolderWatcher
+
+    if not ctx.library.folders():
+        raise ImageSearchError("The library has no folders yet: imagesearch index FOLDER")
+    with IndexProgressBar(not args.no_progress) as bar:
+        report = ctx.indexing.run(progress=bar, cancel=cancel)
+    print(_describe(report))
+    watcher = FolderWatcher(ctx.indexing, ctx.library,
+                            on_report=lambda r: print(_describe(r), flush=True))
+    watcher.start()
+    print("watching " + ", ".join(str(p) for p in watcher.watched_paths()) +
+          " (Ctrl+C to stop)", flush=True)
+    try:
+        while not cancel.wait(0.5):
+            pass
+    finally:
+        watcher.stop()
+    return 0
+
+
+def _models(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event) -> int:
+    if args.models_command == "list":
+        for m in ctx.models.models():
+            mark = "*" if m.id == ctx.models.model_id else " "
+            state = "installed" if m.installed else "not installed"
+            print(f"{mark} {m.id:44s} {state:14s} {m.description}")
+        print("\n* = active model (change with --model or the GUI settings)")
+        return 0
+    if args.models_command == "download":
+        model_id = args.model_id or ctx.models.model_id
+        bar = DownloadBar(f"Downloading {model_id}")
+        try:
+            path = ctx.models.download(model_id, progress=bar)
+        finally:
+            bar.close()
+        print(f"installed {model_id} at {path}")
+        return 0
+    info = ctx.models.install(args.file, args.install_model, args.config, args.sha256)
+    print(f"installed {info.id} at {info.path}")
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace, AppContext, threading.Event], int]] = {
+    "index": _index, "search": _search, "status": _status, "retry": _retry,
+    "remove": _remove, "watch": _watch, "models": _models,
+}

@@ -1,0 +1,123 @@
+"""`imagesearch`: index folders, search them, manage models, from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from imagesearch import __version__
+from imagesearch.errors import ImageSearchError
+
+if TYPE_CHECKING:
+    from imagesearch.services.context import AppContext
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagesearch",
+        description="Find photos in your own folders by an image or a description.")
+    parser.add_argument("--version", action="version", version=f"imagesearch {__version__}")
+    parser.add_argument("--library", type=Path, metavar="DIR",
+                        help="library folder (catalog, index, settings); "
+                             "default $IMAGESEARCH_HOME or the user data folder")
+    parser.add_argument("--model", metavar="ARCH/TAG", help="model to use (see `models list`)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
+                        help="where the model runs (default: auto)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", help="add folders to the library and index them")
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                   help="folders to add (none: re-index every library folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--download", action="store_true",
+                   help="download the model's weights if they are missing")
+
+    p = sub.add_parser("search", help="search by description, by image, or both")
+    p.add_argument("text", nargs="*", help='description; "-word" pushes results away from it')
+    p.add_argument("--image", type=Path, metavar="FILE", help="find photos like this one")
+    p.add_argument("--image-weight", type=float, default=None, metavar="W",
+                   help="mix of image vs text when both are given (0..1, default 0.5)")
+    p.add_argument("-k", "--top-k", type=int, default=None, metavar="N",
+                   help="number of results (default from settings, 60)")
+    p.add_argument("--folder", type=Path, help="only photos under this folder")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON array of hits (path, score, ...)")
+
+    p = sub.add_parser("status", help="library totals, folders and failures")
+    p.add_argument("--failures", type=int, default=20, metavar="N",
+                   help="list up to N failed photos with their reasons (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("retry", help="re-attempt every photo that failed to index")
+
+    p = sub.add_parser("remove", help="remove folders from the library (files stay)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+
+    p = sub.add_parser("watch", help="index the library, then follow changes until Ctrl+C")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("models", help="list, download or install model weights")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    msub.add_parser("list", help="known and installed models")
+    d = msub.add_parser("download", help="download a model's published weights")
+    d.add_argument("model_id", nargs="?", metavar="ARCH/TAG")
+    i = msub.add_parser("install", help="install a checkpoint file (offline)")
+    i.add_argument("file", type=Path, help="open_clip checkpoint (.safetensors, .bin, .pt)")
+    i.add_argument("--model", dest="install_model", metavar="ARCH/TAG",
+                   help="the model id it belongs to (default: the configured model)")
+    i.add_argument("--config", type=Path, metavar="JSON",
+                   help="architecture JSON for a model open_clip does not ship")
+    i.add_argument("--sha256", help="expected checksum of the file")
+    return parser
+
+
+def _context(args: argparse.Namespace) -> AppContext:
+    from imagesearch.config import Settings
+    from imagesearch.services.context import build_context
+
+    settings = Settings.load(args.library, model_id=args.model, device=args.device)
+    return build_context(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    cancel = threading.Event()
+
+    def on_interrupt(_sig: int, _frame: FrameType | None) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\nstopping after the current batch (Ctrl+C again to quit now)...",
+              file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        from imagesearch.cli import commands
+
+        return commands.run(args, _context, cancel)
+    except ImageSearchError as exc:
+        print(f"imagesearch: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

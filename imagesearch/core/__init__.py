@@ -1,0 +1,1 @@
+"""Pure computation: imaging, embedding, the vector index. No Qt, no database."""

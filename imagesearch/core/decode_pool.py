@@ -1,0 +1,111 @@
+"""Decoding photos in worker processes, a bounded distance ahead of the encoder.
+
+Processes rather than threads: decoding then never contends with the model for the
+GIL, and the worker's imports stay light (Pillow and NumPy, no torch).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from imagesearch.core.imaging import DecodedImage, PreprocessSpec, decode_for_model
+
+_CHUNK = 4  # files per task: amortises the inter-process round trip
+
+
+def default_workers() -> int:
+    """One fewer than the cores (the model takes the rest), at least one, at most four."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _decode_chunk(paths: list[Path], spec: PreprocessSpec) -> list[DecodedImage]:
+    return [decode_for_model(p, spec) for p in paths]
+
+
+class DecodePool:
+    """A pool of decode processes. ``workers=0`` decodes in the calling thread."""
+
+    def __init__(self, spec: PreprocessSpec, workers: int | None = None,
+                 lookahead: int = 64) -> None:
+        self.spec = spec
+        self.workers = default_workers() if workers is None else workers
+        self.lookahead = max(lookahead, _CHUNK)
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            # spawn: forking a process that holds torch's threads is unsafe.
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._executor
+
+    def decode(self, paths: Iterable[Path]) -> Iterator[DecodedImage]:
+        """Decoded images in the order of ``paths``; at most ``lookahead`` in flight."""
+        if self.workers <= 0:
+            for p in paths:
+                yield decode_for_model(p, self.spec)
+            return
+        pending: deque[tuple[Future[list[DecodedImage]], list[Path]]] = deque()
+        chunk: list[Path] = []
+        max_tasks = max(1, self.lookahead // _CHUNK)
+        try:
+            for p in paths:
+                chunk.append(p)
+                if len(chunk) == _CHUNK:
+                    pending.append((self._submit(chunk), chunk))
+                    chunk = []
+                    while len(pending) >= max_tasks:
+                        yield from self._result(*pending.popleft())
+            if chunk:
+                pending.append((self._submit(chunk), chunk))
+            while pending:
+                yield from self._result(*pending.popleft())
+        finally:
+            for f, _ in pending:
+                f.cancel()
+
+    def _submit(self, chunk: list[Path]) -> Future[list[DecodedImage]]:
+        try:
+            return self._pool().submit(_decode_chunk, chunk, self.spec)
+        except BrokenProcessPool:
+            self._restart()
+            return self._pool().submit(_decode_chunk, chunk, self.spec)
+
+    def _result(self, future: Future[list[DecodedImage]], chunk: list[Path]
+                ) -> list[DecodedImage]:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            # A worker died (a decoder crashed or was killed): find the culprit file by
+            # file, so the rest of the chunk still gets indexed.
+            self._restart()
+            out = []
+            for p in chunk:
+                try:
+                    out.append(self._pool().submit(_decode_chunk, [p], self.spec).result()[0])
+                except BrokenProcessPool:
+                    self._restart()
+                    out.append(DecodedImage(p, error="the image decoder crashed on this file"))
+            return out
+
+    def _restart(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None

@@ -1,0 +1,287 @@
+"""open_clip image and text encoders behind one small interface.
+
+torch and open_clip are imported when a model is loaded, never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from imagesearch.core.imaging import PreprocessSpec, normalize
+from imagesearch.core.model_registry import parse_model_id
+from imagesearch.core.weights import DownloadProgress, InstalledWeights, WeightStore
+from imagesearch.errors import ModelLoadError, ModelUnavailable
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+# bf16 is used on the CPU only if it stays this faithful to fp32 on a probe batch...
+_MIN_COSINE = 0.999
+# ...and is at least this much faster.
+_MIN_SPEEDUP = 1.2
+
+
+class Encoder(Protocol):
+    """Turns model-ready pixels or text into L2-normalised float32 vectors."""
+
+    model_id: str
+    dim: int
+    spec: PreprocessSpec
+    device: str
+    precision: str
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray: ...
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+
+def resolve_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested not in ("auto", ""):
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError("device 'cuda' was requested but no CUDA GPU is available")
+        if requested == "mps" and not torch.backends.mps.is_available():
+            raise ModelLoadError("device 'mps' was requested but Metal is not available")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class ClipEncoder:
+    """An open_clip model on one device, batched, in inference mode."""
+
+    def __init__(self, model_id: str, model: Any, tokenizer: Any, spec: PreprocessSpec,
+                 device: str, precision: str, dim: int) -> None:
+        self.model_id = model_id
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self.dim = dim
+        self._model = model
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()  # one forward at a time: indexing and queries share it
+
+    # Loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model_id: str, store: WeightStore, device: str = "auto",
+             precision: str = "auto", allow_download: bool = True,
+             progress: DownloadProgress | None = None) -> ClipEncoder:
+        """Load weights from the store (downloading them if allowed and missing).
+
+        Raises:
+            ModelUnavailable: weights missing and not downloadable now.
+            ModelLoadError: the weights exist but do not load.
+        """
+        weights = store.installed(model_id)
+        if weights is None:
+            if not allow_download:
+                raise ModelUnavailable(store._missing_message(model_id, "downloads are off"))
+            weights = store.download(model_id, progress)
+        import torch
+
+        dev = resolve_device(device)
+        model, spec, tokenizer = _build(model_id, weights)
+        model.eval().requires_grad_(False)
+        model.to(dev)
+        dim = int(_embed_dim(model))
+        encoder = cls(model_id, model, tokenizer, spec, dev, "fp32", dim)
+        chosen = _choose_precision(encoder, precision, store.root)
+        if chosen != "fp32":
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[chosen]
+            model.to(dtype)
+            encoder.precision = chosen
+        log.info("loaded %s on %s in %s", model_id, dev, encoder.precision)
+        return encoder
+
+    # Inference -----------------------------------------------------------------------------
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NxHxWx3 (already resized by imaging.model_pixels) to NxD vectors."""
+        import torch
+
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = torch.from_numpy(normalize(pixels, self.spec))
+        with self._lock, torch.inference_mode():
+            x = x.to(self.device, dtype=self._dtype(), non_blocking=True)
+            feats = self._model.encode_image(x)
+            return _unit(feats)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        tokens = self._tokenizer(texts)
+        with self._lock, torch.inference_mode():
+            feats = self._model.encode_text(tokens.to(self.device))
+            return _unit(feats)
+
+    def _dtype(self) -> torch.dtype:
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision,
+                                                                     torch.float32)
+
+
+def _unit(feats: torch.Tensor) -> np.ndarray:
+    out = feats.float().cpu().numpy()
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.asarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def _embed_dim(model: Any) -> int:
+    dim = getattr(getattr(model, "visual", None), "output_dim", None)
+    if dim is None:
+        dim = model.text_projection.shape[1]
+    return int(dim)
+
+
+def _build(model_id: str, weights: InstalledWeights) -> tuple[Any, PreprocessSpec, Any]:
+    import open_clip
+
+    arch, tag = parse_model_id(model_id)
+    if arch not in open_clip.list_models():
+        if weights.config is None:
+            raise ModelLoadError(f"{arch} is not an open_clip architecture; install its "
+                                 "config with `imagesearch models install FILE --config JSON`")
+        open_clip.add_model_config(weights.config)
+    pre: dict[str, Any] = {}
+    try:
+        pre = dict(open_clip.get_pretrained_cfg(arch, tag) or {})
+    except Exception:
+        pre = {}
+    pre.update(_config_preprocess(weights.config))
+    kwargs: dict[str, Any] = {}
+    for src, dst in (("mean", "image_mean"), ("std", "image_std"),
+                     ("interpolation", "image_interpolation"),
+                     ("resize_mode", "image_resize_mode")):
+        if pre.get(src) is not None:
+            kwargs[dst] = pre[src]
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(
+            arch, pretrained=str(weights.path), force_quick_gelu=bool(pre.get("quick_gelu")),
+            **kwargs)
+        tokenizer = open_clip.get_tokenizer(arch)
+    except (OSError, ConnectionError) as exc:
+        raise ModelUnavailable(f"{model_id} needs files that could not be fetched: {exc}") \
+            from exc
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {model_id} from {weights.path}: {exc}") from exc
+    cfg = model.visual.preprocess_cfg
+    size = cfg["size"]
+    spec = PreprocessSpec(
+        size=int(size if isinstance(size, int) else size[0]),
+        mean=tuple(float(v) for v in cfg["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in cfg["std"]),  # type: ignore[arg-type]
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        resize_mode=str(cfg.get("resize_mode", "shortest")),
+        fill_color=int(cfg.get("fill_color", 0)),
+    )
+    return model, spec, tokenizer
+
+
+def _config_preprocess(config: Path | None) -> dict[str, Any]:
+    if config is None:
+        return {}
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    pre = data.get("preprocess_cfg", {}) if isinstance(data, dict) else {}
+    return dict(pre) if isinstance(pre, dict) else {}
+
+
+# Precision -------------------------------------------------------------------------------
+
+
+def _choose_precision(encoder: ClipEncoder, requested: str, cache_root: Path) -> str:
+    """fp32, bf16 or fp16: what was asked, or on 'auto' what measures faithful and faster."""
+    if requested in ("fp32", "bf16", "fp16"):
+        return requested
+    if encoder.device == "cuda":
+        return "fp16"
+    if encoder.device != "cpu":
+        return "fp32"
+    key = _probe_key(encoder.model_id)
+    cache = cache_root / "precision.json"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and known.get(key) in ("fp32", "bf16"):
+        return str(known[key])
+    choice = _probe_bf16(encoder)
+    if not isinstance(known, dict):
+        known = {}
+    known[key] = choice
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
+        tmp.replace(cache)
+    except OSError:
+        pass  # the probe runs again next time
+    return choice
+
+
+def _probe_key(model_id: str) -> str:
+    import torch
+
+    cap = ""
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        cap = ""
+    return f"{model_id}|cpu|{platform.machine()}|{cap}|torch{torch.__version__}"
+
+
+def _probe_bf16(encoder: ClipEncoder) -> str:
+    """Time and compare fp32 against bf16 on a small synthetic batch."""
+    import copy
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    s = encoder.spec.size
+    # Smooth random images behave more like photos than white noise.
+    base = rng.integers(0, 256, size=(8, s // 8, s // 8, 3), dtype=np.uint8)
+    pixels = np.repeat(np.repeat(base, 8, axis=1), 8, axis=2)
+    x = torch.from_numpy(normalize(pixels, encoder.spec))
+    try:
+        with torch.inference_mode():
+            model = encoder._model
+            model.encode_image(x[:2])
+            t0 = time.perf_counter()
+            ref = model.encode_image(x).float()
+            t_fp32 = time.perf_counter() - t0
+            low = copy.deepcopy(model).to(torch.bfloat16)
+            xb = x.to(torch.bfloat16)
+            low.encode_image(xb[:2])
+            t0 = time.perf_counter()
+            out = low.encode_image(xb).float()
+            t_bf16 = time.perf_counter() - t0
+            del low
+            cos = torch.nn.functional.cosine_similarity(ref, out, dim=1).min().item()
+    except (RuntimeError, TypeError) as exc:
+        log.info("bf16 probe failed (%s); using fp32", exc)
+        return "fp32"
+    speedup = t_fp32 / max(t_bf16, 1e-9)
+    choice = "bf16" if cos >= _MIN_COSINE and speedup >= _MIN_SPEEDUP else "fp32"
+    log.info("precision probe: bf16 cosine %.5f, speedup %.2fx -> %s", cos, speedup, choice)
+    return choice

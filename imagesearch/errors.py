@@ -1,0 +1,43 @@
+"""Typed errors raised by core, storage and services; front ends turn them into messages."""
+
+from __future__ import annotations
+
+
+class ImageSearchError(Exception):
+    """Base of every error the app raises on purpose; the message is for people."""
+
+
+class ModelUnavailable(ImageSearchError):
+    """Model weights are not on disk and cannot be downloaded right now."""
+
+
+class ModelLoadError(ImageSearchError):
+    """Weights are present but could not be loaded (corrupt file, wrong architecture)."""
+
+
+class ChecksumMismatch(ImageSearchError):
+    """A downloaded or installed file does not match its expected checksum."""
+
+
+class CatalogTooNew(ImageSearchError):
+    """The catalog was written by a newer imagesearch than this one."""
+
+
+class CatalogError(ImageSearchError):
+    """The catalog database cannot be opened or migrated."""
+
+
+class ImageDecodeError(ImageSearchError):
+    """A file could not be read as an image; the message says why."""
+
+
+class IndexFileError(ImageSearchError):
+    """The on-disk vector index is missing, stale or unreadable."""
+
+
+class FolderError(ImageSearchError):
+    """A folder cannot be added or read."""
+
+
+class QueryError(ImageSearchError):
+    """The query is empty or cannot be used."""

@@ -1,0 +1,1 @@
+"""Use cases over core and storage: indexing, watching, searching, library management."""

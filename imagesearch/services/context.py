@@ -1,0 +1,59 @@
+"""Composition: the one place that builds the catalog, models and services from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imagesearch.config import Settings
+from imagesearch.core.encoder import Encoder
+from imagesearch.services.indexing import IndexingService
+from imagesearch.services.library import LibraryService
+from imagesearch.services.models import ModelManager
+from imagesearch.services.searching import SearchService
+from imagesearch.services.vector_store import VectorStore
+from imagesearch.services.write_lane import WriteLane
+from imagesearch.storage.catalog import Catalog
+from imagesearch.storage.database import open_catalog_engine
+
+
+@dataclass
+class AppContext:
+    """Everything a front end needs, built once at start-up."""
+
+    settings: Settings
+    catalog: Catalog
+    models: ModelManager
+    vectors: VectorStore
+    lane: WriteLane
+    library: LibraryService
+    indexing: IndexingService
+    search: SearchService
+
+    def close(self) -> None:
+        self.catalog.close()
+
+
+def build_context(settings: Settings, encoder: Encoder | None = None) -> AppContext:
+    """Open the catalog (creating or migrating it) and wire the services.
+
+    Args:
+        encoder: an already loaded encoder to use instead of loading settings.model_id.
+
+    Raises:
+        CatalogTooNew, CatalogError: the catalog cannot be used.
+    """
+    settings.library_dir.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(open_catalog_engine(settings.catalog_path))
+    models = ModelManager(settings, encoder)
+    vectors = VectorStore(catalog, settings.index_dir, models.model_id)
+    lane = WriteLane()
+    return AppContext(
+        settings=settings,
+        catalog=catalog,
+        models=models,
+        vectors=vectors,
+        lane=lane,
+        library=LibraryService(settings, catalog, models, vectors, lane),
+        indexing=IndexingService(settings, catalog, models, vectors, lane),
+        search=SearchService(catalog, models, vectors),
+    )

@@ -1,0 +1,266 @@
+"""Indexing: scan folders, embed what is new or changed, keep catalog and index in step."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from imagesearch.config import Settings
+from imagesearch.core.decode_pool import DecodePool
+from imagesearch.core.imaging import DecodedImage, is_image_name
+from imagesearch.domain import FolderInfo, IndexProgress, IndexReport
+from imagesearch.errors import IndexFileError
+from imagesearch.services.models import ModelManager
+from imagesearch.services.scanning import Plan, ScannedFile, plan, walk
+from imagesearch.services.vector_store import VectorStore
+from imagesearch.services.write_lane import WriteLane
+from imagesearch.storage.catalog import Catalog, CatalogEntry, PhotoUpdate
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[IndexProgress], None]
+
+
+def _no_progress(_: IndexProgress) -> None:
+    return None
+
+
+class IndexingService:
+    """Brings the catalog and the index up to date with the library folders."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, models: ModelManager,
+                 vectors: VectorStore, lane: WriteLane) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.models = models
+        self.vectors = vectors
+        self.lane = lane
+        self.warnings: list[str] = []
+
+    # Whole folders -------------------------------------------------------------------------
+
+    def run(self, folder_ids: Sequence[int] | None = None,
+            progress: ProgressCallback | None = None,
+            cancel: threading.Event | None = None) -> IndexReport:
+        """Scan the library (or some folders of it) and index every change."""
+        report = progress or _no_progress
+        cancel = cancel or threading.Event()
+        started = time.perf_counter()
+        folders = [f for f in self.catalog.folders()
+                   if folder_ids is None or f.id in folder_ids]
+        offline: list[Path] = []
+        files: list[ScannedFile] = []
+        folder_of: dict[Path, int] = {}
+        known: dict[Path, CatalogEntry] = {}
+        model_id = self.models.model_id
+        for folder in folders:
+            if not folder.path.is_dir():
+                # Unplugged drive or unmounted share: keep its photos, say it is offline.
+                self.catalog.set_folder_state(folder.id, online=False)
+                offline.append(folder.path)
+                continue
+            for f in walk(folder.path, cancel.is_set):
+                files.append(f)
+                folder_of[f.path] = folder.id
+                if len(files) % 500 == 0:
+                    report(IndexProgress("scanning", len(files), 0, current=str(folder.path)))
+            known.update(self.catalog.entries(folder.id, model_id))
+            if cancel.is_set():
+                return IndexReport(cancelled=True, offline_folders=tuple(offline),
+                                   seconds=time.perf_counter() - started)
+        work = plan(files, known)
+        result = self._apply(work, folder_of, report, cancel)
+        for folder in folders:
+            if folder.path not in offline:
+                self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
+        self._save_index()
+        return IndexReport(
+            added=result["added"], updated=result["updated"], moved=len(work.moves),
+            removed=len(work.gone), failed=result["failed"], unchanged=work.unchanged,
+            cancelled=cancel.is_set(), offline_folders=tuple(offline),
+            seconds=time.perf_counter() - started)
+
+    def retry_failed(self, progress: ProgressCallback | None = None,
+                     cancel: threading.Event | None = None) -> IndexReport:
+        """Try every failed photo again (after installing a plugin, fixing permissions…)."""
+        self.catalog.reset_failed()
+        return self.run(progress=progress, cancel=cancel)
+
+    # Individual paths (from the watcher) ---------------------------------------------------
+
+    def update_paths(self, paths: Iterable[Path], progress: ProgressCallback | None = None,
+                     cancel: threading.Event | None = None) -> IndexReport:
+        """Index these created or modified files; forget those that no longer exist."""
+        started = time.perf_counter()
+        folders = self.catalog.folders()
+        files: list[ScannedFile] = []
+        folder_of: dict[Path, int] = {}
+        known: dict[Path, CatalogEntry] = {}
+        gone: list[Path] = []
+        model_id = self.models.model_id
+        for path in dict.fromkeys(paths):
+            folder = _owner(folders, path)
+            if folder is None or not is_image_name(path.name):
+                continue
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                gone.append(path)
+                continue
+            except OSError as exc:
+                files.append(ScannedFile(path, 0, 0.0, f"cannot read file information: {exc}"))
+                folder_of[path] = folder.id
+                continue
+            if not os.path.isfile(path):
+                continue
+            files.append(ScannedFile(path, st.st_size, st.st_mtime))
+            folder_of[path] = folder.id
+            entry = self.catalog.entry(path, model_id)
+            if entry is not None:
+                known[path] = entry
+        removed = self.remove_paths(gone)
+        work = plan(files, known, complete=False)
+        result = self._apply(work, folder_of, progress or _no_progress,
+                             cancel or threading.Event())
+        self._save_index()
+        return IndexReport(added=result["added"], updated=result["updated"], removed=removed,
+                           failed=result["failed"], seconds=time.perf_counter() - started)
+
+    def remove_paths(self, paths: Iterable[Path]) -> int:
+        """Forget photos at (or under) these paths."""
+        ids: list[int] = []
+        for path in paths:
+            record = self.catalog.photo_by_path(path)
+            if record is not None:
+                ids.append(record.id)
+            ids.extend(int(i) for i in self.catalog.ids_under(path))
+        if not ids:
+            return 0
+        with self.lane:
+            self.vectors.index()
+            self.catalog.remove_photos(ids)
+            self.vectors.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+                               np.asarray(ids, dtype=np.int64), self.catalog.generation())
+        return len(ids)
+
+    def move_path(self, src: Path, dst: Path) -> bool:
+        """Follow a rename or move reported by the watcher; False if src was unknown."""
+        folders = self.catalog.folders()
+        target = _owner(folders, dst)
+        record = self.catalog.photo_by_path(src)
+        if record is None or target is None:
+            return False
+        try:
+            mtime = os.stat(dst).st_mtime
+        except OSError:
+            return False
+        with self.lane:
+            self.vectors.index()
+            self.catalog.move(record.id, dst, target.id, mtime)
+            self._sync_generation()
+        return True
+
+    # The pipeline --------------------------------------------------------------------------
+
+    def _apply(self, work: Plan, folder_of: dict[Path, int], report: ProgressCallback,
+               cancel: threading.Event) -> dict[str, int]:
+        with self.lane:
+            self.vectors.index()  # open (or rebuild) before this run's writes move the generation
+            if work.gone:
+                self.catalog.remove_photos(work.gone)
+                self.vectors.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+                                   np.asarray(work.gone, dtype=np.int64),
+                                   self.catalog.generation())
+            for photo_id, f in work.moves:
+                self.catalog.move(photo_id, f.path, folder_of[f.path], f.mtime)
+            if work.problems:
+                self.catalog.store(self.models.model_id, [
+                    PhotoUpdate(f.path, folder_of[f.path], f.size, f.mtime, error=f.problem)
+                    for f in work.problems])
+            self._sync_generation()
+        todo = work.to_embed + list(work.to_vectorise.values())
+        counts = {"added": 0, "updated": 0, "failed": len(work.problems)}
+        if not todo or cancel.is_set():
+            return counts
+        new_paths = {f.path for f in work.to_embed[len(work.to_embed) - work.new_count:]}
+        encoder = self.models.encoder()
+        batch_size = max(1, self.settings.batch_size)
+        workers = self.settings.decode_workers or None
+        total = len(todo)
+        done = 0
+        started = time.perf_counter()
+        batch: list[DecodedImage] = []
+        with DecodePool(encoder.spec, workers, lookahead=2 * batch_size) as pool:
+            for decoded in pool.decode(f.path for f in todo):
+                batch.append(decoded)
+                if len(batch) < batch_size:
+                    continue
+                done += self._commit(batch, folder_of, new_paths, counts)
+                batch = []
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                report(IndexProgress("embedding", done, total, counts["failed"],
+                                     current=str(decoded.path), images_per_second=rate))
+                if cancel.is_set():
+                    break
+            if batch and not cancel.is_set():
+                done += self._commit(batch, folder_of, new_paths, counts)
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        report(IndexProgress("done", done, total, counts["failed"], images_per_second=rate))
+        return counts
+
+    def _commit(self, batch: list[DecodedImage], folder_of: dict[Path, int],
+                new_paths: set[Path], counts: dict[str, int]) -> int:
+        encoder = self.models.encoder()
+        good = [d for d in batch if d.pixels is not None]
+        vectors = encoder.encode_images(np.stack([d.pixels for d in good if d.pixels is not None])) if good \
+            else np.zeros((0, encoder.dim), np.float32)
+        by_path = {d.path: v for d, v in zip(good, vectors, strict=True)}
+        updates = [
+            PhotoUpdate(d.path, folder_of[d.path], d.size, d.mtime, d.content_hash, d.width,
+                        d.height, d.format, d.captured_at, d.error, by_path.get(d.path))
+            for d in batch
+        ]
+        with self.lane:
+            ids = self.catalog.store(encoder.model_id, updates)
+            ok = np.asarray([i for i, u in zip(ids, updates, strict=True)
+                             if u.vector is not None], dtype=np.int64)
+            bad = np.asarray([i for i, u in zip(ids, updates, strict=True) if u.vector is None],
+                             dtype=np.int64)
+            self.vectors.apply(ok, vectors if len(ok) else np.zeros((0, encoder.dim),
+                                                                    np.float32),
+                               bad, self.catalog.generation())
+        for d in batch:
+            if d.error is not None:
+                counts["failed"] += 1
+                log.info("failed: %s: %s", d.path, d.error)
+            elif d.path in new_paths:
+                counts["added"] += 1
+            else:
+                counts["updated"] += 1
+        return len(batch)
+
+    def _sync_generation(self) -> None:
+        self.vectors.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+                           np.zeros(0, np.int64), self.catalog.generation())
+
+    def _save_index(self) -> None:
+        try:
+            with self.lane:
+                self.vectors.save()
+        except IndexFileError as exc:
+            # The catalog has everything; the next start rebuilds the file from it.
+            log.warning("%s", exc)
+            self.warnings.append(str(exc))
+
+
+def _owner(folders: list[FolderInfo], path: Path) -> FolderInfo | None:
+    for f in folders:
+        if path.is_relative_to(f.path):
+            return f
+    return None

@@ -1,0 +1,83 @@
+"""Which model is active, whether its weights are here, and loading it once."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from imagesearch.config import DEFAULT_MODEL, Settings
+from imagesearch.core.encoder import ClipEncoder, Encoder
+from imagesearch.core.model_registry import KNOWN_MODELS, known_model, parse_model_id
+from imagesearch.core.weights import DownloadProgress, WeightStore
+from imagesearch.domain import ModelInfo
+
+
+class ModelManager:
+    """Loads the configured encoder lazily and shares it between indexing and search."""
+
+    def __init__(self, settings: Settings, encoder: Encoder | None = None) -> None:
+        self.settings = settings
+        self.store = WeightStore(settings.models_dir)
+        self._encoder = encoder
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self._encoder.model_id if self._encoder is not None else self.settings.model_id
+
+    @property
+    def loaded(self) -> bool:
+        return self._encoder is not None
+
+    def weights_present(self) -> bool:
+        return self._encoder is not None or self.store.installed(self.model_id) is not None
+
+    def encoder(self, allow_download: bool = False,
+                progress: DownloadProgress | None = None) -> Encoder:
+        """The active encoder, loading it on first use.
+
+        Raises:
+            ModelUnavailable: weights missing (and not downloaded).
+            ModelLoadError: weights present but unusable.
+        """
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = ClipEncoder.load(
+                    self.settings.model_id, self.store, device=self.settings.device,
+                    precision=self.settings.precision, allow_download=allow_download,
+                    progress=progress)
+            return self._encoder
+
+    def download(self, model_id: str | None = None,
+                 progress: DownloadProgress | None = None) -> Path:
+        return self.store.download(model_id or self.model_id, progress).path
+
+    def install(self, checkpoint: Path, model_id: str | None = None,
+                config: Path | None = None, sha256: str | None = None) -> ModelInfo:
+        mid = model_id or self.model_id
+        parse_model_id(mid)
+        weights = self.store.install_file(mid, checkpoint, config, sha256)
+        return self._info(mid, weights.path, weights.size)
+
+    def models(self) -> list[ModelInfo]:
+        """Known models plus any installed by hand, with what is on disk."""
+        ids = [m.id for m in KNOWN_MODELS]
+        ids += [i for i in self.store.installed_ids() if i not in ids]
+        out = []
+        for mid in ids:
+            w = self.store.installed(mid)
+            out.append(self._info(mid, w.path if w else None, w.size if w else None))
+        return out
+
+    def _info(self, mid: str, path: Path | None, size: int | None) -> ModelInfo:
+        arch, tag = parse_model_id(mid)
+        km = known_model(mid)
+        desc = ""
+        if km is not None:
+            desc = (f"ImageNet {km.imagenet_top1:.1%}, COCO text→image R@5 "
+                    f"{km.coco_image_r5:.1%}; {km.note}")
+        return ModelInfo(id=mid, arch=arch, tag=tag, installed=path is not None, path=path,
+                         size_bytes=size, description=desc, is_default=mid == DEFAULT_MODEL)
+
+    def device(self) -> str:
+        return self._encoder.device if self._encoder is not None else self.settings.device

@@ -1,0 +1,341 @@
+"""The catalog repository: every read and write of folders, photos and vectors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, LargeBinary, delete, func, select, type_coerce, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from imagesearch.domain import FolderInfo, PhotoRecord, PhotoStatus
+from imagesearch.errors import FolderError
+from imagesearch.storage.schema import EmbeddingRow, FolderRow, MetaRow, PhotoRow
+
+_GENERATION = "generation"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """What a scan needs to know about a photo already in the catalog."""
+
+    id: int
+    size: int
+    mtime: float
+    content_hash: str | None
+    status: PhotoStatus
+    has_vector: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoUpdate:
+    """The outcome of decoding (and maybe embedding) one file, ready to store."""
+
+    path: Path
+    folder_id: int
+    size: int
+    mtime: float
+    content_hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    captured_at: datetime | None = None
+    error: str | None = None  # set: the photo failed and has no vector
+    vector: np.ndarray | None = None
+
+
+def _path_key(path: Path) -> bytes:
+    return os.fsencode(path)
+
+
+def _under(prefix: Path) -> tuple[bytes, bytes]:
+    """Byte range [lo, hi) of every path strictly below ``prefix``."""
+    base = _path_key(prefix).rstrip(os.sep.encode()) + os.sep.encode()
+    return base, base[:-1] + bytes([base[-1] + 1])
+
+
+class Catalog:
+    """Repository over the catalog database. Thread-safe: each call uses its own session."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # Generation ----------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        with self._sessions() as s:
+            value = s.get(MetaRow, _GENERATION)
+            return int(value.value) if value else 0
+
+    @staticmethod
+    def _bump(s: Session) -> None:
+        row = s.get(MetaRow, _GENERATION)
+        if row is None:
+            s.add(MetaRow(key=_GENERATION, value="1"))
+        else:
+            row.value = str(int(row.value) + 1)
+
+    # Folders -------------------------------------------------------------------------------
+
+    def add_folder(self, path: Path, watched: bool = True) -> int:
+        """Add a folder (absolute, resolved); returns its id. Adding twice is harmless."""
+        with self._sessions.begin() as s:
+            existing = s.scalar(select(FolderRow).where(FolderRow.path == path))
+            if existing is not None:
+                return existing.id
+            for other in s.scalars(select(FolderRow)):
+                if path.is_relative_to(other.path):
+                    raise FolderError(f"{path} is already in the library, inside {other.path}.")
+            row = FolderRow(path=path, watched=watched, online=True, added_at=_now())
+            s.add(row)
+            s.flush()
+            # A parent added after its children absorbs them and their photos.
+            children = [f for f in s.scalars(select(FolderRow)) if f.id != row.id
+                        and f.path.is_relative_to(path)]
+            for child in children:
+                s.execute(update(PhotoRow).where(PhotoRow.folder_id == child.id)
+                          .values(folder_id=row.id))
+                s.delete(child)
+            return row.id
+
+    def remove_folder(self, folder_id: int) -> int:
+        """Forget a folder and its photos; returns how many photos went."""
+        with self._sessions.begin() as s:
+            count = s.scalar(select(func.count()).where(PhotoRow.folder_id == folder_id)) or 0
+            s.execute(delete(PhotoRow).where(PhotoRow.folder_id == folder_id))
+            s.execute(delete(FolderRow).where(FolderRow.id == folder_id))
+            self._bump(s)
+            return int(count)
+
+    def set_folder_state(self, folder_id: int, *, online: bool | None = None,
+                         scanned: bool = False, watched: bool | None = None) -> None:
+        values: dict[str, object] = {}
+        if online is not None:
+            values["online"] = online
+        if watched is not None:
+            values["watched"] = watched
+        if scanned:
+            values["last_scan"] = _now()
+        if values:
+            with self._sessions.begin() as s:
+                s.execute(update(FolderRow).where(FolderRow.id == folder_id).values(**values))
+
+    def folders(self) -> list[FolderInfo]:
+        with self._sessions() as s:
+            counts: dict[tuple[int, str], int] = {
+                (fid, status): n
+                for fid, status, n in s.execute(
+                    select(PhotoRow.folder_id, PhotoRow.status, func.count())
+                    .group_by(PhotoRow.folder_id, PhotoRow.status)
+                )
+            }
+            out = []
+            for f in s.scalars(select(FolderRow).order_by(FolderRow.path)):
+                per = {st: counts.get((f.id, st.value), 0) for st in PhotoStatus}
+                out.append(FolderInfo(
+                    id=f.id, path=f.path, watched=f.watched, online=f.online,
+                    photo_count=sum(per.values()),
+                    indexed_count=per[PhotoStatus.INDEXED],
+                    failed_count=per[PhotoStatus.FAILED],
+                    last_scan=f.last_scan,
+                ))
+            return out
+
+    def folder_for(self, path: Path) -> FolderInfo | None:
+        """The library folder that contains ``path``, if any."""
+        for f in self.folders():
+            if path == f.path or path.is_relative_to(f.path):
+                return f
+        return None
+
+    # Photos --------------------------------------------------------------------------------
+
+    def entries(self, folder_id: int, model: str) -> dict[Path, CatalogEntry]:
+        """Every photo of a folder keyed by path, with whether it has a vector for ``model``."""
+        with self._sessions() as s:
+            vec = (select(EmbeddingRow.photo_id)
+                   .where(EmbeddingRow.model == model,
+                          EmbeddingRow.photo_id == PhotoRow.id)
+                   .exists())
+            rows = s.execute(
+                select(PhotoRow.id, PhotoRow.path, PhotoRow.size, PhotoRow.mtime,
+                       PhotoRow.content_hash, PhotoRow.status, vec)
+                .where(PhotoRow.folder_id == folder_id)
+            )
+            return {
+                path: CatalogEntry(pid, size, mtime, h, PhotoStatus(status), bool(has))
+                for pid, path, size, mtime, h, status, has in rows
+            }
+
+    def entry(self, path: Path, model: str) -> CatalogEntry | None:
+        with self._sessions() as s:
+            row = s.scalar(select(PhotoRow).where(PhotoRow.path == path))
+            if row is None:
+                return None
+            has = s.scalar(select(func.count()).where(EmbeddingRow.photo_id == row.id,
+                                                      EmbeddingRow.model == model))
+            return CatalogEntry(row.id, row.size, row.mtime, row.content_hash,
+                                PhotoStatus(row.status), bool(has))
+
+    def store(self, model: str, updates: Sequence[PhotoUpdate]) -> list[int]:
+        """Insert or update photos by path, with their vectors, in one transaction.
+
+        Returns the photo ids in the order of ``updates``.
+        """
+        if not updates:
+            return []
+        now = _now()
+        with self._sessions.begin() as s:
+            ids: list[int] = []
+            for u in updates:
+                values = dict(
+                    folder_id=u.folder_id, path=u.path, size=u.size, mtime=u.mtime,
+                    content_hash=u.content_hash, width=u.width, height=u.height,
+                    format=u.format, captured_at=u.captured_at,
+                    status=(PhotoStatus.FAILED if u.error else PhotoStatus.INDEXED).value,
+                    error=u.error, updated_at=now,
+                )
+                upsert = sqlite_insert(PhotoRow).values(**values).on_conflict_do_update(
+                    index_elements=[PhotoRow.path],
+                    set_={k: v for k, v in values.items() if k != "path"},
+                ).returning(PhotoRow.id)
+                ids.append(int(s.execute(upsert).scalar_one()))
+            vec_rows = [
+                {"photo_id": pid, "model": model,
+                 "vector": np.asarray(u.vector, dtype=np.float16).tobytes()}
+                for pid, u in zip(ids, updates, strict=True) if u.vector is not None
+            ]
+            # An edited or failed photo loses the vectors of every model: they describe old bytes.
+            s.execute(delete(EmbeddingRow).where(EmbeddingRow.photo_id.in_(ids)))
+            if vec_rows:
+                s.execute(sqlite_insert(EmbeddingRow), vec_rows)
+            self._bump(s)
+            return ids
+
+    def store_vectors(self, model: str, vectors: dict[int, np.ndarray]) -> None:
+        """Add vectors for existing, unchanged photos (e.g. after switching model)."""
+        if not vectors:
+            return
+        with self._sessions.begin() as s:
+            s.execute(delete(EmbeddingRow).where(EmbeddingRow.model == model,
+                                                 EmbeddingRow.photo_id.in_(list(vectors))))
+            s.execute(sqlite_insert(EmbeddingRow), [
+                {"photo_id": pid, "model": model,
+                 "vector": np.asarray(v, dtype=np.float16).tobytes()}
+                for pid, v in vectors.items()
+            ])
+            s.execute(update(PhotoRow).where(PhotoRow.id.in_(list(vectors)))
+                      .values(status=PhotoStatus.INDEXED.value, error=None))
+            self._bump(s)
+
+    def move(self, photo_id: int, new_path: Path, folder_id: int, mtime: float) -> None:
+        """Record that a photo now lives at ``new_path``; its vectors stay."""
+        with self._sessions.begin() as s:
+            s.execute(update(PhotoRow).where(PhotoRow.id == photo_id).values(
+                path=new_path, folder_id=folder_id, mtime=mtime, updated_at=_now()))
+            self._bump(s)
+
+    def remove_photos(self, ids: Iterable[int]) -> int:
+        id_list = list(ids)
+        if not id_list:
+            return 0
+        with self._sessions.begin() as s:
+            for start in range(0, len(id_list), 500):
+                s.execute(delete(PhotoRow).where(PhotoRow.id.in_(id_list[start:start + 500])))
+            self._bump(s)
+        return len(id_list)
+
+    def reset_failed(self, folder_id: int | None = None) -> int:
+        """Mark failed photos pending again so the next run retries them."""
+        with self._sessions.begin() as s:
+            stmt = update(PhotoRow).where(PhotoRow.status == PhotoStatus.FAILED.value)
+            if folder_id is not None:
+                stmt = stmt.where(PhotoRow.folder_id == folder_id)
+            result = s.execute(stmt.values(status=PhotoStatus.PENDING.value))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def photos(self, ids: Sequence[int]) -> dict[int, PhotoRecord]:
+        out: dict[int, PhotoRecord] = {}
+        with self._sessions() as s:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                for row in s.scalars(select(PhotoRow).where(PhotoRow.id.in_(chunk))):
+                    out[row.id] = _record(row)
+        return out
+
+    def photo_by_path(self, path: Path) -> PhotoRecord | None:
+        with self._sessions() as s:
+            row = s.scalar(select(PhotoRow).where(PhotoRow.path == path))
+            return None if row is None else _record(row)
+
+    def failures(self, limit: int = 1000) -> list[PhotoRecord]:
+        with self._sessions() as s:
+            rows = s.scalars(select(PhotoRow).where(PhotoRow.status == PhotoStatus.FAILED.value)
+                             .order_by(PhotoRow.path).limit(limit))
+            return [_record(r) for r in rows]
+
+    def ids_under(self, folder: Path) -> np.ndarray:
+        lo, hi = _under(folder)
+        with self._sessions() as s:
+            raw = type_coerce(PhotoRow.path, LargeBinary)
+            rows = s.execute(select(PhotoRow.id).where(raw >= lo, raw < hi))
+            return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def counts(self) -> dict[PhotoStatus, int]:
+        with self._sessions() as s:
+            found: dict[str, int] = {
+                status: n for status, n in s.execute(
+                    select(PhotoRow.status, func.count()).group_by(PhotoRow.status))}
+        return {st: int(found.get(st.value, 0)) for st in PhotoStatus}
+
+    def last_indexed(self) -> datetime | None:
+        with self._sessions() as s:
+            return s.scalar(select(func.max(PhotoRow.updated_at))
+                            .where(PhotoRow.status == PhotoStatus.INDEXED.value))
+
+    # Vectors -------------------------------------------------------------------------------
+
+    def vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
+        """All (ids, float32 vectors) stored for ``model``, for rebuilding the index."""
+        with self._sessions() as s:
+            rows = s.execute(select(EmbeddingRow.photo_id, EmbeddingRow.vector)
+                             .where(EmbeddingRow.model == model)
+                             .order_by(EmbeddingRow.photo_id)).all()
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        blob = b"".join(r[1] for r in rows)
+        vecs = np.frombuffer(blob, dtype=np.float16).reshape(len(rows), -1).astype(np.float32)
+        return ids, vecs
+
+    def vector_ids(self, model: str) -> np.ndarray:
+        with self._sessions() as s:
+            rows = s.execute(select(EmbeddingRow.photo_id).where(EmbeddingRow.model == model))
+            return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def vector(self, photo_id: int, model: str) -> np.ndarray | None:
+        with self._sessions() as s:
+            blob = s.scalar(select(EmbeddingRow.vector).where(
+                EmbeddingRow.photo_id == photo_id, EmbeddingRow.model == model))
+        return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+
+def _record(row: PhotoRow) -> PhotoRecord:
+    return PhotoRecord(
+        id=row.id, path=row.path, folder_id=row.folder_id, size=row.size, mtime=row.mtime,
+        content_hash=row.content_hash, width=row.width, height=row.height, format=row.format,
+        captured_at=row.captured_at, status=PhotoStatus(row.status), error=row.error,
+    )

@@ -1,0 +1,115 @@
+"""Opening the catalog: SQLite in WAL mode, schema migrations with a backup first."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from imagesearch.errors import CatalogError, CatalogTooNew
+
+log = logging.getLogger(__name__)
+
+# The newest migration in storage/migrations/versions. A test keeps the two in step;
+# checking it directly lets an up-to-date catalog open without importing Alembic.
+HEAD_REVISION = "0001"
+
+_MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commit.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def create_catalog_engine(path: Path) -> Engine:
+    """Make an engine for the catalog file without touching its schema."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}", future=True)
+    event.listen(engine, "connect", _on_connect)
+    return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision stored in the catalog, or None for an empty database."""
+    with engine.connect() as conn:
+        has_table = conn.execute(
+            text("SELECT name FROM sqlite_master WHERE type='table' AND name='alembic_version'")
+        ).first()
+        if not has_table:
+            return None
+        row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        return None if row is None else str(row[0])
+
+
+def _alembic_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(_MIGRATIONS_DIR))
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def migrate(engine: Engine, db_path: Path) -> None:
+    """Bring the catalog to HEAD_REVISION, backing it up first if it holds data."""
+    from alembic import command
+
+    revision = current_revision(engine)
+    if revision is not None:
+        backup = db_path.with_name(
+            f"{db_path.stem}.backup-{revision}-{datetime.now():%Y%m%d-%H%M%S}{db_path.suffix}"
+        )
+        _backup_sqlite(db_path, backup)
+        log.info("catalog backed up to %s before migrating from %s", backup, revision)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "head")
+
+
+def _backup_sqlite(src: Path, dst: Path) -> None:
+    # sqlite3's online backup copies a consistent snapshot even with a WAL file present.
+    with sqlite3.connect(src) as source, sqlite3.connect(dst) as target:
+        source.backup(target)
+
+
+def open_catalog_engine(path: Path) -> Engine:
+    """Open (creating or migrating as needed) the catalog at ``path``.
+
+    Raises:
+        CatalogTooNew: the file was written by a newer imagesearch.
+        CatalogError: the file is not a usable SQLite database.
+    """
+    engine = create_catalog_engine(path)
+    try:
+        revision = current_revision(engine)
+        if revision == HEAD_REVISION:
+            return engine
+        if revision is not None and revision not in known_revisions():
+            engine.dispose()
+            raise CatalogTooNew(
+                f"The catalog at {path} was created by a newer version of imagesearch "
+                f"(schema {revision}). Update imagesearch, or point --library at another folder."
+            )
+        migrate(engine, path)
+    except (DatabaseError, OperationalError, sqlite3.DatabaseError) as exc:
+        engine.dispose()
+        raise CatalogError(f"Cannot open the catalog at {path}: {exc}") from exc
+    return engine
+
