@@ -73,8 +73,9 @@ def test_older_catalog_is_backed_up_then_migrated(tmp_path: Path, monkeypatch) -
 
 def _update(path: Path, folder_id: int, vec: np.ndarray | None = None,
             error: str | None = None) -> PhotoUpdate:
-    return PhotoUpdate(path, folder_id, size=10, mtime=1.0, content_hash=os.fsencode(path.name).hex()[:32],
-                       width=4, height=3, format="JPEG", error=error, vector=vec)
+    return PhotoUpdate(path, folder_id, size=10, mtime=1.0,
+                       content_hash=os.fsencode(path.name).hex()[:32], width=4, height=3,
+                       format="JPEG", error=error, vector=vec)
 
 
 def test_store_upserts_by_path_and_bumps_generation(catalog: Catalog, tmp_path: Path) -> None:

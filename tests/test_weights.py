@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -23,8 +24,8 @@ from tests.tiny_model import TINY_ARCH, TINY_MODEL_ID
 class _Hub(http.server.BaseHTTPRequestHandler):
     """Just enough of Hugging Face: LFS files announce sha256, then redirect to a CDN."""
 
-    files: dict[str, bytes] = {}
-    announced: dict[str, str] = {}
+    files: ClassVar[dict[str, bytes]] = {}
+    announced: ClassVar[dict[str, str]] = {}
 
     def log_message(self, *args: object) -> None:
         return None

@@ -35,18 +35,26 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
         folder_ids = [ctx.library.add_folder(p).id for p in args.paths]
     elif not ctx.library.folders():
         raise ImageSearchError("The library has no folders yet: imagesearch index FOLDER")
-    if args.download and not ctx.models.weights_present():
-        download_bar = DownloadBar(f"Downloading {ctx.models.model_id}")
-        try:
-            ctx.models.download(progress=download_bar)
-        finally:
-            download_bar.close()
+    _ensure_weights(ctx)
     with IndexProgressBar(not args.no_progress) as bar:
         report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)
     print(_describe(report))
     for warning in ctx.indexing.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 130 if report.cancelled else 0
+
+
+def _ensure_weights(ctx: AppContext) -> None:
+    """Download the active model's weights on first use, with a progress bar."""
+    if ctx.models.weights_present():
+        return
+    print(f"The weights for {ctx.models.model_id} are not installed; downloading them once.",
+          file=sys.stderr)
+    bar = DownloadBar(f"Downloading {ctx.models.model_id}")
+    try:
+        ctx.models.download(progress=bar)
+    finally:
+        bar.close()
 
 
 def _describe(r: IndexReport) -> str:
@@ -74,6 +82,7 @@ def _search(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
     query = Query(text=text, image=args.image.resolve() if args.image else None,
                   image_weight=weight, top_k=args.top_k or ctx.settings.top_k,
                   folder=args.folder.resolve() if args.folder else None)
+    _ensure_weights(ctx)
     hits = ctx.search.search(query)
     if args.json:
         json.dump([_hit_json(h) for h in hits], sys.stdout, ensure_ascii=False, indent=1)
@@ -133,6 +142,7 @@ def _status_json(st: LibraryStatus, weights: bool) -> dict[str, Any]:
 
 
 def _retry(_args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
+    _ensure_weights(ctx)
     with IndexProgressBar() as bar:
         report = ctx.indexing.retry_failed(progress=bar, cancel=cancel)
     print(_describe(report))
@@ -151,6 +161,7 @@ def _watch(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
 
     if not ctx.library.folders():
         raise ImageSearchError("The library has no folders yet: imagesearch index FOLDER")
+    _ensure_weights(ctx)
     with IndexProgressBar(not args.no_progress) as bar:
         report = ctx.indexing.run(progress=bar, cancel=cancel)
     print(_describe(report))

@@ -42,8 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                    help="folders to add (none: re-index every library folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--download", action="store_true",
-                   help="download the model's weights if they are missing")
 
     p = sub.add_parser("search", help="search by description, by image, or both")
     p.add_argument("text", nargs="*", help='description; "-word" pushes results away from it')

@@ -178,6 +178,9 @@ def _build(model_id: str, weights: InstalledWeights) -> tuple[Any, PreprocessSpe
             arch, pretrained=str(weights.path), force_quick_gelu=bool(pre.get("quick_gelu")),
             **kwargs)
         tokenizer = open_clip.get_tokenizer(arch)
+    except ImportError as exc:
+        raise ModelLoadError(f"{model_id} needs an extra package: {exc.name or exc} "
+                             "(pip install 'imagesearch[siglip]')") from exc
     except (OSError, ConnectionError) as exc:
         raise ModelUnavailable(f"{model_id} needs files that could not be fetched: {exc}") \
             from exc

@@ -160,8 +160,16 @@ class IndexingService:
             mtime = os.stat(dst).st_mtime
         except OSError:
             return False
+        replaced = self.catalog.photo_by_path(dst)
         with self.lane:
             self.vectors.index()
+            if replaced is not None and replaced.id != record.id:
+                # Renamed over another photo (e.g. a.jpg -> b.jpg): b's old entry goes, or
+                # the move would break the catalog's one-row-per-path rule.
+                self.catalog.remove_photos([replaced.id])
+                self.vectors.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+                                   np.asarray([replaced.id], dtype=np.int64),
+                                   self.catalog.generation())
             self.catalog.move(record.id, dst, target.id, mtime)
             self._sync_generation()
         return True
@@ -218,7 +226,8 @@ class IndexingService:
                 new_paths: set[Path], counts: dict[str, int]) -> int:
         encoder = self.models.encoder()
         good = [d for d in batch if d.pixels is not None]
-        vectors = encoder.encode_images(np.stack([d.pixels for d in good if d.pixels is not None])) if good \
+        pixels = [d.pixels for d in good if d.pixels is not None]
+        vectors = encoder.encode_images(np.stack(pixels)) if pixels \
             else np.zeros((0, encoder.dim), np.float32)
         by_path = {d.path: v for d, v in zip(good, vectors, strict=True)}
         updates = [
