@@ -1,0 +1,88 @@
+"""The results of one query as a Qt list model; thumbnails come from the loader on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QPersistentModelIndex, Qt
+
+from imagesearch.domain import SearchHit
+from imagesearch.gui.thumbnails import ThumbKey, ThumbnailLoader
+
+HitRole = Qt.ItemDataRole.UserRole + 1
+ScoreRole = Qt.ItemDataRole.UserRole + 2
+BoxRole = Qt.ItemDataRole.UserRole + 3
+ThumbErrorRole = Qt.ItemDataRole.UserRole + 4
+
+Index = QModelIndex | QPersistentModelIndex
+
+
+class ResultsModel(QAbstractListModel):
+    """Read-only list of SearchHit, best first."""
+
+    def __init__(self, thumbnails: ThumbnailLoader, thumb_size: int,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._hits: list[SearchHit] = []
+        self._row_of: dict[ThumbKey, int] = {}
+        self._thumbs = thumbnails
+        self._thumb_size = thumb_size
+        thumbnails.ready.connect(self._thumb_changed)
+        thumbnails.failed.connect(lambda key, _reason: self._thumb_changed(key))
+
+    @property
+    def thumb_size(self) -> int:
+        return self._thumb_size
+
+    def set_thumb_size(self, size: int) -> None:
+        self.set_hits(self._hits, size)
+
+    def set_hits(self, hits: Sequence[SearchHit], thumb_size: int | None = None) -> None:
+        self.beginResetModel()
+        self._thumbs.reset()
+        if thumb_size is not None:
+            self._thumb_size = thumb_size
+        self._hits = list(hits)
+        self._row_of = {self._key(h): row for row, h in enumerate(self._hits)}
+        self.endResetModel()
+
+    def hits(self) -> list[SearchHit]:
+        return list(self._hits)
+
+    def hit(self, row: int) -> SearchHit | None:
+        return self._hits[row] if 0 <= row < len(self._hits) else None
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
+        return 0 if parent.isValid() else len(self._hits)
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._hits):
+            return None
+        hit = self._hits[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return hit.path.name
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return f"{hit.path.name}\nscore {hit.score:.3f}\n{hit.path.parent}"
+        if role == Qt.ItemDataRole.DecorationRole:
+            return self._thumbs.pixmap(self._key(hit))
+        if role == HitRole:
+            return hit
+        if role == ScoreRole:
+            return hit.score
+        if role == BoxRole:
+            return hit.box
+        if role == ThumbErrorRole:
+            return self._thumbs.error(self._key(hit))
+        if role == Qt.ItemDataRole.AccessibleTextRole:
+            return f"{hit.path.name}, score {hit.score:.2f}"
+        return None
+
+    def _key(self, hit: SearchHit) -> ThumbKey:
+        return (hit.path, hit.mtime, self._thumb_size)
+
+    def _thumb_changed(self, key: object) -> None:
+        row = self._row_of.get(key)  # type: ignore[call-overload]
+        if row is not None:
+            idx = self.index(row)
+            self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])

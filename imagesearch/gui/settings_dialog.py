@@ -1,0 +1,82 @@
+"""The settings dialog: model, device, results per query, thumbnail size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from imagesearch.config import Settings
+from imagesearch.domain import ModelInfo
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class SettingsDialog(QDialog):
+    """Edits a copy of Settings; ``settings()`` gives the edited copy."""
+
+    def __init__(self, settings: Settings, models: Sequence[ModelInfo],
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self._base = settings
+        self._models = list(models)
+        self.model = QComboBox(self)
+        ids = [m.id for m in self._models]
+        if settings.model_id not in ids:
+            self._models.insert(0, ModelInfo(settings.model_id, "", "", installed=False))
+        for m in self._models:
+            mark = "" if m.installed else "  (not downloaded)"
+            default = "  — default" if m.is_default else ""
+            self.model.addItem(f"{m.id}{default}{mark}", m.id)
+        self.model.setCurrentIndex(self.model.findData(settings.model_id))
+        self.model_info = QLabel(self)
+        self.model_info.setWordWrap(True)
+        self.model.currentIndexChanged.connect(self._show_model_info)
+        self.device = QComboBox(self)
+        self.device.addItems(list(DEVICES))
+        current = self.device.findText(settings.device)
+        self.device.setCurrentIndex(max(current, 0))
+        self.top_k = QSpinBox(self)
+        self.top_k.setRange(1, 10_000)
+        self.top_k.setValue(settings.top_k)
+        self.thumb = QSpinBox(self)
+        self.thumb.setRange(64, 512)
+        self.thumb.setSingleStep(32)
+        self.thumb.setSuffix(" px")
+        self.thumb.setValue(settings.thumbnail_size)
+        form = QFormLayout()
+        form.addRow("Model", self.model)
+        form.addRow("", self.model_info)
+        form.addRow("Device", self.device)
+        form.addRow("Results per query", self.top_k)
+        form.addRow("Thumbnail size", self.thumb)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                                   | QDialogButtonBox.StandardButton.Cancel, self)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(QLabel("A different model or device reopens the library; "
+                                "a new model needs the library indexed again.", self))
+        layout.addWidget(buttons)
+        self._show_model_info()
+
+    def _show_model_info(self) -> None:
+        idx = self.model.currentIndex()
+        info = self._models[idx] if 0 <= idx < len(self._models) else None
+        self.model_info.setText(info.description if info else "")
+
+    def settings(self) -> Settings:
+        return self._base.with_changes(
+            model_id=str(self.model.currentData()), device=self.device.currentText(),
+            top_k=self.top_k.value(), thumbnail_size=self.thumb.value())

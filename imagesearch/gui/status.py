@@ -1,0 +1,63 @@
+"""The status bar: photos indexed, model, device and when the library was last indexed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QPainter, QPaintEvent
+from PySide6.QtWidgets import QLabel, QStatusBar, QWidget
+
+from imagesearch.domain import LibraryStatus
+
+
+def when(moment: datetime | None, now: datetime | None = None) -> str:
+    """'never', 'today 14:05', 'yesterday 09:12' or '2024-03-02 14:05'."""
+    if moment is None:
+        return "never"
+    now = now or datetime.now()
+    days = (now.date() - moment.date()).days
+    if days == 0:
+        return f"today {moment:%H:%M}"
+    if days == 1:
+        return f"yesterday {moment:%H:%M}"
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+class ElidedLabel(QLabel):
+    """A label that may shrink below its text, eliding it, so it never sets a window minimum."""
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(min(40, super().minimumSizeHint().width()), super().minimumSizeHint().height())
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight,
+                                             self.contentsRect().width())
+        painter.drawText(self.contentsRect(), int(self.alignment()), text)
+        painter.end()
+
+
+class StatusBar(QStatusBar):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.busy = QLabel(self)
+        self.photos = ElidedLabel(self)
+        self.model = ElidedLabel(self)
+        self.device = ElidedLabel(self)
+        self.last = ElidedLabel(self)
+        for label in (self.busy, self.photos, self.model, self.device, self.last):
+            self.addPermanentWidget(label)
+        self.busy.hide()
+
+    def set_status(self, status: LibraryStatus) -> None:
+        pending = f", {status.pending_count} waiting" if status.pending_count else ""
+        failed = f", {status.failed_count} failed" if status.failed_count else ""
+        self.photos.setText(f"{status.indexed_count} photos indexed{pending}{failed}")
+        self.model.setText(f"Model: {status.model_id}")
+        self.device.setText(f"Device: {status.device}")
+        self.last.setText(f"Last indexed: {when(status.last_indexed)}")
+
+    def set_busy(self, busy: bool) -> None:
+        self.busy.setText("Searching…")
+        self.busy.setVisible(busy)
