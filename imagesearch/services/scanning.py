@@ -116,7 +116,11 @@ def plan(files: list[ScannedFile], known: dict[Path, CatalogEntry],
         seen.add(f.path)
         entry = known.get(f.path)
         if f.problem is not None:
-            p.problems.append(f)
+            if entry is not None and entry.status is PhotoStatus.FAILED \
+                    and _same_stat(entry, f):
+                p.unchanged += 1  # already recorded: a broken link is not rewritten every run
+            else:
+                p.problems.append(f)
         elif entry is None:
             new_files.append(f)
         elif not _same_stat(entry, f):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from imagesearch.errors import IndexFileError
 from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
+
+STALE_TEMP_S = 3600.0  # a temp index file this old is a leftover, not a save in progress
 
 
 def index_path(index_dir: Path, model_id: str) -> Path:
@@ -41,6 +44,7 @@ class VectorStore:
             return self._index
 
     def _open(self, dim: int | None) -> VectorIndex | None:
+        self._remove_stale_temp_files()
         generation = self.catalog.generation()
         reason = None
         try:
@@ -67,6 +71,20 @@ class VectorStore:
             self._dirty = True
         return index
 
+    def _remove_stale_temp_files(self) -> None:
+        """Delete half-written index files left by a process killed while saving.
+
+        Only old ones: a fresh temp file may belong to another process saving right now.
+        """
+        cutoff = time.time() - STALE_TEMP_S
+        for tmp in self.path.parent.glob(self.path.name + ".*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    log.info("removed %s, left by an interrupted save", tmp.name)
+            except OSError:
+                pass
+
     def _mismatch(self, index: VectorIndex, generation: int) -> str | None:
         if index.model_id != self.model_id:
             return f"the file is for model {index.model_id}"
@@ -74,8 +92,10 @@ class VectorStore:
             return (f"the file reflects catalog generation {index.generation}, "
                     f"the catalog is at {generation}")
         stored = np.sort(self.catalog.vector_ids(self.model_id))
-        if len(stored) != len(index) or not np.array_equal(stored, np.sort(index.ids())):
+        if len(stored) != len(index):
             return f"the file holds {len(index)} vectors, the catalog {len(stored)}"
+        if not np.array_equal(stored, np.sort(index.ids())):
+            return f"the file's photo ids differ from the catalog's ({len(stored)} each)"
         return None
 
     def apply(self, added_ids: np.ndarray, vectors: np.ndarray, removed_ids: np.ndarray,
