@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,13 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     seen: list[Path] = []
     real = DecodePool.decode
 
-    def spy(self: DecodePool, paths: Iterable[Path]) -> Iterator[DecodedImage]:
+    def spy(self: DecodePool, paths: Iterable[Path],
+            lookahead: int | None = None) -> Generator[DecodedImage, None, None]:
         def record() -> Iterator[Path]:
             for p in paths:
                 seen.append(p)
                 yield p
-        return real(self, record())
+        return real(self, record(), lookahead)
 
     monkeypatch.setattr(DecodePool, "decode", spy)
     return seen

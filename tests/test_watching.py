@@ -85,8 +85,10 @@ class Rig:
         return rec is not None and rec.status is PhotoStatus.INDEXED
 
     def faiss_ids(self) -> list[int]:
-        index = self.ctx.vectors.index()
-        return [] if index is None else sorted(int(i) for i in index.ids())
+        # Under the write lane: a catalog commit and its index update are seen together.
+        with self.ctx.lane:
+            index = self.ctx.vectors.index()
+            return [] if index is None else sorted(int(i) for i in index.ids())
 
     def photo_count(self) -> int:
         return sum(self.ctx.catalog.counts().values())
@@ -266,6 +268,8 @@ def test_stop_joins_every_thread(rig: Rig) -> None:
     assert len(set(threading.enumerate()) - before) >= 2  # observer, emitter, worker...
     w.stop()
     assert not w.is_running
+    # The decode processes belong to the indexing service, which keeps them between batches.
+    rig.ctx.indexing.close()
     leftover = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert leftover == []
     w.stop()  # stopping twice is harmless

@@ -162,15 +162,16 @@ def _watch(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
     if not ctx.library.folders():
         raise ImageSearchError("The library has no folders yet: imagesearch index FOLDER")
     _ensure_weights(ctx)
-    with IndexProgressBar(not args.no_progress) as bar:
-        report = ctx.indexing.run(progress=bar, cancel=cancel)
-    print(_describe(report))
     watcher = FolderWatcher(ctx.indexing, ctx.library,
                             on_report=lambda r: print(_describe(r), flush=True))
+    # Watch first, then reconcile: a change during the catch-up scan is not missed.
     watcher.start()
-    print("watching " + ", ".join(str(p) for p in watcher.watched_paths()) +
-          " (Ctrl+C to stop)", flush=True)
     try:
+        with IndexProgressBar(not args.no_progress) as bar:
+            report = ctx.indexing.run(progress=bar, cancel=cancel)
+        print(_describe(report))
+        print("watching " + ", ".join(str(p) for p in watcher.watched_paths()) +
+              " (Ctrl+C to stop)", flush=True)
         while not cancel.wait(0.5):
             pass
     finally:

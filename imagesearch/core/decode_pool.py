@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -37,6 +38,7 @@ class DecodePool:
         self.workers = default_workers() if workers is None else workers
         self.lookahead = max(lookahead, _CHUNK)
         self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> DecodePool:
         return self
@@ -45,21 +47,29 @@ class DecodePool:
         self.close()
 
     def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            return self._pool_locked()
+
+    def _pool_locked(self) -> ProcessPoolExecutor:
         if self._executor is None:
             # spawn: forking a process that holds torch's threads is unsafe.
             self._executor = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self._executor
 
-    def decode(self, paths: Iterable[Path]) -> Iterator[DecodedImage]:
-        """Decoded images in the order of ``paths``; at most ``lookahead`` in flight."""
+    def decode(self, paths: Iterable[Path], lookahead: int | None = None
+               ) -> Generator[DecodedImage, None, None]:
+        """Decoded images in the order of ``paths``; at most ``lookahead`` in flight.
+
+        Safe to call from several threads at once: each call keeps its own window.
+        """
         if self.workers <= 0:
             for p in paths:
                 yield decode_for_model(p, self.spec)
             return
         pending: deque[tuple[Future[list[DecodedImage]], list[Path]]] = deque()
         chunk: list[Path] = []
-        max_tasks = max(1, self.lookahead // _CHUNK)
+        max_tasks = max(1, max(lookahead or self.lookahead, _CHUNK) // _CHUNK)
         try:
             for p in paths:
                 chunk.append(p)
@@ -101,11 +111,13 @@ class DecodePool:
             return out
 
     def _restart(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)

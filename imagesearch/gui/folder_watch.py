@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Signal
@@ -27,6 +28,8 @@ class FolderWatch(QObject):
         super().__init__(parent)
         self._runner = runner
         self.watcher: FolderWatcher | None = None
+        # Held while a queued start runs, so a stop() that comes first is never undone.
+        self._life = threading.Lock()
 
     @property
     def running(self) -> bool:
@@ -42,7 +45,13 @@ class FolderWatch(QObject):
         watcher = FolderWatcher(ctx.indexing, ctx.library, on_report=self.changed.emit,
                                 on_error=lambda exc: self.failed.emit(str(exc)))
         self.watcher = watcher
-        self._runner.submit("io", watcher.start, error=lambda e: self.failed.emit(str(e)))
+        self._runner.submit("io", lambda: self._start_if_current(watcher),
+                            error=lambda e: self.failed.emit(str(e)))
+
+    def _start_if_current(self, watcher: FolderWatcher) -> None:
+        with self._life:
+            if self.watcher is watcher:
+                watcher.start()
 
     def refresh(self) -> None:
         """The folders or their watch flags changed: follow exactly the watched ones."""
@@ -52,6 +61,7 @@ class FolderWatch(QObject):
 
     def stop(self) -> None:
         """Stop and join the watcher's threads (a batch in progress is cut short)."""
-        watcher, self.watcher = self.watcher, None
+        with self._life:
+            watcher, self.watcher = self.watcher, None
         if watcher is not None:
             watcher.stop()

@@ -30,6 +30,7 @@ class AppContext:
     search: SearchService
 
     def close(self) -> None:
+        self.indexing.close()
         self.catalog.close()
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from imagesearch.config import Settings
 from imagesearch.core.decode_pool import DecodePool
-from imagesearch.core.imaging import DecodedImage, is_image_name
+from imagesearch.core.imaging import DecodedImage, PreprocessSpec, is_image_name
 from imagesearch.domain import FolderInfo, IndexProgress, IndexReport
 from imagesearch.errors import IndexFileError
 from imagesearch.services.models import ModelManager
@@ -42,6 +42,25 @@ class IndexingService:
         self.vectors = vectors
         self.lane = lane
         self.warnings: list[str] = []
+        # Kept between runs: the watcher's small batches would otherwise pay for
+        # starting decode processes every time.
+        self._pool: DecodePool | None = None
+        self._pool_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the decode worker processes."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _decode_pool(self, spec: PreprocessSpec) -> DecodePool:
+        with self._pool_lock:
+            if self._pool is None or self._pool.spec != spec:
+                if self._pool is not None:
+                    self._pool.close()
+                self._pool = DecodePool(spec, self.settings.decode_workers or None)
+            return self._pool
 
     # Whole folders -------------------------------------------------------------------------
 
@@ -199,13 +218,14 @@ class IndexingService:
         new_paths = {f.path for f in work.to_embed[len(work.to_embed) - work.new_count:]}
         encoder = self.models.encoder()
         batch_size = max(1, self.settings.batch_size)
-        workers = self.settings.decode_workers or None
+        pool = self._decode_pool(encoder.spec)
         total = len(todo)
         done = 0
         started = time.perf_counter()
         batch: list[DecodedImage] = []
-        with DecodePool(encoder.spec, workers, lookahead=2 * batch_size) as pool:
-            for decoded in pool.decode(f.path for f in todo):
+        stream = pool.decode((f.path for f in todo), lookahead=2 * batch_size)
+        try:
+            for decoded in stream:
                 batch.append(decoded)
                 if len(batch) < batch_size:
                     continue
@@ -218,6 +238,8 @@ class IndexingService:
                     break
             if batch and not cancel.is_set():
                 done += self._commit(batch, folder_of, new_paths, counts)
+        finally:
+            stream.close()  # cancels decoding still queued for a cancelled run
         rate = done / max(time.perf_counter() - started, 1e-9)
         report(IndexProgress("done", done, total, counts["failed"], images_per_second=rate))
         return counts
