@@ -97,6 +97,16 @@ def photo_dir(tmp_path: Path) -> Path:
     return root
 
 
+def noise_jpeg(path: Path, seed: int, size: int = 64) -> Path:
+    """A small JPEG of random pixels: distinct per seed, quick to write and to index."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 @pytest.fixture
 def write_photo() -> Iterator[Callable[..., Path]]:
     from PIL import Image

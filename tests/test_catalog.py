@@ -132,3 +132,13 @@ def test_reset_failed(catalog: Catalog, tmp_path: Path) -> None:
     catalog.store("m", [_update(tmp_path / "bad.jpg", fid, error="nope")])
     assert catalog.reset_failed() == 1
     assert catalog.counts()[PhotoStatus.PENDING] == 1
+
+
+def test_store_returns_ids_in_order_for_mixed_inserts_and_updates(catalog: Catalog,
+                                                                 tmp_path: Path) -> None:
+    fid = catalog.add_folder(tmp_path)
+    first = catalog.store("m", [_update(tmp_path / f"{n}.jpg", fid) for n in "abcdef"])
+    mixed = catalog.store("m", [_update(tmp_path / f"{n}.jpg", fid) for n in "zfxbya"])
+    records = catalog.photos(mixed)
+    assert [records[i].path.name for i in mixed] == [f"{n}.jpg" for n in "zfxbya"]
+    assert mixed[1] == first[5] and mixed[3] == first[1] and mixed[5] == first[0]

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from imagesearch.config import Settings
 from imagesearch.core.vector_index import VectorIndex
 from imagesearch.domain import PhotoStatus
 from imagesearch.services.vector_store import index_path
+from tests.conftest import noise_jpeg
 from tests.tiny_model import TINY_MODEL_ID
 
 pytestmark = pytest.mark.timeout(180)
@@ -35,10 +35,7 @@ STORE_LOG = "imagesearch.services.vector_store"
 
 
 def jpeg(path: Path, seed: int, size: int = 48) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-    return path
+    return noise_jpeg(path, seed, size)
 
 
 # Killing a real indexing process ---------------------------------------------------------

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from imagesearch.domain import IndexReport, PhotoStatus
 from imagesearch.errors import FolderError
 from imagesearch.services.watching import FolderWatcher
+from tests.conftest import noise_jpeg
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -35,10 +35,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
 
 
 def jpeg(path: Path, seed: int, size: int = 64) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-    return path
+    return noise_jpeg(path, seed, size)
 
 
 class Spy:

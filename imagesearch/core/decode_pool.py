@@ -6,6 +6,7 @@ GIL, and the worker's imports stay light (Pillow and NumPy, no torch).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -23,6 +24,12 @@ _CHUNK = 4  # files per task: amortises the inter-process round trip
 def default_workers() -> int:
     """One fewer than the cores (the model takes the rest), at least one, at most four."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _lower_priority() -> None:
+    """Decoders yield to the model: a preempted inference thread stalls the whole op."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(10)
 
 
 def _decode_chunk(paths: list[Path], spec: PreprocessSpec) -> list[DecodedImage]:
@@ -54,7 +61,8 @@ class DecodePool:
         if self._executor is None:
             # spawn: forking a process that holds torch's threads is unsafe.
             self._executor = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_lower_priority)
         return self._executor
 
     def decode(self, paths: Iterable[Path], lookahead: int | None = None

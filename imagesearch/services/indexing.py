@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -164,8 +165,7 @@ class IndexingService:
         with self.lane:
             self.vectors.index()
             self.catalog.remove_photos(ids)
-            self.vectors.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
-                               np.asarray(ids, dtype=np.int64), self.catalog.generation())
+            self.vectors.remove(np.asarray(ids, dtype=np.int64), self.catalog.generation())
         return len(ids)
 
     def move_path(self, src: Path, dst: Path) -> bool:
@@ -186,9 +186,8 @@ class IndexingService:
                 # Renamed over another photo (e.g. a.jpg -> b.jpg): b's old entry goes, or
                 # the move would break the catalog's one-row-per-path rule.
                 self.catalog.remove_photos([replaced.id])
-                self.vectors.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
-                                   np.asarray([replaced.id], dtype=np.int64),
-                                   self.catalog.generation())
+                self.vectors.remove(np.asarray([replaced.id], dtype=np.int64),
+                                    self.catalog.generation())
             self.catalog.move(record.id, dst, target.id, mtime)
             self._sync_generation()
         return True
@@ -201,9 +200,8 @@ class IndexingService:
             self.vectors.index()  # open (or rebuild) before this run's writes move the generation
             if work.gone:
                 self.catalog.remove_photos(work.gone)
-                self.vectors.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
-                                   np.asarray(work.gone, dtype=np.int64),
-                                   self.catalog.generation())
+                self.vectors.remove(np.asarray(work.gone, dtype=np.int64),
+                                    self.catalog.generation())
             for photo_id, f in work.moves:
                 self.catalog.move(photo_id, f.path, folder_of[f.path], f.mtime)
             if work.problems:
@@ -216,41 +214,69 @@ class IndexingService:
         if not todo or cancel.is_set():
             return counts
         new_paths = {f.path for f in work.to_embed[len(work.to_embed) - work.new_count:]}
+        self._embed_all(todo, folder_of, new_paths, counts, report, cancel)
+        return counts
+
+    def _embed_all(self, todo: list[ScannedFile], folder_of: dict[Path, int],
+                   new_paths: set[Path], counts: dict[str, int], report: ProgressCallback,
+                   cancel: threading.Event) -> None:
+        """Decode (worker processes) -> encode (this thread) -> store (writer thread).
+
+        The three stages overlap: while batch N is encoded, later photos are decoded and
+        batch N-1 is committed, so the model is rarely left waiting.
+        """
         encoder = self.models.encoder()
         batch_size = max(1, self.settings.batch_size)
         pool = self._decode_pool(encoder.spec)
-        total = len(todo)
-        done = 0
+        total, done = len(todo), 0
         started = time.perf_counter()
         batch: list[DecodedImage] = []
+        in_flight: Future[int] | None = None
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesearch-writer")
         stream = pool.decode((f.path for f in todo), lookahead=2 * batch_size)
+
+        def hand_over(items: list[DecodedImage]) -> None:
+            nonlocal in_flight, done
+            vectors = self._encode(items)
+            if in_flight is not None:  # one commit at a time, in order
+                done += in_flight.result()
+            in_flight = writer.submit(self._store, items, vectors, folder_of, new_paths,
+                                      counts)
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            report(IndexProgress("embedding", done, total, counts["failed"],
+                                 current=str(items[-1].path), images_per_second=rate))
+
         try:
             for decoded in stream:
                 batch.append(decoded)
-                if len(batch) < batch_size:
-                    continue
-                done += self._commit(batch, folder_of, new_paths, counts)
-                batch = []
-                rate = done / max(time.perf_counter() - started, 1e-9)
-                report(IndexProgress("embedding", done, total, counts["failed"],
-                                     current=str(decoded.path), images_per_second=rate))
-                if cancel.is_set():
-                    break
+                if len(batch) >= batch_size:
+                    hand_over(batch)
+                    batch = []
+                    if cancel.is_set():
+                        break
             if batch and not cancel.is_set():
-                done += self._commit(batch, folder_of, new_paths, counts)
+                hand_over(batch)
+            if in_flight is not None:
+                done += in_flight.result()
+                in_flight = None
         finally:
             stream.close()  # cancels decoding still queued for a cancelled run
+            writer.shutdown(wait=True)  # a commit under way always lands
         rate = done / max(time.perf_counter() - started, 1e-9)
         report(IndexProgress("done", done, total, counts["failed"], images_per_second=rate))
-        return counts
 
-    def _commit(self, batch: list[DecodedImage], folder_of: dict[Path, int],
-                new_paths: set[Path], counts: dict[str, int]) -> int:
+    def _encode(self, batch: list[DecodedImage]) -> np.ndarray:
         encoder = self.models.encoder()
-        good = [d for d in batch if d.pixels is not None]
-        pixels = [d.pixels for d in good if d.pixels is not None]
-        vectors = encoder.encode_images(np.stack(pixels)) if pixels \
+        pixels = [d.pixels for d in batch if d.pixels is not None]
+        return encoder.encode_images(np.stack(pixels)) if pixels \
             else np.zeros((0, encoder.dim), np.float32)
+
+    def _store(self, batch: list[DecodedImage], vectors: np.ndarray,
+               folder_of: dict[Path, int], new_paths: set[Path],
+               counts: dict[str, int]) -> int:
+        """Commit one batch to the catalog and mirror it in the index (the writer lane)."""
+        model_id = self.models.model_id
+        good = [d for d in batch if d.pixels is not None]
         by_path = {d.path: v for d, v in zip(good, vectors, strict=True)}
         updates = [
             PhotoUpdate(d.path, folder_of[d.path], d.size, d.mtime, d.content_hash, d.width,
@@ -258,12 +284,12 @@ class IndexingService:
             for d in batch
         ]
         with self.lane:
-            ids = self.catalog.store(encoder.model_id, updates)
+            ids = self.catalog.store(model_id, updates)
             ok = np.asarray([i for i, u in zip(ids, updates, strict=True)
                              if u.vector is not None], dtype=np.int64)
             bad = np.asarray([i for i, u in zip(ids, updates, strict=True) if u.vector is None],
                              dtype=np.int64)
-            self.vectors.apply(ok, vectors if len(ok) else np.zeros((0, encoder.dim),
+            self.vectors.apply(ok, vectors if len(ok) else np.zeros((0, vectors.shape[1]),
                                                                     np.float32),
                                bad, self.catalog.generation())
         for d in batch:
@@ -277,8 +303,7 @@ class IndexingService:
         return len(batch)
 
     def _sync_generation(self) -> None:
-        self.vectors.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
-                           np.zeros(0, np.int64), self.catalog.generation())
+        self.vectors.sync(self.catalog.generation())
 
     def _save_index(self) -> None:
         try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from imagesearch.config import Settings
 from imagesearch.domain import FolderInfo, LibraryStatus, PhotoRecord, PhotoStatus
 from imagesearch.errors import FolderError
@@ -56,8 +54,7 @@ class LibraryService:
             self.vectors.index()
             ids = self.catalog.ids_under(info.path)
             removed = self.catalog.remove_folder(info.id)
-            self.vectors.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), ids,
-                               self.catalog.generation())
+            self.vectors.remove(ids, self.catalog.generation())
             self.vectors.save()
         return removed
 

@@ -112,6 +112,14 @@ class VectorStore:
             index.generation = generation
             self._dirty = True
 
+    def remove(self, ids: np.ndarray, generation: int) -> None:
+        """Mirror committed deletions."""
+        self.apply(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), ids, generation)
+
+    def sync(self, generation: int) -> None:
+        """Record a committed change that moved no vector (a move, a failure)."""
+        self.remove(np.zeros(0, np.int64), generation)
+
     def save(self) -> None:
         """Write the index if it changed.
 

@@ -198,21 +198,22 @@ class Catalog:
         if not updates:
             return []
         now = _now()
+        rows = [
+            dict(folder_id=u.folder_id, path=u.path, size=u.size, mtime=u.mtime,
+                 content_hash=u.content_hash, width=u.width, height=u.height,
+                 format=u.format, captured_at=u.captured_at,
+                 status=(PhotoStatus.FAILED if u.error else PhotoStatus.INDEXED).value,
+                 error=u.error, updated_at=now)
+            for u in updates
+        ]
+        insert = sqlite_insert(PhotoRow)
+        upsert = insert.on_conflict_do_update(
+            index_elements=[PhotoRow.path],
+            set_={k: insert.excluded[k] for k in rows[0] if k != "path"},
+        ).returning(PhotoRow.id, sort_by_parameter_order=True)
         with self._sessions.begin() as s:
-            ids: list[int] = []
-            for u in updates:
-                values = dict(
-                    folder_id=u.folder_id, path=u.path, size=u.size, mtime=u.mtime,
-                    content_hash=u.content_hash, width=u.width, height=u.height,
-                    format=u.format, captured_at=u.captured_at,
-                    status=(PhotoStatus.FAILED if u.error else PhotoStatus.INDEXED).value,
-                    error=u.error, updated_at=now,
-                )
-                upsert = sqlite_insert(PhotoRow).values(**values).on_conflict_do_update(
-                    index_elements=[PhotoRow.path],
-                    set_={k: v for k, v in values.items() if k != "path"},
-                ).returning(PhotoRow.id)
-                ids.append(int(s.execute(upsert).scalar_one()))
+            # One batched statement for the whole list (executemany with RETURNING).
+            ids = [int(i) for i in s.scalars(upsert, rows)]
             vec_rows = [
                 {"photo_id": pid, "model": model,
                  "vector": np.asarray(u.vector, dtype=np.float16).tobytes()}
@@ -224,22 +225,6 @@ class Catalog:
                 s.execute(sqlite_insert(EmbeddingRow), vec_rows)
             self._bump(s)
             return ids
-
-    def store_vectors(self, model: str, vectors: dict[int, np.ndarray]) -> None:
-        """Add vectors for existing, unchanged photos (e.g. after switching model)."""
-        if not vectors:
-            return
-        with self._sessions.begin() as s:
-            s.execute(delete(EmbeddingRow).where(EmbeddingRow.model == model,
-                                                 EmbeddingRow.photo_id.in_(list(vectors))))
-            s.execute(sqlite_insert(EmbeddingRow), [
-                {"photo_id": pid, "model": model,
-                 "vector": np.asarray(v, dtype=np.float16).tobytes()}
-                for pid, v in vectors.items()
-            ])
-            s.execute(update(PhotoRow).where(PhotoRow.id.in_(list(vectors)))
-                      .values(status=PhotoStatus.INDEXED.value, error=None))
-            self._bump(s)
 
     def move(self, photo_id: int, new_path: Path, folder_id: int, mtime: float) -> None:
         """Record that a photo now lives at ``new_path``; its vectors stay."""
