@@ -374,8 +374,9 @@ def test_file_deleted_between_scan_and_decode(
     victim = root / "p1.jpg"
     real_walk = indexing.walk
 
-    def walk_then_delete(folder: Path, cancelled: Callable[[], bool]) -> Iterator[Any]:
-        yield from real_walk(folder, cancelled)
+    def walk_then_delete(folder: Path, cancelled: Callable[[], bool],
+                         unreadable: list[Path] | None = None) -> Iterator[Any]:
+        yield from real_walk(folder, cancelled, unreadable)
         victim.unlink()  # the scan saw it; the decoder will not find it
 
     monkeypatch.setattr(indexing, "walk", walk_then_delete)

@@ -37,7 +37,7 @@ class IndexHeader:
 class VectorIndex:
     """Exact inner-product search (IDMap2 over Flat) keyed by catalog photo id.
 
-    Thread-safe: writes take a lock; FAISS searches may run alongside each other.
+    Thread-safe: every read and write of the FAISS object takes one lock.
     """
 
     def __init__(self, dim: int, model_id: str, generation: int = 0,
@@ -59,7 +59,8 @@ class VectorIndex:
         return index
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        with self._lock:
+            return int(self._index.ntotal)
 
     def ids(self) -> np.ndarray:
         import faiss
@@ -100,7 +101,9 @@ class VectorIndex:
                                                                        np.int64))
         k = min(k, n)
         if allowed is None:
-            scores, ids = self._index.search(queries, k)
+            # FAISS is not safe to read while another thread adds or removes vectors.
+            with self._lock:
+                scores, ids = self._index.search(queries, k)
             return scores, ids
         if len(allowed) == 0:
             return (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0),
@@ -108,7 +111,8 @@ class VectorIndex:
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
         params = faiss.SearchParameters()
         params.sel = selector  # ``selector`` must outlive the search: FAISS keeps a pointer
-        scores, ids = self._index.search(queries, min(k, len(allowed)), params=params)
+        with self._lock:
+            scores, ids = self._index.search(queries, min(k, len(allowed)), params=params)
         return scores, ids
 
     # Persistence ---------------------------------------------------------------------------

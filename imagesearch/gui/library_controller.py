@@ -93,6 +93,7 @@ class LibraryController(QObject):
         """Another model or device: wait for the old context's work, then open anew."""
         self.w.indexer.cancel()
         self.w.searches.cancel()
+        self.w.model_setup.cancel_event.set()  # a download of the old model ends too
         self.w.runner.wait_idle()
         self.stop_watching()
         self.close()

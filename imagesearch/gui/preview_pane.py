@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import urllib.parse
 from pathlib import Path
 
 from PySide6.QtCore import QProcess, QRectF, QSize, Qt, QUrl, Signal
@@ -41,8 +43,17 @@ def reveal_in_file_manager(path: Path) -> None:
     elif sys.platform == "win32":
         QProcess.startDetached("explorer", [f"/select,{path}"])
     else:
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent)))
+        QDesktopServices.openUrl(file_url(path.parent))
 
+
+
+def file_url(path: Path) -> QUrl:
+    """A file:// URL from the path's bytes: Qt drops the surrogates that stand for a
+    non-UTF-8 byte in a Linux file name, which would open another (or no) file."""
+    if os.name == "posix":
+        return QUrl.fromEncoded(b"file://" + urllib.parse.quote_from_bytes(
+            os.fsencode(path)).encode("ascii"))
+    return QUrl.fromLocalFile(str(path))
 
 class ImageView(QWidget):
     """Draws a pixmap scaled to fit, and the match box over it when there is one."""
@@ -158,7 +169,7 @@ class PreviewPane(QWidget):
 
     def open_file(self) -> None:
         if self.hit is not None:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.hit.path)))
+            QDesktopServices.openUrl(file_url(self.hit.path))
 
     def reveal(self) -> None:
         if self.hit is not None:

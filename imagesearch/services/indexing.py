@@ -85,15 +85,32 @@ class IndexingService:
                 self.catalog.set_folder_state(folder.id, online=False)
                 offline.append(folder.path)
                 continue
-            for f in walk(folder.path, cancel.is_set):
-                files.append(f)
-                folder_of[f.path] = folder.id
-                if len(files) % 500 == 0:
-                    report(IndexProgress("scanning", len(files), 0, current=str(folder.path)))
-            known.update(self.catalog.entries(folder.id, model_id))
+            # Read the catalog before walking: a file the watcher stores during the walk is
+            # then re-planned as new (a harmless upsert), never taken for deleted.
+            entries = self.catalog.entries(folder.id, model_id)
+            unreadable: list[Path] = []
+            found: list[ScannedFile] = []
+            for f in walk(folder.path, cancel.is_set, unreadable):
+                found.append(f)
+                if (len(files) + len(found)) % 500 == 0:
+                    report(IndexProgress("scanning", len(files) + len(found), 0,
+                                         current=str(folder.path)))
             if cancel.is_set():
                 return IndexReport(cancelled=True, offline_folders=tuple(offline),
                                    seconds=time.perf_counter() - started)
+            if not found and entries:
+                # An unmounted share leaves an empty mount point: offline, not emptied.
+                log.warning("%s is empty but the catalog has %d photos there: treating it "
+                            "as offline", folder.path, len(entries))
+                self.catalog.set_folder_state(folder.id, online=False)
+                offline.append(folder.path)
+                continue
+            for f in found:
+                files.append(f)
+                folder_of[f.path] = folder.id
+            blocked = tuple(unreadable)
+            known.update({p: e for p, e in entries.items()
+                          if not any(p.is_relative_to(b) for b in blocked)})
         work = plan(files, known)
         result = self._apply(work, folder_of, report, cancel)
         for folder in folders:
@@ -163,7 +180,7 @@ class IndexingService:
         if not ids:
             return 0
         with self.lane:
-            self.vectors.index()
+            self.vectors.refresh()
             self.catalog.remove_photos(ids)
             self.vectors.remove(np.asarray(ids, dtype=np.int64), self.catalog.generation())
         return len(ids)
@@ -181,7 +198,7 @@ class IndexingService:
             return False
         replaced = self.catalog.photo_by_path(dst)
         with self.lane:
-            self.vectors.index()
+            self.vectors.refresh()
             if replaced is not None and replaced.id != record.id:
                 # Renamed over another photo (e.g. a.jpg -> b.jpg): b's old entry goes, or
                 # the move would break the catalog's one-row-per-path rule.
@@ -197,7 +214,10 @@ class IndexingService:
     def _apply(self, work: Plan, folder_of: dict[Path, int], report: ProgressCallback,
                cancel: threading.Event) -> dict[str, int]:
         with self.lane:
-            self.vectors.index()  # open (or rebuild) before this run's writes move the generation
+            self.vectors.refresh()  # open (or rebuild) before this run's writes move the generation
+            live = self.catalog.folder_ids()
+            work.problems = [f for f in work.problems if folder_of[f.path] in live]
+            work.moves = [(pid, f) for pid, f in work.moves if folder_of[f.path] in live]
             if work.gone:
                 self.catalog.remove_photos(work.gone)
                 self.vectors.remove(np.asarray(work.gone, dtype=np.int64),
@@ -284,13 +304,18 @@ class IndexingService:
             for d in batch
         ]
         with self.lane:
+            self.vectors.refresh()
+            # A folder removed from the library while this run was under way: drop its photos.
+            live = self.catalog.folder_ids()
+            updates = [u for u in updates if u.folder_id in live]
             ids = self.catalog.store(model_id, updates)
+            kept = [u.vector for u in updates if u.vector is not None]
             ok = np.asarray([i for i, u in zip(ids, updates, strict=True)
                              if u.vector is not None], dtype=np.int64)
             bad = np.asarray([i for i, u in zip(ids, updates, strict=True) if u.vector is None],
                              dtype=np.int64)
-            self.vectors.apply(ok, vectors if len(ok) else np.zeros((0, vectors.shape[1]),
-                                                                    np.float32),
+            self.vectors.apply(ok, np.stack(kept) if kept else np.zeros((0, vectors.shape[1]),
+                                                                        np.float32),
                                bad, self.catalog.generation())
         for d in batch:
             if d.error is not None:

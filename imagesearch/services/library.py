@@ -51,7 +51,7 @@ class LibraryService:
         """
         info = self._find(folder)
         with self.lane:
-            self.vectors.index()
+            self.vectors.refresh()
             ids = self.catalog.ids_under(info.path)
             removed = self.catalog.remove_folder(info.id)
             self.vectors.remove(ids, self.catalog.generation())

@@ -31,8 +31,12 @@ def _skip_dir(name: str) -> bool:
     return name.startswith(".") or name.lower() in _SKIPPED_DIRS
 
 
-def walk(root: Path, cancelled: Callable[[], bool] = lambda: False) -> Iterator[ScannedFile]:
+def walk(root: Path, cancelled: Callable[[], bool] = lambda: False,
+         unreadable: list[Path] | None = None) -> Iterator[ScannedFile]:
     """Every image-named file under ``root``: hidden and system folders skipped.
+
+    Folders that cannot be listed are appended to ``unreadable``: what the catalog
+    knows under them must be left alone, not taken for deleted.
 
     Symlinked folders are followed once: a (device, inode) seen before is not entered
     again, so a link loop ends. Broken links come back with a problem, not silently.
@@ -51,7 +55,9 @@ def walk(root: Path, cancelled: Callable[[], bool] = lambda: False) -> Iterator[
         try:
             entries = list(os.scandir(folder))
         except OSError:
-            continue  # unreadable folder: its files stay as they were in the catalog
+            if unreadable is not None:
+                unreadable.append(folder)
+            continue
         for entry in entries:
             name = entry.name
             try:

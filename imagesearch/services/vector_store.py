@@ -98,6 +98,23 @@ class VectorStore:
             return f"the file's photo ids differ from the catalog's ({len(stored)} each)"
         return None
 
+    def refresh(self) -> VectorIndex | None:
+        """The index, first dropped if another process changed the catalog meanwhile.
+
+        Call under the write lane before writing: this process's own writes keep the
+        in-memory generation equal to the catalog's there, so a difference means the CLI
+        (say) wrote while the app was open, and the index is rebuilt from the catalog.
+        """
+        with self._lock:
+            if self._index is not None:
+                current = self.catalog.generation()
+                if self._index.generation != current:
+                    log.info("the catalog moved from generation %d to %d outside this "
+                             "process; reloading the search index", self._index.generation,
+                             current)
+                    self._index = None
+            return self.index()
+
     def apply(self, added_ids: np.ndarray, vectors: np.ndarray, removed_ids: np.ndarray,
               generation: int) -> None:
         """Mirror a committed catalog change in memory; the file is written by save()."""

@@ -257,6 +257,8 @@ class FolderWatcher:
                 updates[path] = None  # a file, or a link update_paths will judge
             else:
                 removals[path] = None
+        if self._stop.is_set():
+            return  # the next start-up's reconciliation scan settles the rest
         self._remove(list(removals), tally)
         if tally.moved or tally.removed:
             self._emit(tally.report())
@@ -275,7 +277,10 @@ class FolderWatcher:
                 handled.add(f.path)
                 self._move_file(dst_file=f.path, src_file=src / f.path.relative_to(dst),
                                 updates=updates, removals=removals, tally=tally)
-            removals[src] = None
+            if not self._stop.is_set():
+                # Only a complete walk says what is left under src: a walk cut short by
+                # stop() must not forget photos that simply were not followed yet.
+                removals[src] = None
         elif not is_dir and os.path.isfile(dst):
             self._move_file(src, dst, updates, removals, tally)
         else:

@@ -154,6 +154,10 @@ class Catalog:
                 ))
             return out
 
+    def folder_ids(self) -> set[int]:
+        with self._sessions() as s:
+            return set(s.scalars(select(FolderRow.id)))
+
     def folder_for(self, path: Path) -> FolderInfo | None:
         """The library folder that contains ``path``, if any."""
         for f in self.folders():
@@ -212,6 +216,10 @@ class Catalog:
             set_={k: insert.excluded[k] for k in rows[0] if k != "path"},
         ).returning(PhotoRow.id, sort_by_parameter_order=True)
         with self._sessions.begin() as s:
+            before: dict[Path, str | None] = {
+                path: h for path, h in s.execute(
+                    select(PhotoRow.path, PhotoRow.content_hash)
+                    .where(PhotoRow.path.in_([u.path for u in updates])))}
             # One batched statement for the whole list (executemany with RETURNING).
             ids = [int(i) for i in s.scalars(upsert, rows)]
             vec_rows = [
@@ -219,8 +227,14 @@ class Catalog:
                  "vector": np.asarray(u.vector, dtype=np.float16).tobytes()}
                 for pid, u in zip(ids, updates, strict=True) if u.vector is not None
             ]
-            # An edited or failed photo loses the vectors of every model: they describe old bytes.
-            s.execute(delete(EmbeddingRow).where(EmbeddingRow.photo_id.in_(ids)))
+            # New bytes (or none readable): every model's vector described the old ones.
+            # Same bytes: only this model's vector is replaced, the others stay.
+            stale = [pid for pid, u in zip(ids, updates, strict=True)
+                     if u.error is not None or before.get(u.path, u.content_hash)
+                     != u.content_hash]
+            s.execute(delete(EmbeddingRow).where(EmbeddingRow.photo_id.in_(stale)))
+            s.execute(delete(EmbeddingRow).where(EmbeddingRow.photo_id.in_(ids),
+                                                 EmbeddingRow.model == model))
             if vec_rows:
                 s.execute(sqlite_insert(EmbeddingRow), vec_rows)
             self._bump(s)
