@@ -9,20 +9,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from imagesearch.core.decode_pool import DecodePool
 from imagesearch.core.imaging import DecodedImage
 from imagesearch.domain import PhotoStatus
+from tests.conftest import noise_jpeg
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def jpeg(path: Path, seed: int, size: int = 64) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-    return path
+    return noise_jpeg(path, seed, size)
 
 
 @pytest.fixture
