@@ -117,6 +117,7 @@ class IndexReport:
     cancelled: bool = False
     offline_folders: tuple[Path, ...] = ()
     seconds: float = 0.0
+    warnings: tuple[str, ...] = ()  # e.g. the index file could not be saved
 
     @property
     def embedded(self) -> int:

@@ -211,6 +211,7 @@ def test_failed_index_save_keeps_the_previous_file_and_rebuilds_next_time(
     assert len(ctx.indexing.warnings) == 1
     assert "could not save the search index" in ctx.indexing.warnings[0]
     assert "No space left on device" in ctx.indexing.warnings[0]
+    assert report.warnings == tuple(ctx.indexing.warnings)  # what the CLI and GUI show
     new_id = ctx.library.photo(new).id
     assert new_id in ctx.vectors.index().ids()  # searchable now, from memory
     assert ctx.catalog.vector(new_id, ctx.models.model_id) is not None  # and in the truth

@@ -39,7 +39,7 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
     with IndexProgressBar(not args.no_progress) as bar:
         report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)
     print(_describe(report))
-    for warning in ctx.indexing.warnings:
+    for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 130 if report.cancelled else 0
 

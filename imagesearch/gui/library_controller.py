@@ -271,6 +271,8 @@ class LibraryController(QObject):
                     f"({report.seconds:.1f} s)")
         if report.offline_folders:
             text += f"; offline: {', '.join(str(p) for p in report.offline_folders)}"
+        if report.warnings:
+            text += "; " + "; ".join(report.warnings)
         self.w.status.showMessage(text, 10000)
         self.refresh()
 

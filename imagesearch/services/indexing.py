@@ -42,7 +42,7 @@ class IndexingService:
         self.models = models
         self.vectors = vectors
         self.lane = lane
-        self.warnings: list[str] = []
+        self.warnings: list[str] = []  # those of the latest run; each report has its own
         # Kept between runs: the watcher's small batches would otherwise pay for
         # starting decode processes every time.
         self._pool: DecodePool | None = None
@@ -116,12 +116,12 @@ class IndexingService:
         for folder in folders:
             if folder.path not in offline:
                 self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
-        self._save_index()
+        warnings = self._save_index()
         return IndexReport(
             added=result["added"], updated=result["updated"], moved=len(work.moves),
             removed=len(work.gone), failed=result["failed"], unchanged=work.unchanged,
             cancelled=cancel.is_set(), offline_folders=tuple(offline),
-            seconds=time.perf_counter() - started)
+            seconds=time.perf_counter() - started, warnings=warnings)
 
     def retry_failed(self, progress: ProgressCallback | None = None,
                      cancel: threading.Event | None = None) -> IndexReport:
@@ -165,9 +165,10 @@ class IndexingService:
         work = plan(files, known, complete=False)
         result = self._apply(work, folder_of, progress or _no_progress,
                              cancel or threading.Event())
-        self._save_index()
+        warnings = self._save_index()
         return IndexReport(added=result["added"], updated=result["updated"], removed=removed,
-                           failed=result["failed"], seconds=time.perf_counter() - started)
+                           failed=result["failed"], seconds=time.perf_counter() - started,
+                           warnings=warnings)
 
     def remove_paths(self, paths: Iterable[Path]) -> int:
         """Forget photos at (or under) these paths."""
@@ -330,14 +331,18 @@ class IndexingService:
     def _sync_generation(self) -> None:
         self.vectors.sync(self.catalog.generation())
 
-    def _save_index(self) -> None:
+    def _save_index(self) -> tuple[str, ...]:
+        """Write the index file; returns the warnings to report (none when it worked)."""
         try:
             with self.lane:
                 self.vectors.save()
         except IndexFileError as exc:
             # The catalog has everything; the next start rebuilds the file from it.
             log.warning("%s", exc)
-            self.warnings.append(str(exc))
+            self.warnings = [str(exc)]
+            return (str(exc),)
+        self.warnings = []
+        return ()
 
 
 def _owner(folders: list[FolderInfo], path: Path) -> FolderInfo | None:

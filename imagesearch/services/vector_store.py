@@ -149,8 +149,3 @@ class VectorStore:
                 return
             self._index.save(self.path)
             self._dirty = False
-
-    def reset(self) -> None:
-        """Forget the in-memory index (e.g. after another process changed the catalog)."""
-        with self._lock:
-            self._index = None

@@ -158,13 +158,6 @@ class Catalog:
         with self._sessions() as s:
             return set(s.scalars(select(FolderRow.id)))
 
-    def folder_for(self, path: Path) -> FolderInfo | None:
-        """The library folder that contains ``path``, if any."""
-        for f in self.folders():
-            if path == f.path or path.is_relative_to(f.path):
-                return f
-        return None
-
     # Photos --------------------------------------------------------------------------------
 
     def entries(self, folder_id: int, model: str) -> dict[Path, CatalogEntry]:
