@@ -50,6 +50,9 @@ class Settings:
     top_k: int = 60
     thumbnail_size: int = 192
     image_weight: float = 0.5
+    local_features: str = "compact"  # off | compact | detailed (core/local_features.py)
+    rerank: str = "spatial"  # off | spatial | ames: how image queries are re-ranked
+    shortlist: int = 100  # candidates re-ranked per image query
 
     @property
     def catalog_path(self) -> Path:
@@ -69,7 +72,7 @@ class Settings:
     # Persistence -------------------------------------------------------------------------
 
     _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers", "top_k",
-                  "thumbnail_size", "image_weight")
+                  "thumbnail_size", "image_weight", "local_features", "rerank", "shortlist")
 
     def save(self) -> None:
         """Write the user-editable settings atomically to the library folder."""

@@ -18,12 +18,21 @@ class PhotoStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Box:
-    """A rectangle in relative image coordinates (0..1), for "where the match is"."""
+    """Where the match is: corners in pixels of the upright original photo (EXIF
+    rotation applied), whatever size it was decoded or shown at."""
 
-    x: float
-    y: float
-    w: float
-    h: float
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def relative(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """(x, y, w, h) as fractions of the photo's width and height."""
+        w, h = max(width, 1), max(height, 1)
+        return self.x0 / w, self.y0 / h, (self.x1 - self.x0) / w, (self.y1 - self.y0) / h
+
+    def as_list(self) -> list[float]:
+        return [round(self.x0, 1), round(self.y0, 1), round(self.x1, 1), round(self.y1, 1)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,8 @@ class SearchHit:
     captured_at: datetime | None = None
     mtime: float | None = None
     box: Box | None = None
+    global_score: float | None = None  # the embedding's cosine, when a model ran
+    rerank_score: float | None = None  # the re-ranker's own measure (verified inliers, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,7 @@ class IndexReport:
     removed: int = 0
     failed: int = 0
     unchanged: int = 0
+    completed: int = 0  # unchanged photos given what they lacked (local features, a vector)
     cancelled: bool = False
     offline_folders: tuple[Path, ...] = ()
     seconds: float = 0.0

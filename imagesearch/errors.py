@@ -41,3 +41,7 @@ class FolderError(ImageSearchError):
 
 class QueryError(ImageSearchError):
     """The query is empty or cannot be used."""
+
+
+class FeatureDataError(ImageSearchError):
+    """A stored local-feature record is damaged or unusable; it is recomputed."""

@@ -56,19 +56,37 @@ def test_garbage_file_is_a_catalog_error(tmp_path: Path) -> None:
         open_catalog_engine(path)
 
 
-def test_older_catalog_is_backed_up_then_migrated(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from imagesearch.storage import database
+def test_catalog_of_the_first_schema_is_backed_up_then_really_upgraded(tmp_path: Path) -> None:
+    """A real Alembic upgrade: a catalog written at revision 0001, with rows, opened now."""
+    import sqlite3
+
+    from alembic import command
+
+    from imagesearch.storage.database import _alembic_config, create_catalog_engine
 
     path = tmp_path / "catalog.sqlite3"
+    engine = create_catalog_engine(path)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0001")
+    engine.dispose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO folders (id, path, watched, online, added_at) "
+                     "VALUES (1, ?, 1, 1, '2026-01-01 00:00:00')", (b"/photos",))
+        conn.execute("INSERT INTO photos (id, folder_id, path, size, mtime, content_hash, "
+                     "status) VALUES (7, 1, ?, 10, 1.0, 'abc', 'indexed')",
+                     (b"/photos/a.jpg",))
+        conn.execute("INSERT INTO embeddings VALUES (7, 'm', ?)", (b"\0\0" * 4,))
     open_catalog_engine(path).dispose()
-    # Pretend the app has moved on: the stored revision is known but no longer the head.
-    monkeypatch.setattr(database, "HEAD_REVISION", "0002")
-    monkeypatch.setattr(database, "known_revisions", lambda: {"0001", "0002"})
-    upgraded: list[str] = []
-    monkeypatch.setattr("alembic.command.upgrade", lambda cfg, rev: upgraded.append(rev))
-    open_catalog_engine(path).dispose()
-    assert upgraded == ["head"]
-    assert list(tmp_path.glob("catalog.backup-0001-*.sqlite3"))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == \
+            HEAD_REVISION
+        assert conn.execute("SELECT id, path FROM photos").fetchall() == [(7, b"/photos/a.jpg")]
+        assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM local_features").fetchone()[0] == 0
+    backups = list(tmp_path.glob("catalog.backup-0001-*.sqlite3"))
+    assert len(backups) == 1
+    with sqlite3.connect(backups[0]) as conn:  # the backup is the untouched old schema
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
 
 
 def _update(path: Path, folder_id: int, vec: np.ndarray | None = None,

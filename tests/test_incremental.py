@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from imagesearch.core.decode_pool import DecodePool
+from imagesearch.core.decode_pool import DecodeJob, DecodePool
 from imagesearch.core.imaging import DecodedImage
 from imagesearch.domain import PhotoStatus
 from tests.conftest import noise_jpeg
@@ -28,12 +28,12 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     seen: list[Path] = []
     real = DecodePool.decode
 
-    def spy(self: DecodePool, paths: Iterable[Path],
+    def spy(self: DecodePool, jobs: Iterable[Path | DecodeJob],
             lookahead: int | None = None) -> Generator[DecodedImage, None, None]:
-        def record() -> Iterator[Path]:
-            for p in paths:
-                seen.append(p)
-                yield p
+        def record() -> Iterator[Path | DecodeJob]:
+            for job in jobs:
+                seen.append(job.path if isinstance(job, DecodeJob) else job)
+                yield job
         return real(self, record(), lookahead)
 
     monkeypatch.setattr(DecodePool, "decode", spy)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagesearch.cli.evaluation import run_eval
 from imagesearch.cli.progress import DownloadBar, IndexProgressBar
 from imagesearch.domain import IndexReport, LibraryStatus, Query, SearchHit
-from imagesearch.errors import ImageSearchError, QueryError
+from imagesearch.errors import ImageSearchError, ModelUnavailable, QueryError
+from imagesearch.services.searching import split_negatives
 
 if TYPE_CHECKING:
     from imagesearch.services.context import AppContext
@@ -21,6 +25,16 @@ ContextFactory = Callable[[argparse.Namespace], "AppContext"]
 
 def run(args: argparse.Namespace, make_context: ContextFactory,
         cancel: threading.Event) -> int:
+    if args.command == "eval" and args.library is None:
+        # A benchmark is indexed into a library of its own, gone afterwards.
+        with tempfile.TemporaryDirectory(prefix="imagesearch-eval-") as tmp:
+            args.library = Path(tmp)
+            return _run(args, make_context, cancel)
+    return _run(args, make_context, cancel)
+
+
+def _run(args: argparse.Namespace, make_context: ContextFactory,
+         cancel: threading.Event) -> int:
     ctx = make_context(args)
     try:
         handler = _HANDLERS[args.command]
@@ -35,7 +49,8 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
         folder_ids = [ctx.library.add_folder(p).id for p in args.paths]
     elif not ctx.library.folders():
         raise ImageSearchError("The library has no folders yet: imagesearch index FOLDER")
-    _ensure_weights(ctx)
+    # Without the model, photos can still be indexed for search by image.
+    _ensure_weights(ctx, optional=ctx.local.mode is not None)
     with IndexProgressBar(not args.no_progress) as bar:
         report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)
     print(_describe(report))
@@ -44,8 +59,13 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
     return 130 if report.cancelled else 0
 
 
-def _ensure_weights(ctx: AppContext) -> None:
-    """Download the active model's weights on first use, with a progress bar."""
+def _ensure_weights(ctx: AppContext, optional: bool = False) -> None:
+    """Download the active model's weights on first use, with a progress bar.
+
+    Args:
+        optional: the command can do without them (search by image with local features):
+            a failed download is a note, not an error.
+    """
     if ctx.models.weights_present():
         return
     print(f"The weights for {ctx.models.model_id} are not installed; downloading them once.",
@@ -53,6 +73,11 @@ def _ensure_weights(ctx: AppContext) -> None:
     bar = DownloadBar(f"Downloading {ctx.models.model_id}")
     try:
         ctx.models.download(progress=bar)
+    except ModelUnavailable as exc:
+        if not optional:
+            raise
+        print(f"note: {exc}\nnote: going on without it: search by image works from local "
+              "features, search by description needs the model.", file=sys.stderr)
     finally:
         bar.close()
 
@@ -70,7 +95,7 @@ def _describe(r: IndexReport) -> str:
     return text
 
 
-def _search(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event) -> int:
+def _search(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
     text = " ".join(args.text)
     if not text.strip() and args.image is None:
         raise QueryError("Give a description, --image FILE, or both.")
@@ -79,11 +104,17 @@ def _search(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
     weight = args.image_weight if args.image_weight is not None else ctx.settings.image_weight
     if not 0.0 <= weight <= 1.0:
         raise QueryError("--image-weight must be between 0 and 1.")
+    if args.shortlist is not None and args.shortlist < 1:
+        raise QueryError("--shortlist must be at least 1.")
     query = Query(text=text, image=args.image.resolve() if args.image else None,
                   image_weight=weight, top_k=args.top_k or ctx.settings.top_k,
                   folder=args.folder.resolve() if args.folder else None)
-    _ensure_weights(ctx)
-    hits = ctx.search.search(query)
+    image_only = args.image is not None and not split_negatives(text)[0]
+    _ensure_weights(ctx, optional=image_only and ctx.local.mode is not None)
+    search_round = ctx.search.begin(query, rerank=args.rerank, shortlist=args.shortlist)
+    hits = search_round.refine(cancel)
+    for note in search_round.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         json.dump([_hit_json(h) for h in hits], sys.stdout, ensure_ascii=False, indent=1)
         sys.stdout.write("\n")
@@ -91,15 +122,19 @@ def _search(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
         print("no results (is the library indexed? see `imagesearch status`)", file=sys.stderr)
     else:
         for h in hits:
-            print(f"{h.score:6.3f}  {h.path}")
+            where = "" if h.box is None else \
+                "  [box " + " ".join(f"{v:.0f}" for v in h.box.as_list()) + "]"
+            print(f"{h.score:6.3f}  {h.path}{where}")
     return 0
 
 
 def _hit_json(h: SearchHit) -> dict[str, Any]:
     return {"path": str(h.path), "score": round(h.score, 6), "id": h.photo_id,
+            "global_score": None if h.global_score is None else round(h.global_score, 6),
+            "rerank_score": h.rerank_score,
             "width": h.width, "height": h.height, "size": h.size,
             "captured_at": h.captured_at.isoformat() if h.captured_at else None,
-            "box": None if h.box is None else [h.box.x, h.box.y, h.box.w, h.box.h]}
+            "box": None if h.box is None else h.box.as_list()}
 
 
 def _status(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event) -> int:
@@ -203,5 +238,5 @@ def _models(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace, AppContext, threading.Event], int]] = {
     "index": _index, "search": _search, "status": _status, "retry": _retry,
-    "remove": _remove, "watch": _watch, "models": _models,
+    "remove": _remove, "watch": _watch, "models": _models, "eval": run_eval,
 }

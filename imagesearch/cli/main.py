@@ -52,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of results (default from settings, 60)")
     p.add_argument("--folder", type=Path, help="only photos under this folder")
     p.add_argument("--json", action="store_true",
-                   help="print a JSON array of hits (path, score, ...)")
+                   help="print a JSON array of hits (path, score, box, ...)")
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-rank an image query's shortlist by matching local features "
+                        "(default: the library's setting, on)")
+    p.add_argument("--shortlist", type=int, default=None, metavar="N",
+                   help="candidates an image query re-ranks (default 100)")
 
     p = sub.add_parser("status", help="library totals, folders and failures")
     p.add_argument("--failures", type=int, default=20, metavar="N",
@@ -79,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", type=Path, metavar="JSON",
                    help="architecture JSON for a model open_clip does not ship")
     i.add_argument("--sha256", help="expected checksum of the file")
+
+    from imagesearch.cli.evaluation import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

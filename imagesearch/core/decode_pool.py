@@ -14,11 +14,22 @@ from collections import deque
 from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 from imagesearch.core.imaging import DecodedImage, PreprocessSpec, decode_for_model
+from imagesearch.core.local_features import FeatureMode
 
 _CHUNK = 4  # files per task: amortises the inter-process round trip
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeJob:
+    """One file, and which of the two products it needs."""
+
+    path: Path
+    pixels: bool = True  # resized for the model (when the pool has a model spec)
+    features: bool = True  # local features (when the pool has a feature mode)
 
 
 def default_workers() -> int:
@@ -32,16 +43,28 @@ def _lower_priority() -> None:
         os.nice(10)
 
 
-def _decode_chunk(paths: list[Path], spec: PreprocessSpec) -> list[DecodedImage]:
-    return [decode_for_model(p, spec) for p in paths]
+def _decode_chunk(jobs: list[DecodeJob], spec: PreprocessSpec | None,
+                  features: FeatureMode | None) -> list[DecodedImage]:
+    return [_decode(job, spec, features) for job in jobs]
+
+
+def _decode(job: DecodeJob, spec: PreprocessSpec | None, features: FeatureMode | None
+            ) -> DecodedImage:
+    return decode_for_model(job.path, spec if job.pixels else None,
+                            features if job.features else None)
 
 
 class DecodePool:
-    """A pool of decode processes. ``workers=0`` decodes in the calling thread."""
+    """A pool of decode processes. ``workers=0`` decodes in the calling thread.
 
-    def __init__(self, spec: PreprocessSpec, workers: int | None = None,
-                 lookahead: int = 64) -> None:
+    ``spec`` None: no model input is made (no model weights); ``features`` None: no local
+    features are found.
+    """
+
+    def __init__(self, spec: PreprocessSpec | None, workers: int | None = None,
+                 lookahead: int = 64, features: FeatureMode | None = None) -> None:
         self.spec = spec
+        self.features = features
         self.workers = default_workers() if workers is None else workers
         self.lookahead = max(lookahead, _CHUNK)
         self._executor: ProcessPoolExecutor | None = None
@@ -65,21 +88,22 @@ class DecodePool:
                 initializer=_lower_priority)
         return self._executor
 
-    def decode(self, paths: Iterable[Path], lookahead: int | None = None
+    def decode(self, jobs: Iterable[Path | DecodeJob], lookahead: int | None = None
                ) -> Generator[DecodedImage, None, None]:
-        """Decoded images in the order of ``paths``; at most ``lookahead`` in flight.
+        """Decoded images in the order of ``jobs``; at most ``lookahead`` in flight.
 
         Safe to call from several threads at once: each call keeps its own window.
         """
+        work = (j if isinstance(j, DecodeJob) else DecodeJob(j) for j in jobs)
         if self.workers <= 0:
-            for p in paths:
-                yield decode_for_model(p, self.spec)
+            for job in work:
+                yield _decode(job, self.spec, self.features)
             return
-        pending: deque[tuple[Future[list[DecodedImage]], list[Path]]] = deque()
-        chunk: list[Path] = []
+        pending: deque[tuple[Future[list[DecodedImage]], list[DecodeJob]]] = deque()
+        chunk: list[DecodeJob] = []
         max_tasks = max(1, max(lookahead or self.lookahead, _CHUNK) // _CHUNK)
         try:
-            for p in paths:
+            for p in work:
                 chunk.append(p)
                 if len(chunk) == _CHUNK:
                     pending.append((self._submit(chunk), chunk))
@@ -94,14 +118,14 @@ class DecodePool:
             for f, _ in pending:
                 f.cancel()
 
-    def _submit(self, chunk: list[Path]) -> Future[list[DecodedImage]]:
+    def _submit(self, chunk: list[DecodeJob]) -> Future[list[DecodedImage]]:
         try:
-            return self._pool().submit(_decode_chunk, chunk, self.spec)
+            return self._pool().submit(_decode_chunk, chunk, self.spec, self.features)
         except BrokenProcessPool:
             self._restart()
-            return self._pool().submit(_decode_chunk, chunk, self.spec)
+            return self._pool().submit(_decode_chunk, chunk, self.spec, self.features)
 
-    def _result(self, future: Future[list[DecodedImage]], chunk: list[Path]
+    def _result(self, future: Future[list[DecodedImage]], chunk: list[DecodeJob]
                 ) -> list[DecodedImage]:
         try:
             return future.result()
@@ -110,12 +134,14 @@ class DecodePool:
             # file, so the rest of the chunk still gets indexed.
             self._restart()
             out = []
-            for p in chunk:
+            for job in chunk:
                 try:
-                    out.append(self._pool().submit(_decode_chunk, [p], self.spec).result()[0])
+                    out.append(self._pool().submit(_decode_chunk, [job], self.spec,
+                                                   self.features).result()[0])
                 except BrokenProcessPool:
                     self._restart()
-                    out.append(DecodedImage(p, error="the image decoder crashed on this file"))
+                    out.append(DecodedImage(job.path,
+                                            error="the image decoder crashed on this file"))
             return out
 
     def _restart(self) -> None:

@@ -6,6 +6,7 @@ This module imports no torch so decode worker processes start quickly.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 import warnings
@@ -16,6 +17,17 @@ from pathlib import Path
 import numpy as np
 import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imagesearch.core.feature_codec import encode_features
+from imagesearch.core.local_features import (
+    QUERY_COUNT,
+    QUERY_MAX_SIDE,
+    FeatureMode,
+    LocalFeatures,
+    extract,
+)
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
@@ -55,6 +67,8 @@ class DecodedImage:
     captured_at: datetime | None = None
     pixels: np.ndarray | None = None  # uint8 HxWx3, already resized for the model
     error: str | None = None
+    local_features: bytes | None = None  # stored form (core/feature_codec), when asked for
+    feature_count: int = 0
 
 
 def is_image_name(name: str) -> bool:
@@ -101,9 +115,13 @@ class ImageFacts:
     captured_at: datetime | None
 
 
-def open_image(data: bytes, name: str, draft_size: int | None = None
-               ) -> tuple[Image.Image, ImageFacts]:
+def open_image(data: bytes, name: str, draft_size: int | None = None,
+               draft_long_side: int = 0) -> tuple[Image.Image, ImageFacts]:
     """Decode bytes to an upright RGB image, shrinking JPEGs in the decoder when allowed.
+
+    Args:
+        draft_size: both sides stay at least this large when a JPEG is decoded reduced.
+        draft_long_side: and the longer side at least this large.
 
     Raises:
         ValueError: with a readable reason when the bytes are not a usable image.
@@ -125,7 +143,7 @@ def open_image(data: bytes, name: str, draft_size: int | None = None
             facts = ImageFacts(img.format, w, h, capture_time(img))
             if draft_size is not None and img.format == "JPEG":
                 # The JPEG decoder scales by 1/2, 1/4 or 1/8 for free; both sides stay >= draft.
-                img.draft("RGB", (draft_size, draft_size))
+                img.draft("RGB", _draft_request(img.size, draft_size, draft_long_side))
             img.load()
             return to_rgb(ImageOps.exif_transpose(img)), facts
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -137,6 +155,14 @@ def open_image(data: bytes, name: str, draft_size: int | None = None
     except (OSError, SyntaxError, EOFError, ValueError) as exc:
         msg = str(exc) or type(exc).__name__
         raise ValueError(f"corrupt or truncated image data: {msg}") from exc
+
+
+def _draft_request(size: tuple[int, int], short: int, long: int) -> tuple[int, int]:
+    """The (w, h) to ask Pillow's draft for: short side >= short, long side >= long."""
+    w, h = size
+    if w >= h:
+        return max(long, short), short
+    return short, max(long, short)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -225,8 +251,10 @@ def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def decode_for_model(path: Path, spec: PreprocessSpec) -> DecodedImage:
-    """Read one file once: stat, hash, decode, orient, resize. Never raises."""
+def decode_for_model(path: Path, spec: PreprocessSpec | None,
+                     features: FeatureMode | None = None) -> DecodedImage:
+    """Read one file once: stat, hash, decode, orient; then resize for the model (``spec``)
+    and find local features (``features``), either or both. Never raises."""
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -243,18 +271,43 @@ def decode_for_model(path: Path, spec: PreprocessSpec) -> DecodedImage:
         return DecodedImage(path, error=f"cannot read the file: {exc.strerror or exc}")
     base = DecodedImage(path, size=st.st_size, mtime=st.st_mtime, content_hash=hash_bytes(data))
     try:
-        img, facts = open_image(data, path.name, draft_size=spec.size)
-        pixels = model_pixels(img, spec)
+        img, facts = open_image(data, path.name, draft_size=spec.size if spec else 64,
+                                draft_long_side=features.max_side if features else 0)
+        pixels = model_pixels(img, spec) if spec is not None else None
     except ValueError as exc:
         return _failed(base, str(exc))
     except Exception as exc:
         return _failed(base, f"cannot decode: {type(exc).__name__}: {exc}")
+    blob, count = None, 0
+    if features is not None:
+        # A photo whose features cannot be found is still a photo: it is stored without.
+        try:
+            found = extract(img, features.max_side, features.count,
+                            (facts.width, facts.height))
+            blob, count = encode_features(found, features.pq_subquantizers), len(found)
+        except Exception as exc:  # OpenCV raises cv2.error, among others
+            log.warning("no local features for %s: %s", path, exc)
     return DecodedImage(path, st.st_size, st.st_mtime, base.content_hash, facts.width,
-                        facts.height, facts.format, facts.captured_at, pixels)
+                        facts.height, facts.format, facts.captured_at, pixels,
+                        local_features=blob, feature_count=count)
 
 
 def _failed(base: DecodedImage, error: str) -> DecodedImage:
     return DecodedImage(base.path, base.size, base.mtime, base.content_hash, error=error)
+
+
+def read_query(source: Path | bytes) -> tuple[bytes, str]:
+    """The bytes of a query image from a file or raw bytes (drop, paste).
+
+    Raises:
+        ValueError: the file cannot be read, with the reason.
+    """
+    if isinstance(source, bytes):
+        return source, "query"
+    try:
+        return Path(source).read_bytes(), Path(source).name
+    except OSError as exc:
+        raise ValueError(f"cannot read {source}: {exc.strerror or exc}") from exc
 
 
 def load_query_image(source: Path | bytes, spec: PreprocessSpec) -> np.ndarray:
@@ -263,13 +316,17 @@ def load_query_image(source: Path | bytes, spec: PreprocessSpec) -> np.ndarray:
     Raises:
         ValueError: the file cannot be read as an image, with the reason.
     """
-    if isinstance(source, bytes):
-        data, name = source, "query"
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read {source}: {exc.strerror or exc}") from exc
-        name = Path(source).name
+    data, name = read_query(source)
     img, _ = open_image(data, name, draft_size=spec.size)
     return model_pixels(img, spec)
+
+
+def load_query_features(source: Path | bytes) -> LocalFeatures:
+    """A query image's local features: many, found at a high resolution.
+
+    Raises:
+        ValueError: the file cannot be read as an image, with the reason.
+    """
+    data, name = read_query(source)
+    img, facts = open_image(data, name, draft_size=64, draft_long_side=QUERY_MAX_SIDE)
+    return extract(img, QUERY_MAX_SIDE, QUERY_COUNT, (facts.width, facts.height))

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 
 from imagesearch.domain import SearchHit
 from imagesearch.gui.result_delegate import draw_box
+from imagesearch.gui.results_model import describe_score, relative_box
 
 PREVIEW_SIZE = 768
 
@@ -85,7 +86,7 @@ class ImageView(QWidget):
         if target is not None and self._pixmap is not None:
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
             painter.drawPixmap(target, self._pixmap, QRectF(self._pixmap.rect()))
-            draw_box(painter, target, self._hit.box if self._hit else None)
+            draw_box(painter, target, relative_box(self._hit) if self._hit else None)
         elif self.message:
             painter.setPen(self.palette().color(self.palette().ColorRole.PlaceholderText))
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter
@@ -159,7 +160,7 @@ class PreviewPane(QWidget):
         self.date.setText(when.strftime("%Y-%m-%d %H:%M") if when else "unknown")
         self.file_size.setText(human_size(hit.size))
         self.dims.setText(f"{hit.width} × {hit.height}" if hit.width and hit.height else "—")
-        self.score.setText(f"{hit.score:.3f}")
+        self.score.setText(describe_score(hit).removeprefix("score "))
 
     def set_image(self, hit: SearchHit, pixmap: QPixmap | None, error: str = "") -> None:
         """The decoded preview for ``hit`` arrived (ignored if the selection moved on)."""

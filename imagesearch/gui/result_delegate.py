@@ -6,20 +6,20 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QRectF, QS
 from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette, QPen, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem, QWidget
 
-from imagesearch.domain import Box
-from imagesearch.gui.results_model import BoxRole, ScoreRole, ThumbErrorRole
+from imagesearch.gui.results_model import BoxRole, RelativeBox, ScoreRole, ThumbErrorRole
 from imagesearch.gui.theme import box_pen_color
 
 _PAD = 6
 
 
-def box_rect(target: QRectF, box: Box) -> QRectF:
-    """A relative match box mapped onto the rectangle the image is drawn in."""
-    return QRectF(target.x() + box.x * target.width(), target.y() + box.y * target.height(),
-                  box.w * target.width(), box.h * target.height())
+def box_rect(target: QRectF, box: RelativeBox) -> QRectF:
+    """A relative match box (x, y, w, h) mapped onto the rectangle the image is drawn in."""
+    x, y, w, h = box
+    return QRectF(target.x() + x * target.width(), target.y() + y * target.height(),
+                  w * target.width(), h * target.height())
 
 
-def draw_box(painter: QPainter, target: QRectF, box: Box | None) -> None:
+def draw_box(painter: QPainter, target: QRectF, box: RelativeBox | None) -> None:
     if box is None:
         return
     painter.save()

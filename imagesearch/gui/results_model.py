@@ -15,6 +15,24 @@ ScoreRole = Qt.ItemDataRole.UserRole + 2
 BoxRole = Qt.ItemDataRole.UserRole + 3
 ThumbErrorRole = Qt.ItemDataRole.UserRole + 4
 
+RelativeBox = tuple[float, float, float, float]  # x, y, w, h as fractions of the photo
+
+
+def relative_box(hit: SearchHit) -> RelativeBox | None:
+    """The hit's match box as fractions of the photo, for drawing at any size."""
+    if hit.box is None or not hit.width or not hit.height:
+        return None
+    return hit.box.relative(hit.width, hit.height)
+
+
+def describe_score(hit: SearchHit) -> str:
+    """'score 0.812', plus what the re-rank stage found, for tooltips and the preview."""
+    text = f"score {hit.score:.3f}"
+    if hit.rerank_score is not None:
+        text += (f" · {hit.rerank_score:.0f} matching details" if hit.box is not None
+                 else " · not verified")
+    return text
+
 Index = QModelIndex | QPersistentModelIndex
 
 
@@ -63,7 +81,7 @@ class ResultsModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return hit.path.name
         if role == Qt.ItemDataRole.ToolTipRole:
-            return f"{hit.path.name}\nscore {hit.score:.3f}\n{hit.path.parent}"
+            return f"{hit.path.name}\n{describe_score(hit)}\n{hit.path.parent}"
         if role == Qt.ItemDataRole.DecorationRole:
             return self._thumbs.pixmap(self._key(hit))
         if role == HitRole:
@@ -71,7 +89,7 @@ class ResultsModel(QAbstractListModel):
         if role == ScoreRole:
             return hit.score
         if role == BoxRole:
-            return hit.box
+            return relative_box(hit)
         if role == ThumbErrorRole:
             return self._thumbs.error(self._key(hit))
         if role == Qt.ItemDataRole.AccessibleTextRole:

@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 from imagesearch.config import Settings
 from imagesearch.core.encoder import Encoder
+from imagesearch.core.rerank import Reranker
+from imagesearch.core.spatial_rerank import SpatialReranker
 from imagesearch.services.indexing import IndexingService
 from imagesearch.services.library import LibraryService
+from imagesearch.services.local_search import LocalIndexService
 from imagesearch.services.models import ModelManager
+from imagesearch.services.reranking import RerankService
 from imagesearch.services.searching import SearchService
 from imagesearch.services.vector_store import VectorStore
 from imagesearch.services.write_lane import WriteLane
@@ -28,8 +32,11 @@ class AppContext:
     library: LibraryService
     indexing: IndexingService
     search: SearchService
+    local: LocalIndexService
+    rerank: RerankService
 
     def close(self) -> None:
+        self.local.close()
         self.indexing.close()
         self.catalog.close()
 
@@ -48,6 +55,11 @@ def build_context(settings: Settings, encoder: Encoder | None = None) -> AppCont
     models = ModelManager(settings, encoder)
     vectors = VectorStore(catalog, settings.index_dir, models.model_id)
     lane = WriteLane()
+    local = LocalIndexService(settings, catalog)
+    rerankers: list[Reranker] = []
+    if local.mode is not None:
+        rerankers.append(SpatialReranker(local.mode.extractor_id))
+    rerank = RerankService(catalog, rerankers)
     return AppContext(
         settings=settings,
         catalog=catalog,
@@ -55,6 +67,8 @@ def build_context(settings: Settings, encoder: Encoder | None = None) -> AppCont
         vectors=vectors,
         lane=lane,
         library=LibraryService(settings, catalog, models, vectors, lane),
-        indexing=IndexingService(settings, catalog, models, vectors, lane),
-        search=SearchService(catalog, models, vectors),
+        indexing=IndexingService(settings, catalog, models, vectors, lane, local),
+        search=SearchService(settings, catalog, models, vectors, local, rerank),
+        local=local,
+        rerank=rerank,
     )

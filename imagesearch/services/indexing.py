@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from imagesearch.config import Settings
-from imagesearch.core.decode_pool import DecodePool
+from imagesearch.core.decode_pool import DecodeJob, DecodePool
+from imagesearch.core.encoder import Encoder
 from imagesearch.core.imaging import DecodedImage, PreprocessSpec, is_image_name
+from imagesearch.core.local_features import FeatureMode
 from imagesearch.domain import FolderInfo, IndexProgress, IndexReport
 from imagesearch.errors import IndexFileError
+from imagesearch.services.local_search import LocalIndexService
 from imagesearch.services.models import ModelManager
 from imagesearch.services.scanning import Plan, ScannedFile, plan, walk
 from imagesearch.services.vector_store import VectorStore
@@ -36,12 +39,14 @@ class IndexingService:
     """Brings the catalog and the index up to date with the library folders."""
 
     def __init__(self, settings: Settings, catalog: Catalog, models: ModelManager,
-                 vectors: VectorStore, lane: WriteLane) -> None:
+                 vectors: VectorStore, lane: WriteLane, local: LocalIndexService) -> None:
         self.settings = settings
         self.catalog = catalog
         self.models = models
         self.vectors = vectors
         self.lane = lane
+        self.local = local
+        self.features: FeatureMode | None = local.mode
         self.warnings: list[str] = []  # those of the latest run; each report has its own
         # Kept between runs: the watcher's small batches would otherwise pay for
         # starting decode processes every time.
@@ -55,13 +60,22 @@ class IndexingService:
         if pool is not None:
             pool.close()
 
-    def _decode_pool(self, spec: PreprocessSpec) -> DecodePool:
+    def _decode_pool(self, spec: PreprocessSpec | None) -> DecodePool:
         with self._pool_lock:
             if self._pool is None or self._pool.spec != spec:
                 if self._pool is not None:
                     self._pool.close()
-                self._pool = DecodePool(spec, self.settings.decode_workers or None)
+                self._pool = DecodePool(spec, self.settings.decode_workers or None,
+                                        features=self.features)
             return self._pool
+
+    def _wants(self) -> tuple[bool, bool]:
+        """(vectors, local features): what an indexed photo should have in this library.
+
+        Without model weights a photo gets local features only (object search works
+        offline); its vector is filled in once the weights are installed.
+        """
+        return self.models.weights_present(), self.features is not None
 
     # Whole folders -------------------------------------------------------------------------
 
@@ -79,6 +93,7 @@ class IndexingService:
         folder_of: dict[Path, int] = {}
         known: dict[Path, CatalogEntry] = {}
         model_id = self.models.model_id
+        extractor = self.local.extractor
         for folder in folders:
             if not folder.path.is_dir():
                 # Unplugged drive or unmounted share: keep its photos, say it is offline.
@@ -87,7 +102,7 @@ class IndexingService:
                 continue
             # Read the catalog before walking: a file the watcher stores during the walk is
             # then re-planned as new (a harmless upsert), never taken for deleted.
-            entries = self.catalog.entries(folder.id, model_id)
+            entries = self.catalog.entries(folder.id, model_id, extractor)
             unreadable: list[Path] = []
             found: list[ScannedFile] = []
             for f in walk(folder.path, cancel.is_set, unreadable):
@@ -111,17 +126,20 @@ class IndexingService:
             blocked = tuple(unreadable)
             known.update({p: e for p, e in entries.items()
                           if not any(p.is_relative_to(b) for b in blocked)})
-        work = plan(files, known)
+        want_vector, want_features = self._wants()
+        work = plan(files, known, want_vector=want_vector, want_features=want_features)
         result = self._apply(work, folder_of, report, cancel)
         for folder in folders:
             if folder.path not in offline:
                 self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
         warnings = self._save_index()
+        self._after_changes(result, work)
         return IndexReport(
             added=result["added"], updated=result["updated"], moved=len(work.moves),
             removed=len(work.gone), failed=result["failed"], unchanged=work.unchanged,
-            cancelled=cancel.is_set(), offline_folders=tuple(offline),
-            seconds=time.perf_counter() - started, warnings=warnings)
+            completed=result["completed"], cancelled=cancel.is_set(),
+            offline_folders=tuple(offline), seconds=time.perf_counter() - started,
+            warnings=warnings + self._model_warning())
 
     def retry_failed(self, progress: ProgressCallback | None = None,
                      cancel: threading.Event | None = None) -> IndexReport:
@@ -141,6 +159,7 @@ class IndexingService:
         known: dict[Path, CatalogEntry] = {}
         gone: list[Path] = []
         model_id = self.models.model_id
+        extractor = self.local.extractor
         for path in dict.fromkeys(paths):
             folder = _owner(folders, path)
             if folder is None or not is_image_name(path.name):
@@ -158,17 +177,22 @@ class IndexingService:
                 continue
             files.append(ScannedFile(path, st.st_size, st.st_mtime))
             folder_of[path] = folder.id
-            entry = self.catalog.entry(path, model_id)
+            entry = self.catalog.entry(path, model_id, extractor)
             if entry is not None:
                 known[path] = entry
         removed = self.remove_paths(gone)
-        work = plan(files, known, complete=False)
+        want_vector, want_features = self._wants()
+        work = plan(files, known, complete=False, want_vector=want_vector,
+                    want_features=want_features)
         result = self._apply(work, folder_of, progress or _no_progress,
                              cancel or threading.Event())
         warnings = self._save_index()
+        if removed:
+            result["removed"] = removed
+        self._after_changes(result, work)
         return IndexReport(added=result["added"], updated=result["updated"], removed=removed,
-                           failed=result["failed"], seconds=time.perf_counter() - started,
-                           warnings=warnings)
+                           failed=result["failed"], completed=result["completed"],
+                           seconds=time.perf_counter() - started, warnings=warnings)
 
     def remove_paths(self, paths: Iterable[Path]) -> int:
         """Forget photos at (or under) these paths."""
@@ -230,41 +254,46 @@ class IndexingService:
                     PhotoUpdate(f.path, folder_of[f.path], f.size, f.mtime, error=f.problem)
                     for f in work.problems])
             self._sync_generation()
-        todo = work.to_embed + list(work.to_vectorise.values())
-        counts = {"added": 0, "updated": 0, "failed": len(work.problems)}
+        want_vector, want_features = self._wants()
+        todo = [DecodeJob(f.path, want_vector, want_features) for f in work.to_embed]
+        todo += [DecodeJob(f.path, vec, feat) for f, vec, feat in work.to_complete]
+        counts = {"added": 0, "updated": 0, "completed": 0, "failed": len(work.problems)}
         if not todo or cancel.is_set():
             return counts
         new_paths = {f.path for f in work.to_embed[len(work.to_embed) - work.new_count:]}
-        self._embed_all(todo, folder_of, new_paths, counts, report, cancel)
+        edited = {f.path for f in work.to_embed} - new_paths
+        self._embed_all(todo, folder_of, (new_paths, edited), counts, report, cancel)
         return counts
 
-    def _embed_all(self, todo: list[ScannedFile], folder_of: dict[Path, int],
-                   new_paths: set[Path], counts: dict[str, int], report: ProgressCallback,
-                   cancel: threading.Event) -> None:
+    def _embed_all(self, todo: list[DecodeJob], folder_of: dict[Path, int],
+                   kinds: tuple[set[Path], set[Path]], counts: dict[str, int],
+                   report: ProgressCallback, cancel: threading.Event) -> None:
         """Decode (worker processes) -> encode (this thread) -> store (writer thread).
 
-        The three stages overlap: while batch N is encoded, later photos are decoded and
-        batch N-1 is committed, so the model is rarely left waiting.
+        The three stages overlap: while batch N is encoded, later photos are decoded (and
+        their local features found) and batch N-1 is committed, so the model is rarely
+        left waiting.
         """
-        encoder = self.models.encoder()
+        encoder = self.models.encoder() if any(j.pixels for j in todo) else None
+        # Only local features to find: the backfill of an existing library.
+        phase = "embedding" if encoder is not None else "local features"
         batch_size = max(1, self.settings.batch_size)
-        pool = self._decode_pool(encoder.spec)
+        pool = self._decode_pool(encoder.spec if encoder is not None else None)
         total, done = len(todo), 0
         started = time.perf_counter()
         batch: list[DecodedImage] = []
         in_flight: Future[int] | None = None
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesearch-writer")
-        stream = pool.decode((f.path for f in todo), lookahead=2 * batch_size)
+        stream = pool.decode(todo, lookahead=2 * batch_size)
 
         def hand_over(items: list[DecodedImage]) -> None:
             nonlocal in_flight, done
-            vectors = self._encode(items)
+            vectors = self._encode(encoder, items)
             if in_flight is not None:  # one commit at a time, in order
                 done += in_flight.result()
-            in_flight = writer.submit(self._store, items, vectors, folder_of, new_paths,
-                                      counts)
+            in_flight = writer.submit(self._store, items, vectors, folder_of, kinds, counts)
             rate = done / max(time.perf_counter() - started, 1e-9)
-            report(IndexProgress("embedding", done, total, counts["failed"],
+            report(IndexProgress(phase, done, total, counts["failed"],
                                  current=str(items[-1].path), images_per_second=rate))
 
         try:
@@ -286,22 +315,26 @@ class IndexingService:
         rate = done / max(time.perf_counter() - started, 1e-9)
         report(IndexProgress("done", done, total, counts["failed"], images_per_second=rate))
 
-    def _encode(self, batch: list[DecodedImage]) -> np.ndarray:
-        encoder = self.models.encoder()
+    @staticmethod
+    def _encode(encoder: Encoder | None, batch: list[DecodedImage]) -> np.ndarray:
+        """Vectors for the photos that came with model pixels, in their order."""
         pixels = [d.pixels for d in batch if d.pixels is not None]
+        if encoder is None:
+            return np.zeros((0, 0), np.float32)
         return encoder.encode_images(np.stack(pixels)) if pixels \
             else np.zeros((0, encoder.dim), np.float32)
 
     def _store(self, batch: list[DecodedImage], vectors: np.ndarray,
-               folder_of: dict[Path, int], new_paths: set[Path],
+               folder_of: dict[Path, int], kinds: tuple[set[Path], set[Path]],
                counts: dict[str, int]) -> int:
         """Commit one batch to the catalog and mirror it in the index (the writer lane)."""
         model_id = self.models.model_id
-        good = [d for d in batch if d.pixels is not None]
-        by_path = {d.path: v for d, v in zip(good, vectors, strict=True)}
+        with_pixels = [d for d in batch if d.pixels is not None]
+        by_path = {d.path: v for d, v in zip(with_pixels, vectors, strict=True)}
         updates = [
             PhotoUpdate(d.path, folder_of[d.path], d.size, d.mtime, d.content_hash, d.width,
-                        d.height, d.format, d.captured_at, d.error, by_path.get(d.path))
+                        d.height, d.format, d.captured_at, d.error, by_path.get(d.path),
+                        d.local_features, d.feature_count)
             for d in batch
         ]
         with self.lane:
@@ -309,24 +342,40 @@ class IndexingService:
             # A folder removed from the library while this run was under way: drop its photos.
             live = self.catalog.folder_ids()
             updates = [u for u in updates if u.folder_id in live]
-            ids = self.catalog.store(model_id, updates)
+            ids = self.catalog.store(model_id, updates, self.local.extractor)
+            pairs = list(zip(ids, updates, strict=True))
             kept = [u.vector for u in updates if u.vector is not None]
-            ok = np.asarray([i for i, u in zip(ids, updates, strict=True)
-                             if u.vector is not None], dtype=np.int64)
-            bad = np.asarray([i for i, u in zip(ids, updates, strict=True) if u.vector is None],
-                             dtype=np.int64)
-            self.vectors.apply(ok, np.stack(kept) if kept else np.zeros((0, vectors.shape[1]),
-                                                                        np.float32),
+            ok = np.asarray([i for i, u in pairs if u.vector is not None], dtype=np.int64)
+            # Unreadable now: out of the live index at once. Without a new vector (a local
+            # feature backfill) the indexed vector stays.
+            bad = np.asarray([i for i, u in pairs if u.error is not None], dtype=np.int64)
+            dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
+            self.vectors.apply(ok, np.stack(kept) if kept else np.zeros((0, dim), np.float32),
                                bad, self.catalog.generation())
+        new_paths, edited = kinds
         for d in batch:
             if d.error is not None:
                 counts["failed"] += 1
                 log.info("failed: %s: %s", d.path, d.error)
             elif d.path in new_paths:
                 counts["added"] += 1
-            else:
+            elif d.path in edited:
                 counts["updated"] += 1
+            else:
+                counts["completed"] += 1
         return len(batch)
+
+    def _after_changes(self, result: dict[str, int], work: Plan) -> None:
+        """Let the local-feature index catch up (in the background) with what changed."""
+        if self.features is not None and (any(result.values()) or work.gone or work.moves):
+            self.local.refresh_later()
+
+    def _model_warning(self) -> tuple[str, ...]:
+        if self.models.weights_present():
+            return ()
+        return (f"the model {self.models.model_id} is not installed: photos were indexed "
+                "for search by image (local features) only; install it to search by "
+                "description",)
 
     def _sync_generation(self) -> None:
         self.vectors.sync(self.catalog.generation())

@@ -95,7 +95,8 @@ class Plan:
     """What a scan found to do for one folder."""
 
     to_embed: list[ScannedFile] = field(default_factory=list)  # new or edited files
-    to_vectorise: dict[int, ScannedFile] = field(default_factory=dict)  # unchanged, no vector
+    # Unchanged files missing a part: (file, needs the vector, needs local features).
+    to_complete: list[tuple[ScannedFile, bool, bool]] = field(default_factory=list)
     problems: list[ScannedFile] = field(default_factory=list)
     moves: list[tuple[int, ScannedFile]] = field(default_factory=list)
     gone: list[int] = field(default_factory=list)
@@ -108,12 +109,15 @@ def _same_stat(entry: CatalogEntry, f: ScannedFile) -> bool:
 
 
 def plan(files: list[ScannedFile], known: dict[Path, CatalogEntry],
-         complete: bool = True) -> Plan:
+         complete: bool = True, want_vector: bool = True,
+         want_features: bool = False) -> Plan:
     """Compare a folder's files with the catalog.
 
     Args:
         complete: the file list covers the whole folder, so catalog entries not seen
             are gone (False for a partial list, e.g. from the watcher).
+        want_vector, want_features: what an indexed photo should have; an unchanged one
+            missing either is planned to be completed (a backfill).
     """
     p = Plan()
     seen: set[Path] = set()
@@ -135,8 +139,10 @@ def plan(files: list[ScannedFile], known: dict[Path, CatalogEntry],
             p.unchanged += 1  # retried only on request, or when the file changes
         elif entry.status is PhotoStatus.PENDING:
             p.to_embed.append(f)
-        elif not entry.has_vector:
-            p.to_vectorise[entry.id] = f
+        elif (want_vector and not entry.has_vector) or \
+                (want_features and not entry.has_features):
+            p.to_complete.append((f, want_vector and not entry.has_vector,
+                                  want_features and not entry.has_features))
         else:
             p.unchanged += 1
     gone = {} if not complete else {

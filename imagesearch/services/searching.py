@@ -1,23 +1,42 @@
-"""Search: a description, an image, or both, against the index."""
+"""Search: a description, an image, or both; then, for images, the re-rank stage.
+
+A search is a round: the first hits come from the shortlist at once (the global
+embedding's, or the local-feature index's when no model is installed); an image query can
+then be refined by a re-ranker, which moves the photos that really show the query's
+object up and says where it is.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from imagesearch.config import Settings
 from imagesearch.core.imaging import load_query_image
-from imagesearch.domain import Query, SearchHit
-from imagesearch.errors import QueryError
+from imagesearch.core.rerank import Reranker, normalise_prior
+from imagesearch.domain import Box, Query, SearchHit
+from imagesearch.errors import ModelUnavailable, QueryError
+from imagesearch.services.local_search import MIN_PHOTOS, LocalIndexService
 from imagesearch.services.models import ModelManager
+from imagesearch.services.reranking import Reranked, RerankService
 from imagesearch.services.vector_store import VectorStore
 from imagesearch.storage.catalog import Catalog
+
+log = logging.getLogger(__name__)
 
 # How strongly a "-term" pushes results away, relative to the positive query.
 NEGATIVE_WEIGHT = 0.5
 
 _NEGATIVE = re.compile(r'(?:(?<=\s)|^)-(?:"([^"]+)"|(\S+))')
+
+RERANKER_FOR_SETTING = {"spatial": "sp", "ames": "ames"}
 
 
 def split_negatives(text: str) -> tuple[str, list[str]]:
@@ -27,19 +46,51 @@ def split_negatives(text: str) -> tuple[str, list[str]]:
     return positive, [n for n in negatives if n.strip()]
 
 
-class SearchService:
-    """Turns a query into a vector and the index's nearest photos into hits."""
+@dataclass
+class SearchRound:
+    """One query: ``hits`` at once; ``refine()`` for the re-ranked order when possible."""
 
-    def __init__(self, catalog: Catalog, models: ModelManager, vectors: VectorStore) -> None:
+    query: Query
+    hits: list[SearchHit]
+    notes: list[str] = field(default_factory=list)
+    shortlist: list[tuple[int, float]] = field(default_factory=list)
+    global_scores: dict[int, float] = field(default_factory=dict)
+    reranker: Reranker | None = None
+    prepared: Any = None  # the re-ranker's query side
+    _service: SearchService | None = None
+
+    @property
+    def can_refine(self) -> bool:
+        return self.reranker is not None and self.prepared is not None and bool(self.shortlist)
+
+    def refine(self, cancel: threading.Event | None = None) -> list[SearchHit]:
+        """The re-ranked hits (the first hits again when there is nothing to refine)."""
+        if not self.can_refine or self._service is None:
+            return self.hits
+        return self._service.refine(self, cancel)
+
+
+class SearchService:
+    """Turns a query into a shortlist and the shortlist into hits."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, models: ModelManager,
+                 vectors: VectorStore, local: LocalIndexService,
+                 rerank: RerankService) -> None:
+        self.settings = settings
         self.catalog = catalog
         self.models = models
         self.vectors = vectors
+        self.local = local
+        self.rerank = rerank
+
+    # The query vector ---------------------------------------------------------------------
 
     def query_vector(self, query: Query) -> np.ndarray:
         """The L2-normalised vector a query stands for.
 
         Raises:
             QueryError: nothing to search for, or the query image is unreadable.
+            ModelUnavailable: the model's weights are not installed.
         """
         encoder = self.models.encoder()
         positive, negatives = split_negatives(query.text)
@@ -78,9 +129,63 @@ class SearchService:
             raise QueryError(f"Cannot use that image: {exc}") from exc
         return np.asarray(encoder.encode_images(pixels[None])[0], dtype=np.float32)
 
-    def search(self, query: Query) -> list[SearchHit]:
-        vec = self.query_vector(query)
-        return self.search_vector(vec, query.top_k, query.folder)
+    # Rounds -------------------------------------------------------------------------------
+
+    def search(self, query: Query, rerank: bool | None = None,
+               cancel: threading.Event | None = None) -> list[SearchHit]:
+        """The final hits: re-ranked when the query has an image and re-ranking is on."""
+        search_round = self.begin(query, rerank)
+        return search_round.refine(cancel)
+
+    def begin(self, query: Query, rerank: bool | None = None,
+              shortlist: int | None = None, using: str | None = None) -> SearchRound:
+        """Start a round: the shortlist and the first hits.
+
+        Args:
+            rerank: force the re-rank stage on or off (None: the settings decide).
+            shortlist: candidates to re-rank (None: the settings' value).
+            using: the re-ranker by name ("sp", "ames"; None: the settings decide).
+
+        Raises:
+            QueryError, ModelUnavailable: nothing can answer this query.
+        """
+        k = max(shortlist or self.settings.shortlist, 1)
+        notes: list[str] = []
+        allowed = self.catalog.ids_under(query.folder) if query.folder is not None else None
+        vector = self._vector_or_none(query, notes)
+        global_ids, global_scores = self._global(vector, max(k, query.top_k), allowed)
+        reranker = self._reranker(query, rerank, using)
+        # The local shortlist needs the query's SIFT keypoints whatever re-ranks it.
+        keypoints = self._keypoints(query, notes, vector is None) \
+            if (reranker is not None or vector is None) else None
+        local = self._local(keypoints, k, allowed) if keypoints is not None else []
+        prepared = keypoints if reranker is not None and reranker.name == "sp" else None
+        if reranker is not None and reranker.name != "sp" and query.image is not None:
+            try:
+                prepared = self.rerank.prepare(reranker, query.image)
+            except ValueError as exc:
+                notes.append(f"the image cannot be re-ranked: {exc}")
+        if vector is None and not local:
+            notes.append("nothing indexed for object search yet")
+        candidates = _merge(list(zip(global_ids, global_scores, strict=True))[:k], local)
+        first = list(zip(global_ids, global_scores, strict=True)) if vector is not None \
+            else local
+        scores = dict(zip(global_ids, global_scores, strict=True))
+        search_round = SearchRound(
+            query=query, hits=self._hits(first[:query.top_k], scores), notes=notes,
+            shortlist=candidates, global_scores=scores,
+            reranker=reranker if prepared is not None else None, prepared=prepared,
+            _service=self)
+        return search_round
+
+    def refine(self, search_round: SearchRound, cancel: threading.Event | None = None
+               ) -> list[SearchHit]:
+        assert search_round.reranker is not None
+        reranked = self.rerank.rerank(search_round.reranker, search_round.prepared,
+                                      search_round.shortlist, cancel)
+        if not reranked.complete:
+            search_round.notes.append("refinement stopped early; the rest keep their order")
+        return self._reranked_hits(search_round, reranked)
 
     def more_like(self, photo_id: int, top_k: int, folder: Path | None = None
                   ) -> list[SearchHit]:
@@ -92,22 +197,126 @@ class SearchService:
 
     def search_vector(self, vec: np.ndarray, top_k: int, folder: Path | None = None
                       ) -> list[SearchHit]:
+        allowed = self.catalog.ids_under(folder) if folder is not None else None
+        ids, scores = self._global(vec, top_k, allowed)
+        return self._hits(list(zip(ids, scores, strict=True)),
+                          dict(zip(ids, scores, strict=True)))
+
+    # Pieces -------------------------------------------------------------------------------
+
+    def _vector_or_none(self, query: Query, notes: list[str]) -> np.ndarray | None:
+        """The global vector; None for an image query when no model is installed."""
+        if self.models.weights_present():
+            return self.query_vector(query)
+        positive, _ = split_negatives(query.text)
+        if query.image is None or positive or self.local.mode is None:
+            raise ModelUnavailable(
+                f"Searching by description needs the model {self.models.model_id}, which "
+                "is not installed (imagesearch models download).")
+        notes.append("the model is not installed: results come from local features only")
+        return None
+
+    def _global(self, vec: np.ndarray | None, k: int, allowed: np.ndarray | None
+                ) -> tuple[list[int], list[float]]:
+        if vec is None:
+            return [], []
         index = self.vectors.index()
         if index is None or len(index) == 0:
-            return []
-        allowed = self.catalog.ids_under(folder) if folder is not None else None
-        scores, ids = index.search(vec[None].astype(np.float32), top_k, allowed)
+            return [], []
+        scores, ids = index.search(vec[None].astype(np.float32), k, allowed)
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        return [i for i, _ in found], [s for _, s in found]
+
+    def _keypoints(self, query: Query, notes: list[str], required: bool) -> Any:
+        """The query image's local features (as the "sp" re-ranker prepares them), or None.
+
+        Raises:
+            QueryError: the image is unusable and nothing else can answer (``required``).
+        """
+        sp = self.rerank.get("sp")
+        if sp is None or query.image is None:
+            return None
+        try:
+            keypoints = self.rerank.prepare(sp, query.image)
+        except ValueError as exc:
+            if required:
+                raise QueryError(f"Cannot use that image: {exc}") from exc
+            notes.append(f"the image cannot be matched in detail: {exc}")
+            return None
+        if keypoints.n == 0:
+            notes.append("the image has no distinctive details to match: "
+                         "results from the overall look only")
+            return None
+        return keypoints
+
+    def _local(self, prepared: Any, k: int, allowed: np.ndarray | None
+               ) -> list[tuple[int, float]]:
+        """The weight-free shortlist: ASMK, or every photo of a small library."""
+        result = self.local.shortlist(prepared.plain, k, allowed)
+        if result is not None:
+            ids, scores = result
+            return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
+        extractor = self.local.extractor
+        if extractor is None:
+            return []
+        have = self.catalog.feature_ids(extractor)
+        if allowed is not None:
+            have = np.intersect1d(have, allowed)
+        if len(have) > 4 * MIN_PHOTOS:
+            self.local.refresh_later()  # the index is missing or being built
+            return []
+        return [(int(i), 0.0) for i in have]
+
+    def _reranker(self, query: Query, rerank: bool | None, using: str | None
+                  ) -> Reranker | None:
+        if query.image is None or rerank is False or self.local.mode is None:
+            return None
+        name = using or RERANKER_FOR_SETTING.get(self.settings.rerank)
+        if name is None and rerank is None:
+            return None  # re-ranking is off in the settings
+        if using is not None:
+            return self.rerank.get(using)
+        # AMES chosen but not available (no weights): spatial verification stands in.
+        return self.rerank.get(name or "sp") or self.rerank.get("sp")
+
+    def _reranked_hits(self, search_round: SearchRound, reranked: Reranked
+                       ) -> list[SearchHit]:
+        top_k = search_round.query.top_k
+        out: list[tuple[int, float]] = list(zip(reranked.ids, reranked.scores, strict=True))
+        # Beyond the shortlist the first order continues.
+        seen = set(reranked.ids)
+        out += [(h.photo_id, h.score) for h in search_round.hits if h.photo_id not in seen]
+        return self._hits(out[:top_k], search_round.global_scores, reranked)
+
+    def _hits(self, found: Sequence[tuple[int, float]], global_scores: dict[int, float],
+              reranked: Reranked | None = None) -> list[SearchHit]:
         records = self.catalog.photos([i for i, _ in found])
         hits = []
         for pid, score in found:
             r = records.get(pid)
             if r is None:
                 continue  # removed between the search and this lookup
-            hits.append(SearchHit(photo_id=pid, path=r.path, score=score, width=r.width,
-                                  height=r.height, size=r.size, captured_at=r.captured_at,
-                                  mtime=r.mtime))
+            evidence = reranked.evidence.get(pid) if reranked is not None else None
+            box = Box(*evidence.box) if evidence is not None and evidence.box else None
+            hits.append(SearchHit(
+                photo_id=pid, path=r.path, score=score, width=r.width, height=r.height,
+                size=r.size, captured_at=r.captured_at, mtime=r.mtime, box=box,
+                global_score=global_scores.get(pid),
+                rerank_score=evidence.strength if evidence is not None else None))
         return hits
+
+
+def _merge(first: list[tuple[int, float]], second: list[tuple[int, float]]
+           ) -> list[tuple[int, float]]:
+    """Two shortlists as one: each photo's best rank-normalised score, best first."""
+    best: dict[int, float] = {}
+    for part in (first, second):
+        if not part:
+            continue
+        norm = normalise_prior(np.asarray([s for _, s in part], dtype=np.float32))
+        for (pid, _), value in zip(part, norm.tolist(), strict=True):
+            best[pid] = max(best.get(pid, 0.0), value)
+    return sorted(best.items(), key=lambda item: -item[1])
 
 
 def _mtime(path: Path) -> float | None:

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, LargeBinary, delete, func, select, type_coerce, update
+from sqlalchemy import (
+    Engine,
+    LargeBinary,
+    delete,
+    func,
+    literal,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from imagesearch.domain import FolderInfo, PhotoRecord, PhotoStatus
 from imagesearch.errors import FolderError
-from imagesearch.storage.schema import EmbeddingRow, FolderRow, MetaRow, PhotoRow
+from imagesearch.storage.schema import (
+    EmbeddingRow,
+    FolderRow,
+    LocalFeatureRow,
+    MetaRow,
+    PhotoRow,
+)
 
 _GENERATION = "generation"
 
@@ -34,6 +50,7 @@ class CatalogEntry:
     content_hash: str | None
     status: PhotoStatus
     has_vector: bool
+    has_features: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +67,9 @@ class PhotoUpdate:
     format: str | None = None
     captured_at: datetime | None = None
     error: str | None = None  # set: the photo failed and has no vector
-    vector: np.ndarray | None = None
+    vector: np.ndarray | None = None  # None: keep the stored one (unless the bytes changed)
+    features: bytes | None = None  # likewise, for the extractor given to store()
+    feature_count: int = 0
 
 
 def _path_key(path: Path) -> bytes:
@@ -160,35 +179,40 @@ class Catalog:
 
     # Photos --------------------------------------------------------------------------------
 
-    def entries(self, folder_id: int, model: str) -> dict[Path, CatalogEntry]:
-        """Every photo of a folder keyed by path, with whether it has a vector for ``model``."""
+    def entries(self, folder_id: int, model: str, extractor: str | None = None
+                ) -> dict[Path, CatalogEntry]:
+        """Every photo of a folder keyed by path, with whether it has a vector for ``model``
+        and current local features from ``extractor``."""
         with self._sessions() as s:
-            vec = (select(EmbeddingRow.photo_id)
-                   .where(EmbeddingRow.model == model,
-                          EmbeddingRow.photo_id == PhotoRow.id)
-                   .exists())
             rows = s.execute(
                 select(PhotoRow.id, PhotoRow.path, PhotoRow.size, PhotoRow.mtime,
-                       PhotoRow.content_hash, PhotoRow.status, vec)
+                       PhotoRow.content_hash, PhotoRow.status, _has_vector(model),
+                       _has_features(extractor))
                 .where(PhotoRow.folder_id == folder_id)
             )
             return {
-                path: CatalogEntry(pid, size, mtime, h, PhotoStatus(status), bool(has))
-                for pid, path, size, mtime, h, status, has in rows
+                path: CatalogEntry(pid, size, mtime, h, PhotoStatus(status), bool(vec),
+                                   bool(feat))
+                for pid, path, size, mtime, h, status, vec, feat in rows
             }
 
-    def entry(self, path: Path, model: str) -> CatalogEntry | None:
+    def entry(self, path: Path, model: str, extractor: str | None = None
+              ) -> CatalogEntry | None:
         with self._sessions() as s:
-            row = s.scalar(select(PhotoRow).where(PhotoRow.path == path))
+            row = s.execute(
+                select(PhotoRow.id, PhotoRow.size, PhotoRow.mtime, PhotoRow.content_hash,
+                       PhotoRow.status, _has_vector(model), _has_features(extractor))
+                .where(PhotoRow.path == path)).first()
             if row is None:
                 return None
-            has = s.scalar(select(func.count()).where(EmbeddingRow.photo_id == row.id,
-                                                      EmbeddingRow.model == model))
-            return CatalogEntry(row.id, row.size, row.mtime, row.content_hash,
-                                PhotoStatus(row.status), bool(has))
+            pid, size, mtime, h, status, vec, feat = row
+            return CatalogEntry(pid, size, mtime, h, PhotoStatus(status), bool(vec),
+                                bool(feat))
 
-    def store(self, model: str, updates: Sequence[PhotoUpdate]) -> list[int]:
-        """Insert or update photos by path, with their vectors, in one transaction.
+    def store(self, model: str, updates: Sequence[PhotoUpdate],
+              extractor: str | None = None) -> list[int]:
+        """Insert or update photos by path, with their vectors and features, in one
+        transaction.
 
         Returns the photo ids in the order of ``updates``.
         """
@@ -215,21 +239,31 @@ class Catalog:
                     .where(PhotoRow.path.in_([u.path for u in updates])))}
             # One batched statement for the whole list (executemany with RETURNING).
             ids = [int(i) for i in s.scalars(upsert, rows)]
-            vec_rows = [
-                {"photo_id": pid, "model": model,
-                 "vector": np.asarray(u.vector, dtype=np.float16).tobytes()}
-                for pid, u in zip(ids, updates, strict=True) if u.vector is not None
-            ]
-            # New bytes (or none readable): every model's vector described the old ones.
-            # Same bytes: only this model's vector is replaced, the others stay.
-            stale = [pid for pid, u in zip(ids, updates, strict=True)
+            pairs = list(zip(ids, updates, strict=True))
+            # New bytes (or none readable): every vector and feature record described the
+            # old ones. Same bytes: only what this update brings is replaced.
+            stale = [pid for pid, u in pairs
                      if u.error is not None or before.get(u.path, u.content_hash)
                      != u.content_hash]
-            s.execute(delete(EmbeddingRow).where(EmbeddingRow.photo_id.in_(stale)))
-            s.execute(delete(EmbeddingRow).where(EmbeddingRow.photo_id.in_(ids),
-                                                 EmbeddingRow.model == model))
+            for table in (EmbeddingRow, LocalFeatureRow):
+                s.execute(delete(table).where(table.photo_id.in_(stale)))
+            vec_rows = [{"photo_id": pid, "model": model,
+                         "vector": np.asarray(u.vector, dtype=np.float16).tobytes()}
+                        for pid, u in pairs if u.vector is not None]
             if vec_rows:
+                s.execute(delete(EmbeddingRow).where(
+                    EmbeddingRow.photo_id.in_([r["photo_id"] for r in vec_rows]),
+                    EmbeddingRow.model == model))
                 s.execute(sqlite_insert(EmbeddingRow), vec_rows)
+            feat_rows = [{"photo_id": pid, "extractor": extractor,
+                          "content_hash": u.content_hash, "count": u.feature_count,
+                          "data": u.features}
+                         for pid, u in pairs if u.features is not None and u.error is None]
+            if feat_rows and extractor is not None:
+                s.execute(delete(LocalFeatureRow).where(
+                    LocalFeatureRow.photo_id.in_([r["photo_id"] for r in feat_rows]),
+                    LocalFeatureRow.extractor == extractor))
+                s.execute(sqlite_insert(LocalFeatureRow), feat_rows)
             self._bump(s)
             return ids
 
@@ -323,6 +357,87 @@ class Catalog:
             blob = s.scalar(select(EmbeddingRow.vector).where(
                 EmbeddingRow.photo_id == photo_id, EmbeddingRow.model == model))
         return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+
+    # Local features ------------------------------------------------------------------------
+
+    def features(self, ids: Sequence[int], extractor: str) -> dict[int, bytes]:
+        """Current feature records of these photos (stale ones, of older bytes, left out)."""
+        out: dict[int, bytes] = {}
+        with self._sessions() as s:
+            for start in range(0, len(ids), 500):
+                chunk = [int(i) for i in ids[start:start + 500]]
+                rows = s.execute(
+                    select(LocalFeatureRow.photo_id, LocalFeatureRow.data)
+                    .join(PhotoRow, PhotoRow.id == LocalFeatureRow.photo_id)
+                    .where(LocalFeatureRow.photo_id.in_(chunk),
+                           LocalFeatureRow.extractor == extractor,
+                           _same_hash()))
+                out.update({int(pid): bytes(data) for pid, data in rows})
+        return out
+
+    def feature_ids(self, extractor: str) -> np.ndarray:
+        with self._sessions() as s:
+            rows = s.execute(
+                select(LocalFeatureRow.photo_id)
+                .join(PhotoRow, PhotoRow.id == LocalFeatureRow.photo_id)
+                .where(LocalFeatureRow.extractor == extractor, _same_hash()))
+            return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def iter_features(self, extractor: str, chunk: int = 2000
+                      ) -> Iterator[list[tuple[int, bytes]]]:
+        """Every current feature record, in chunks of (photo id, bytes), by photo id."""
+        last = -1
+        while True:
+            with self._sessions() as s:
+                rows = s.execute(
+                    select(LocalFeatureRow.photo_id, LocalFeatureRow.data)
+                    .join(PhotoRow, PhotoRow.id == LocalFeatureRow.photo_id)
+                    .where(LocalFeatureRow.extractor == extractor,
+                           LocalFeatureRow.photo_id > last, _same_hash())
+                    .order_by(LocalFeatureRow.photo_id).limit(chunk)).all()
+            if not rows:
+                return
+            yield [(int(pid), bytes(data)) for pid, data in rows]
+            last = int(rows[-1][0])
+
+    def feature_bytes(self, extractor: str) -> tuple[int, int]:
+        """(records, total bytes) stored for ``extractor``."""
+        with self._sessions() as s:
+            n, total = s.execute(
+                select(func.count(), func.coalesce(func.sum(func.length(LocalFeatureRow.data)),
+                                                   0))
+                .where(LocalFeatureRow.extractor == extractor)).one()
+        return int(n), int(total)
+
+    def drop_features(self, ids: Iterable[int], extractor: str) -> None:
+        """Forget damaged records; the next indexing run computes them again."""
+        id_list = [int(i) for i in ids]
+        if not id_list:
+            return
+        with self._sessions.begin() as s:
+            s.execute(delete(LocalFeatureRow).where(LocalFeatureRow.photo_id.in_(id_list),
+                                                    LocalFeatureRow.extractor == extractor))
+
+
+def _has_vector(model: str) -> Any:
+    return (select(EmbeddingRow.photo_id)
+            .where(EmbeddingRow.model == model, EmbeddingRow.photo_id == PhotoRow.id)
+            .exists())
+
+
+def _has_features(extractor: str | None) -> Any:
+    if extractor is None:
+        return literal(False)
+    return (select(LocalFeatureRow.photo_id)
+            .where(LocalFeatureRow.extractor == extractor,
+                   LocalFeatureRow.photo_id == PhotoRow.id, _same_hash())
+            .exists())
+
+
+def _same_hash() -> Any:
+    # A record made before the photo's bytes changed never counts (NULL == NULL too).
+    return LocalFeatureRow.content_hash.is_not_distinct_from(PhotoRow.content_hash)
 
 
 def _record(row: PhotoRow) -> PhotoRecord:

@@ -99,6 +99,26 @@ class EmbeddingRow(Base):
     __table_args__ = (Index("ix_embeddings_model", "model"),)
 
 
+class LocalFeatureRow(Base):
+    """One photo's local features from one extractor (see core/feature_codec for the bytes).
+
+    ``content_hash`` is the photo's hash when the features were computed: a record whose
+    hash differs from the photo's current one is stale and never used.
+    """
+
+    __tablename__ = "local_features"
+
+    photo_id: Mapped[int] = mapped_column(
+        ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True
+    )
+    extractor: Mapped[str] = mapped_column(String(96), primary_key=True)
+    content_hash: Mapped[str | None] = mapped_column(String(32))
+    count: Mapped[int] = mapped_column(Integer, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+    __table_args__ = (Index("ix_local_features_extractor", "extractor"),)
+
+
 class MetaRow(Base):
     """Key/value facts about the catalog, such as its generation counter."""
 

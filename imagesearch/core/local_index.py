@@ -1,0 +1,270 @@
+"""A shortlist from local features alone: a visual vocabulary and an ASMK inverted file.
+
+ASMK* (Tolias, Avrithis & Jegou, "To aggregate or not to aggregate", ICCV 2013): the
+library's descriptors are quantised to a vocabulary learned from the library itself
+(FAISS k-means). Per photo and visual word, the residuals to the word's centre are summed
+and binarised to 128 bits. Two photos are compared word by word, through a selective
+kernel that keeps only confident agreements (sigma(u) = u^3 for u > 0, u = 1 - 2h/128 for
+Hamming distance h), weighted by inverse document frequency and normalised by each photo's
+self-similarity, so a photo with a thousand textured words does not win by sheer count.
+
+This needs no model weights, so "find this object" works on a fresh install, offline.
+The index is derived data: it is rebuilt from the catalog's stored features whenever in
+doubt, and its file is only a cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagesearch.core.local_features import LocalFeatures, mirrored
+from imagesearch.errors import IndexFileError
+
+_FORMAT = 1
+ALPHA = 3.0  # selectivity of the kernel
+QUERY_ASSIGN = 3  # a query keypoint votes for its nearest few words (multiple assignment)
+MIN_WORDS, MAX_WORDS = 256, 65536
+TRAIN_SAMPLE = 200_000  # descriptors k-means sees at most
+
+
+def vocabulary_size(n_descriptors: int) -> int:
+    """About 40 descriptors a word, as a power of two in [256, 65536]."""
+    k = 2 ** round(float(np.log2(max(n_descriptors, 1) / 40)))
+    return int(np.clip(k, MIN_WORDS, MAX_WORDS))
+
+
+class Vocabulary:
+    """Word centres and a fast nearest-centre search over them."""
+
+    def __init__(self, centroids: np.ndarray) -> None:
+        import faiss
+
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.k = len(self.centroids)
+        self._search: Any
+        if self.k > 4096:
+            # Approximate search over the centres: assignment stays fast for big vocabularies.
+            self._search = faiss.IndexHNSWFlat(128, 32)
+            self._search.hnsw.efSearch = 64
+        else:
+            self._search = faiss.IndexFlatL2(128)
+        self._search.add(self.centroids)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def train(cls, descriptors: np.ndarray, k: int | None = None, seed: int = 0) -> Vocabulary:
+        import faiss
+
+        rng = np.random.default_rng(seed)
+        if len(descriptors) > TRAIN_SAMPLE:
+            descriptors = descriptors[rng.choice(len(descriptors), TRAIN_SAMPLE, replace=False)]
+        k = k or vocabulary_size(len(descriptors))
+        k = max(2, min(k, len(descriptors) // 4))
+        kmeans = faiss.Kmeans(128, k, niter=12, seed=seed, verbose=False,
+                              max_points_per_centroid=64, spherical=False)
+        kmeans.train(np.ascontiguousarray(descriptors, dtype=np.float32))
+        return cls(np.asarray(kmeans.centroids))
+
+    def assign(self, descriptors: np.ndarray, nearest: int = 1) -> np.ndarray:
+        """N x ``nearest`` word ids."""
+        if len(descriptors) == 0:
+            return np.zeros((0, nearest), np.int64)
+        with self._lock:  # FAISS index objects are not safe for concurrent searches
+            _, words = self._search.search(np.ascontiguousarray(descriptors, np.float32),
+                                           nearest)
+        return np.asarray(words, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregated:
+    """One photo's ASMK representation: a binary signature per distinct word."""
+
+    words: np.ndarray  # W int64, sorted, distinct
+    codes: np.ndarray  # W x 2 uint64: 128 sign bits of the aggregated residual
+
+
+def aggregate(vocabulary: Vocabulary, descriptors: np.ndarray, words: np.ndarray
+              ) -> Aggregated:
+    """Sum residuals per word (``words``: N x m assignments, each counted), binarise."""
+    if len(descriptors) == 0:
+        return Aggregated(np.zeros(0, np.int64), np.zeros((0, 2), np.uint64))
+    m = words.shape[1]
+    flat_words = words.reshape(-1)
+    flat_desc = np.repeat(descriptors, m, axis=0)
+    residuals = flat_desc - vocabulary.centroids[flat_words]
+    residuals /= np.maximum(np.linalg.norm(residuals, axis=1, keepdims=True), 1e-9)
+    order = np.argsort(flat_words, kind="stable")
+    sorted_words = flat_words[order]
+    distinct, starts = np.unique(sorted_words, return_index=True)
+    sums = np.add.reduceat(residuals[order], starts, axis=0)
+    bits = np.packbits(sums > 0, axis=1)  # W x 16 bytes
+    return Aggregated(distinct, np.ascontiguousarray(bits).view(np.uint64).reshape(-1, 2))
+
+
+def _kernel(codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
+    """sigma_alpha of the normalised Hamming similarity, element by element."""
+    hamming = (np.bitwise_count(codes_a[:, 0] ^ codes_b[:, 0])
+               + np.bitwise_count(codes_a[:, 1] ^ codes_b[:, 1])).astype(np.float32)
+    u = 1.0 - hamming / 64.0  # 1 - 2h/128
+    return np.where(u > 0, u ** ALPHA, 0.0).astype(np.float32)
+
+
+class InvertedFile:
+    """Entries grouped by word, for ASMK scoring of a query against every photo at once.
+
+    Thread-safe for concurrent searches; additions and removals take a lock and rebuild
+    the compact arrays lazily.
+    """
+
+    def __init__(self, vocabulary: Vocabulary, trained_photos: int = 0) -> None:
+        self.vocabulary = vocabulary
+        self.trained_photos = trained_photos  # photos whose features taught the vocabulary
+        self._photos: dict[int, Aggregated] = {}
+        self._lock = threading.RLock()
+        self._packed: tuple[np.ndarray, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self._photos)
+
+    def ids(self) -> np.ndarray:
+        with self._lock:
+            return np.fromiter(self._photos, np.int64, len(self._photos))
+
+    def add(self, photo_id: int, features: LocalFeatures) -> None:
+        words = self.vocabulary.assign(features.descriptors)
+        self.add_aggregated(photo_id, aggregate(self.vocabulary, features.descriptors, words))
+
+    def add_aggregated(self, photo_id: int, agg: Aggregated) -> None:
+        with self._lock:
+            self._photos[int(photo_id)] = agg
+            self._packed = None
+
+    def remove(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            for i in ids:
+                self._photos.pop(int(i), None)
+            self._packed = None
+
+    def _pack(self) -> tuple[np.ndarray, ...]:
+        """(offsets by word, photo row, code, photo ids, photo norms, idf) built once."""
+        with self._lock:
+            if self._packed is not None:
+                return self._packed
+            ids = np.fromiter(self._photos, np.int64, len(self._photos))
+            aggs = list(self._photos.values())
+            counts = np.fromiter((len(a.words) for a in aggs), np.int64, len(aggs))
+            words = np.concatenate([a.words for a in aggs]) if aggs else np.zeros(0, np.int64)
+            codes = np.concatenate([a.codes for a in aggs]) if aggs \
+                else np.zeros((0, 2), np.uint64)
+            rows = np.repeat(np.arange(len(aggs)), counts)
+            order = np.argsort(words, kind="stable")
+            words, codes, rows = words[order], codes[order], rows[order]
+            k = self.vocabulary.k
+            df = np.bincount(words, minlength=k).astype(np.float32)
+            idf = np.log((len(aggs) + 1.0) / (df + 1.0)).astype(np.float32)
+            offsets = np.searchsorted(words, np.arange(k + 1)).astype(np.int64)
+            # A photo's self-similarity: every word agrees with itself (sigma(1) = 1).
+            norms = np.sqrt(np.maximum(np.bincount(rows, weights=idf[words] ** 2,
+                                                   minlength=len(aggs)), 1e-9))
+            self._packed = (offsets, rows, codes, ids, norms.astype(np.float32), idf)
+            return self._packed
+
+    def search(self, features: LocalFeatures, top_k: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(photo ids, scores) best first; the query is scored as is and mirrored."""
+        offsets, rows, codes, ids, norms, idf = self._pack()
+        if len(ids) == 0 or len(features) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        best = np.zeros(len(ids), np.float32)
+        for side in (features, mirrored(features)):
+            words = self.vocabulary.assign(side.descriptors, QUERY_ASSIGN)
+            q = aggregate(self.vocabulary, side.descriptors, words)
+            best = np.maximum(best, self._score(q, offsets, rows, codes, norms, idf))
+        if allowed is not None:
+            best[~np.isin(ids, allowed)] = 0.0
+        n = min(top_k, int((best > 0).sum()))
+        top = np.argsort(-best, kind="stable")[:n]
+        return ids[top], best[top]
+
+    @staticmethod
+    def _score(q: Aggregated, offsets: np.ndarray, rows: np.ndarray, codes: np.ndarray,
+               norms: np.ndarray, idf: np.ndarray) -> np.ndarray:
+        starts, ends = offsets[q.words], offsets[q.words + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        scores = np.zeros(len(norms), np.float32)
+        if total == 0:
+            return scores
+        # Every (query word, posting) pair, without a Python loop over words.
+        which = np.repeat(np.arange(len(q.words)), lengths)
+        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        postings = np.repeat(starts, lengths) + within
+        weight = idf[q.words[which]] ** 2
+        sim = _kernel(q.codes[which], codes[postings]) * weight
+        np.add.at(scores, rows[postings], sim)
+        q_norm = float(np.sqrt(max(float((idf[q.words] ** 2).sum()), 1e-9)))
+        result: np.ndarray = scores / (norms * q_norm)
+        return result
+
+    # Persistence ---------------------------------------------------------------------------
+
+    def save(self, path: Path, extractor: str) -> None:
+        """Write atomically (temp file, fsync, rename)."""
+        with self._lock:
+            ids = np.fromiter(self._photos, np.int64, len(self._photos))
+            aggs = list(self._photos.values())
+        counts = np.fromiter((len(a.words) for a in aggs), np.int64, len(aggs))
+        buffer = io.BytesIO()
+        np.savez(buffer, format=np.int64(_FORMAT), extractor=np.array(extractor),
+                 centroids=self.vocabulary.centroids, trained=np.int64(self.trained_photos),
+                 ids=ids, counts=counts,
+                 words=np.concatenate([a.words for a in aggs]) if aggs
+                 else np.zeros(0, np.int64),
+                 codes=np.concatenate([a.codes for a in aggs]) if aggs
+                 else np.zeros((0, 2), np.uint64))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buffer.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise IndexFileError(f"could not save the local-feature index {path}: {exc}") \
+                from exc
+
+    @classmethod
+    def load(cls, path: Path, extractor: str) -> InvertedFile:
+        """Raises IndexFileError when missing, damaged or for another extractor."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if int(data["format"]) != _FORMAT or str(data["extractor"]) != extractor:
+                    raise IndexFileError("the local-feature index is for other features")
+                centroids = data["centroids"]
+                inverted = cls(Vocabulary(centroids), int(data["trained"]))
+                ids, counts = data["ids"], data["counts"]
+                words, codes = data["words"], data["codes"]
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise IndexFileError(f"cannot read the local-feature index {path}: {exc}") \
+                from exc
+        if int(counts.sum()) != len(words) or len(words) != len(codes) \
+                or len(ids) != len(counts) or (len(words) and int(words.max()) >= len(centroids)):
+            raise IndexFileError("the local-feature index file is inconsistent")
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        for i, pid in enumerate(ids):
+            inverted._photos[int(pid)] = Aggregated(words[bounds[i]:bounds[i + 1]],
+                                                    codes[bounds[i]:bounds[i + 1]])
+        return inverted

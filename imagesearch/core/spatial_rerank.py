@@ -1,0 +1,67 @@
+"""Spatial verification as a re-ranker: weight-free, on every machine."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from imagesearch.core.feature_codec import decode_features
+from imagesearch.core.imaging import load_query_features
+from imagesearch.core.local_features import LocalFeatures
+from imagesearch.core.rerank import Evidence, RerankOutcome
+from imagesearch.core.spatial_verification import MIN_INLIERS, QueryFeatures, verify
+from imagesearch.errors import FeatureDataError
+
+# Inliers at which a match counts as certain; below MIN_INLIERS it is no match at all.
+SURE_INLIERS = 25
+_BATCH = 16  # photos verified between checks of the clock and the cancel flag
+
+
+def match_confidence(inliers: int) -> float:
+    """0 below the verification threshold, then rising on a log scale to 1."""
+    if inliers < MIN_INLIERS:
+        return 0.0
+    span = math.log(SURE_INLIERS) - math.log(MIN_INLIERS - 1)
+    return min(1.0, (math.log(inliers) - math.log(MIN_INLIERS - 1)) / span)
+
+
+class SpatialReranker:
+    """Matches the query's SIFT keypoints to each photo's stored ones and verifies geometry."""
+
+    name = "sp"
+
+    def __init__(self, data_kind: str) -> None:
+        self.data_kind = data_kind
+
+    def prepare(self, image: Path | bytes) -> QueryFeatures:
+        return QueryFeatures(load_query_features(image))
+
+    def prepare_features(self, features: LocalFeatures) -> QueryFeatures:
+        return QueryFeatures(features)
+
+    def score(self, query: QueryFeatures, records: Mapping[int, bytes],
+              cancel: threading.Event, deadline: float | None = None) -> RerankOutcome:
+        outcome = RerankOutcome()
+        decoded: list[tuple[int, LocalFeatures]] = []
+        for photo_id, blob in records.items():
+            try:
+                decoded.append((photo_id, decode_features(blob)))
+            except FeatureDataError:
+                outcome.damaged.append(photo_id)
+        for start in range(0, len(decoded), _BATCH):
+            if cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
+                outcome.complete = False
+                break
+            batch = decoded[start:start + _BATCH]
+            results = verify(query, [f for _, f in batch], cancel)
+            for (photo_id, _), result in zip(batch, results, strict=True):
+                if result is None:
+                    outcome.complete = False
+                    continue
+                outcome.evidence[photo_id] = Evidence(
+                    float(result.inliers), match_confidence(result.inliers),
+                    result.box if result.verified else None)
+        return outcome

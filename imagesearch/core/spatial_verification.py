@@ -1,0 +1,262 @@
+"""Spatial verification: does the query's object sit in this photo, and where?
+
+Tentative correspondences come from descriptor matching (each photo keypoint's nearest
+query keypoint, kept when clearly nearer than the second: Lowe's ratio test). Every
+correspondence carries a position, scale and angle on both sides, so a single one already
+proposes a similarity transform (the idea of Philbin et al.'s fast spatial matching): all
+proposals are scored at once with NumPy, the best is refined to an affine map by least
+squares on its inliers (local optimisation), and, with enough support, to a homography
+with OpenCV's MAGSAC++, whose projection of the query frame gives the box.
+
+Mirrored photos are matched with the query's mirrored keypoints, computed by permuting
+descriptors rather than extracting twice (core/local_features.mirrored).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from imagesearch.core.local_features import LocalFeatures, mirrored
+
+RATIO = 0.85  # Lowe's ratio test on RootSIFT distances
+MIN_INLIERS = 4  # fewer than this is no verified match
+HYPOTHESES = 96  # proposals scored per photo: the most distinctive correspondences
+HYPOTHESIS_TOL = 0.035  # reprojection tolerance, as a share of the photo's longer side
+REFINED_TOL = 0.02
+MAX_LOG_SCALE = 0.8  # a correspondence's scale may disagree with the model's by ~2.2x
+_CHUNK_ROWS = 8192  # photo keypoints matched per matrix product (bounds memory)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """The outcome for one photo."""
+
+    inliers: int  # distinct query keypoints consistent with the best geometry
+    box: tuple[float, float, float, float] | None  # x0, y0, x1, y1 in the photo's pixels
+    mirrored: bool = False
+    matches: int = 0  # tentative correspondences before geometry
+
+    @property
+    def verified(self) -> bool:
+        return self.inliers >= MIN_INLIERS
+
+
+NOT_VERIFIED = Verification(0, None)
+
+
+class QueryFeatures:
+    """A query's keypoints as they are and mirrored, ready to match against many photos."""
+
+    def __init__(self, features: LocalFeatures) -> None:
+        self.plain = features
+        self.mirror = mirrored(features)
+        self.n = len(features)
+        # One matrix product serves both orientations.
+        self.stacked = np.ascontiguousarray(
+            np.concatenate([self.plain.descriptors, self.mirror.descriptors]).T)
+
+
+def _nearest_two(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: index of the best column, best and second-best similarity.
+
+    Two passes of argmax/max beat argpartition by an order of magnitude here. ``sims``
+    is scratch: the best entry of each row is overwritten.
+    """
+    rows = np.arange(len(sims))
+    best = sims.argmax(axis=1)
+    s1 = sims[rows, best].copy()
+    if sims.shape[1] == 1:
+        return best, s1, np.full(len(sims), -1.0, np.float32)
+    sims[rows, best] = -2.0
+    return best, s1, sims.max(axis=1)
+
+
+def _ratio_keep(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    # Unit vectors: distance = sqrt(2 - 2 cos).
+    d1 = np.sqrt(np.maximum(2.0 - 2.0 * s1, 0.0))
+    d2 = np.sqrt(np.maximum(2.0 - 2.0 * s2, 0.0))
+    return d1 < RATIO * d2
+
+
+def match_candidates(query: QueryFeatures, photos: Sequence[LocalFeatures]
+                     ) -> list[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]]:
+    """Tentative correspondences of each photo with the plain and the mirrored query.
+
+    Returns, per photo, ((query idx, photo idx, similarity) plain, (...) mirrored).
+    """
+    out: list[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]] = []
+    empty = (np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0, np.float32))
+    if query.n < 2:
+        return [(empty, empty) for _ in photos]
+    start = 0
+    while start < len(photos):
+        # A chunk of photos whose keypoints fit one bounded matrix product.
+        stop, rows = start, 0
+        while stop < len(photos) and (rows == 0 or rows + len(photos[stop]) <= _CHUNK_ROWS):
+            rows += len(photos[stop])
+            stop += 1
+        chunk = photos[start:stop]
+        descriptors = [p.descriptors for p in chunk if len(p)]
+        sims = np.concatenate(descriptors) @ query.stacked if descriptors else \
+            np.zeros((0, 2 * query.n), np.float32)
+        offset = 0
+        for p in chunk:
+            part = sims[offset:offset + len(p)]
+            offset += len(p)
+            sides = []
+            for half in (np.array(part[:, :query.n]), np.array(part[:, query.n:])):
+                if len(p) == 0:
+                    sides.append(empty)
+                    continue
+                best, s1, s2 = _nearest_two(half)
+                keep = _ratio_keep(s1, s2)
+                sides.append((best[keep], np.nonzero(keep)[0], s1[keep]))
+            out.append((sides[0], sides[1]))
+        start = stop
+    return out
+
+
+def _best_similarity(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarray,
+                     order: np.ndarray) -> np.ndarray:
+    """Inlier mask of the best single-correspondence similarity hypothesis."""
+    side = float(max(d.width, d.height))
+    qp, dp = q.xy[qi], d.xy[di]
+    ratio = d.scale[di] / np.maximum(q.scale[qi], 1e-6)
+    theta = np.radians(d.angle[di] - q.angle[qi])
+    hyp = order[:HYPOTHESES]
+    c = np.cos(theta[hyp]) * ratio[hyp]
+    s = np.sin(theta[hyp]) * ratio[hyp]
+    dx = qp[None, :, 0] - qp[hyp, None, 0]
+    dy = qp[None, :, 1] - qp[hyp, None, 1]
+    px = c[:, None] * dx - s[:, None] * dy + dp[hyp, None, 0]
+    py = s[:, None] * dx + c[:, None] * dy + dp[hyp, None, 1]
+    err = np.hypot(px - dp[None, :, 0], py - dp[None, :, 1])
+    log_scale = np.abs(np.log(ratio[None, :] / ratio[hyp, None]))
+    inliers = (err < HYPOTHESIS_TOL * side) & (log_scale < MAX_LOG_SCALE)
+    counts = inliers.sum(axis=1)
+    result: np.ndarray = inliers[int(counts.argmax())]
+    return result
+
+
+def _distinct(qi: np.ndarray, di: np.ndarray, mask: np.ndarray) -> int:
+    """Inliers counted once per query keypoint and once per photo keypoint."""
+    return min(len(np.unique(qi[mask])), len(np.unique(di[mask])))
+
+
+def _refine(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarray,
+            mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Local optimisation: affine least squares on the inliers, then a homography."""
+    import cv2
+
+    side = float(max(d.width, d.height))
+    src, dst = q.xy[qi].astype(np.float32), d.xy[di].astype(np.float32)
+    transform: np.ndarray | None = None
+    for _ in range(2):
+        if mask.sum() < 3:
+            break
+        affine, _ = cv2.estimateAffine2D(src[mask], dst[mask], method=cv2.LMEDS)
+        if affine is None or not np.all(np.isfinite(affine)):
+            break
+        projected = src @ affine[:, :2].T + affine[:, 2]
+        refined = np.hypot(*(projected - dst).T) < REFINED_TOL * side
+        if refined.sum() < mask.sum():
+            break
+        mask = refined
+        transform = np.vstack([affine, [0.0, 0.0, 1.0]])
+    if mask.sum() >= 8:
+        homography, _ = cv2.findHomography(src[mask], dst[mask], cv2.USAC_MAGSAC,
+                                             REFINED_TOL * side)
+        if homography is not None and _plausible(homography, q):
+            transform = homography
+    return mask, transform
+
+
+def _plausible(h: np.ndarray, q: LocalFeatures) -> bool:
+    """Rejects degenerate homographies (folded or wildly shrunk frames)."""
+    corners = _frame(q)
+    projected = _project(h, corners)
+    if projected is None:
+        return False
+    area = 0.5 * abs(float(np.dot(projected[:, 0], np.roll(projected[:, 1], 1))
+                           - np.dot(projected[:, 1], np.roll(projected[:, 0], 1))))
+    edge = np.roll(projected, -1, axis=0) - projected
+    turn = np.roll(edge, -1, axis=0)
+    cross = edge[:, 0] * turn[:, 1] - edge[:, 1] * turn[:, 0]
+    convex = bool(np.all(cross > 0) or np.all(cross < 0))
+    return convex and area > 1.0
+
+
+def _frame(q: LocalFeatures) -> np.ndarray:
+    w, h = float(q.width), float(q.height)
+    return np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
+
+
+def _project(h: np.ndarray, points: np.ndarray) -> np.ndarray | None:
+    homogeneous = np.hstack([points, np.ones((len(points), 1))]) @ h.T
+    if np.any(homogeneous[:, 2] <= 1e-9):
+        return None  # a corner behind the camera: not a real view of the frame
+    return np.asarray(homogeneous[:, :2] / homogeneous[:, 2:3])
+
+
+def box_from_transform(q: LocalFeatures, d: LocalFeatures, transform: np.ndarray
+                       ) -> tuple[float, float, float, float] | None:
+    """The query frame projected into the photo, as a clipped axis-aligned box."""
+    projected = _project(transform, _frame(q))
+    if projected is None:
+        return None
+    x0, y0 = np.clip(projected.min(axis=0), 0, [d.width, d.height])
+    x1, y1 = np.clip(projected.max(axis=0), 0, [d.width, d.height])
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def box_from_inliers(d: LocalFeatures, di: np.ndarray) -> tuple[float, float, float, float]:
+    """The inliers' bounding box, widened by each keypoint's radius."""
+    pts, radius = d.xy[di], d.scale[di] / 2
+    x0 = float(np.clip((pts[:, 0] - radius).min(), 0, d.width))
+    y0 = float(np.clip((pts[:, 1] - radius).min(), 0, d.height))
+    x1 = float(np.clip((pts[:, 0] + radius).max(), 0, d.width))
+    y1 = float(np.clip((pts[:, 1] + radius).max(), 0, d.height))
+    return x0, y0, x1, y1
+
+
+def verify_pair(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarray,
+                sim: np.ndarray, box_method: str = "frame") -> Verification:
+    """Best geometry for one orientation's correspondences."""
+    if len(qi) < MIN_INLIERS:
+        return Verification(0, None, matches=len(qi))
+    order = np.argsort(-sim, kind="stable")
+    mask = _best_similarity(q, d, qi, di, order)
+    if _distinct(qi, di, mask) < MIN_INLIERS:
+        return Verification(_distinct(qi, di, mask), None, matches=len(qi))
+    mask, transform = _refine(q, d, qi, di, mask)
+    inliers = _distinct(qi, di, mask)
+    box = None
+    if inliers >= MIN_INLIERS:
+        if box_method == "frame" and transform is not None:
+            box = box_from_transform(q, d, transform)
+        if box is None:
+            box = box_from_inliers(d, di[mask])
+    return Verification(inliers, box, matches=len(qi))
+
+
+def verify(query: QueryFeatures, photos: Sequence[LocalFeatures],
+           cancel: threading.Event | None = None, box_method: str = "frame"
+           ) -> list[Verification | None]:
+    """Verify each photo against the query; None for photos left when cancelled."""
+    matched = match_candidates(query, photos)
+    out: list[Verification | None] = []
+    for photo, (plain, mirror) in zip(photos, matched, strict=True):
+        if cancel is not None and cancel.is_set():
+            out.append(None)
+            continue
+        a = verify_pair(query.plain, photo, *plain, box_method=box_method)
+        b = verify_pair(query.mirror, photo, *mirror, box_method=box_method)
+        best = a if a.inliers >= b.inliers else Verification(b.inliers, b.box, True, b.matches)
+        out.append(best)
+    return out

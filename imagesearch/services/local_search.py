@@ -1,0 +1,204 @@
+"""The weight-free shortlist: keeps the ASMK inverted file in step with the catalog.
+
+The catalog's local-feature records are the truth; the vocabulary and inverted file are a
+cache of them in the index folder. New photos are added with the current vocabulary; the
+vocabulary itself is learned again (in the background) once the library has doubled
+since it was learned, so it keeps fitting the photos it describes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imagesearch.config import Settings
+from imagesearch.core.feature_codec import decode_features
+from imagesearch.core.local_features import FEATURE_MODES, FeatureMode, LocalFeatures
+from imagesearch.core.local_index import InvertedFile, Vocabulary
+from imagesearch.errors import FeatureDataError, IndexFileError
+from imagesearch.storage.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+MIN_PHOTOS = 50  # below this a vocabulary is not worth learning: every photo is verified
+_SAMPLE_PER_PHOTO = 64  # descriptors a photo contributes to vocabulary training at most
+_TRAIN_DESCRIPTORS = 150_000
+
+Report = Callable[[int, int], None]  # (done, total) while (re)building
+
+
+def feature_mode(settings: Settings) -> FeatureMode | None:
+    """The local-feature mode in force, or None when local features are off."""
+    return FEATURE_MODES.get(settings.local_features)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalIndexStatus:
+    photos: int  # photos in the inverted file
+    words: int  # vocabulary size (0: none yet)
+    trained_photos: int
+
+
+class LocalIndexService:
+    """Owns the inverted file for the active feature mode."""
+
+    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.mode = feature_mode(settings)
+        self.path = index_file(settings.index_dir, self.mode.extractor_id if self.mode else "")
+        self._inverted: InvertedFile | None = None
+        self._loaded = False
+        self._lock = threading.RLock()  # guards _inverted and _loaded, briefly
+        self._refreshing = threading.Lock()  # one refresh at a time; searches go on meanwhile
+        self._thread: threading.Thread | None = None
+        self._again = False
+        self._closing = threading.Event()
+
+    @property
+    def extractor(self) -> str | None:
+        return self.mode.extractor_id if self.mode else None
+
+    def status(self) -> LocalIndexStatus:
+        inv = self._inverted
+        if inv is None:
+            return LocalIndexStatus(0, 0, 0)
+        return LocalIndexStatus(len(inv), inv.vocabulary.k, inv.trained_photos)
+
+    def vocabulary(self) -> Vocabulary | None:
+        inv = self._inverted
+        return inv.vocabulary if inv is not None else None
+
+    def shortlist(self, features: LocalFeatures, k: int,
+                  allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Best photos by ASMK similarity; None when there is no index (yet)."""
+        with self._lock:
+            if not self._loaded:
+                self._load()
+            inv = self._inverted
+        if inv is None or len(inv) == 0:
+            return None
+        return inv.search(features, k, allowed)
+
+    def _load(self) -> None:
+        self._loaded = True
+        if self.mode is None or not self.path.exists():
+            return
+        try:
+            self._inverted = InvertedFile.load(self.path, self.mode.extractor_id)
+        except IndexFileError as exc:
+            log.info("the local-feature index will be rebuilt: %s", exc)
+
+    # Keeping up -----------------------------------------------------------------------------
+
+    def refresh(self, progress: Report | None = None,
+                cancel: threading.Event | None = None) -> bool:
+        """Bring the inverted file in step with the catalog now; True if it changed."""
+        if self.mode is None:
+            return False
+        extractor = self.mode.extractor_id
+        with self._refreshing:
+            with self._lock:
+                if not self._loaded:
+                    self._load()
+                inv = self._inverted
+            have = self.catalog.feature_ids(extractor)
+            if len(have) < MIN_PHOTOS:
+                return False
+            if inv is None or len(have) >= 2 * max(inv.trained_photos, 1):
+                inv = self._train(len(have), cancel)
+                if inv is None:
+                    return False
+            indexed = inv.ids()
+            gone = np.setdiff1d(indexed, have)
+            missing = set(np.setdiff1d(have, indexed).tolist())
+            inv.remove(gone.tolist())
+            done = 0
+            damaged: list[int] = []
+            for chunk in self.catalog.iter_features(extractor):
+                if cancel is not None and cancel.is_set():
+                    break
+                for photo_id, blob in chunk:
+                    if photo_id in missing:
+                        try:
+                            inv.add(photo_id, decode_features(blob))
+                        except FeatureDataError:
+                            damaged.append(photo_id)
+                        done += 1
+                if progress is not None:
+                    progress(done, len(missing))
+            if damaged:
+                self.catalog.drop_features(damaged, extractor)
+            changed = bool(missing or len(gone)) or inv is not self._inverted
+            with self._lock:
+                self._inverted = inv
+            if changed:
+                try:
+                    inv.save(self.path, extractor)
+                except IndexFileError as exc:
+                    log.warning("%s; the local index is kept in memory", exc)
+            return changed
+
+    def _train(self, photos: int, cancel: threading.Event | None) -> InvertedFile | None:
+        """A vocabulary learned from a sample of the library's descriptors."""
+        assert self.mode is not None
+        rng = np.random.default_rng(0)
+        keep = max(4, min(_SAMPLE_PER_PHOTO, _TRAIN_DESCRIPTORS // max(photos, 1)))
+        sample: list[np.ndarray] = []
+        for chunk in self.catalog.iter_features(self.mode.extractor_id):
+            if cancel is not None and cancel.is_set():
+                return None
+            for _, blob in chunk:
+                try:
+                    d = decode_features(blob).descriptors
+                except FeatureDataError:
+                    continue
+                if len(d) > keep:
+                    d = d[rng.choice(len(d), keep, replace=False)]
+                sample.append(d)
+        data = np.concatenate(sample) if sample else np.zeros((0, 128), np.float32)
+        if len(data) < 1000:
+            return None
+        log.info("learning a visual vocabulary from %d descriptors of %d photos", len(data),
+                 photos)
+        return InvertedFile(Vocabulary.train(data), photos)
+
+    def refresh_later(self) -> None:
+        """Refresh on a background thread; calls made meanwhile fold into one more pass."""
+        if self.mode is None or self._closing.is_set():
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                self._again = True
+                return
+            self._thread = threading.Thread(target=self._background, daemon=True,
+                                            name="imagesearch-local-index")
+            self._thread.start()
+
+    def _background(self) -> None:
+        while True:
+            try:
+                self.refresh(cancel=self._closing)
+            except Exception:
+                log.exception("updating the local-feature index failed")
+            with self._lock:
+                if not self._again or self._closing.is_set():
+                    self._thread = None
+                    return
+                self._again = False
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._closing.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+
+def index_file(index_dir: Path, extractor: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", extractor)
+    return index_dir / f"local-{slug}.npz"

@@ -1,0 +1,73 @@
+"""The re-rank stage: which re-ranker runs, on what, for how long, and how it is fused."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagesearch.core.rerank import Evidence, Reranker, fuse, normalise_prior
+from imagesearch.storage.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+# CPU time a re-rank may take before it returns what it has (the rest keep their order).
+DEFAULT_BUDGET_S = 5.0
+
+
+@dataclass
+class Reranked:
+    """The shortlist in its new order, with each photo's evidence."""
+
+    ids: list[int]
+    scores: list[float]  # fused
+    prior: dict[int, float]  # the shortlist's own scores
+    evidence: dict[int, Evidence] = field(default_factory=dict)
+    complete: bool = True
+    stage: str = ""
+
+
+class RerankService:
+    """Runs a re-ranker over a shortlist; verified photos move up, the rest keep order."""
+
+    def __init__(self, catalog: Catalog, rerankers: Sequence[Reranker]) -> None:
+        self.catalog = catalog
+        self.rerankers = {r.name: r for r in rerankers}
+
+    def get(self, name: str) -> Reranker | None:
+        return self.rerankers.get(name)
+
+    def prepare(self, reranker: Reranker, image: Path | bytes) -> Any:
+        """The query side (features), once per query. Raises ValueError for a bad image."""
+        return reranker.prepare(image)
+
+    def rerank(self, reranker: Reranker, query: Any, shortlist: Sequence[tuple[int, float]],
+               cancel: threading.Event | None = None,
+               budget_s: float | None = DEFAULT_BUDGET_S) -> Reranked:
+        """Re-order ``shortlist`` ((photo id, score) best first) by the re-ranker's verdicts.
+
+        A cancelled or over-budget run returns what it has, marked incomplete.
+        """
+        cancel = cancel or threading.Event()
+        ids = [pid for pid, _ in shortlist]
+        prior_scores = np.asarray([s for _, s in shortlist], dtype=np.float32)
+        prior = dict(zip(ids, prior_scores.tolist(), strict=True))
+        records = self.catalog.features(ids, reranker.data_kind)
+        deadline = time.monotonic() + budget_s if budget_s is not None else None
+        outcome = reranker.score(query, records, cancel, deadline)
+        if outcome.damaged:
+            # Recomputed by the next indexing run; search goes on without them.
+            log.warning("%d damaged local-feature records dropped", len(outcome.damaged))
+            self.catalog.drop_features(outcome.damaged, reranker.data_kind)
+        match = np.asarray([outcome.evidence[i].match if i in outcome.evidence else 0.0
+                            for i in ids], dtype=np.float32)
+        final = fuse(normalise_prior(prior_scores), match)
+        order = np.argsort(-final, kind="stable")
+        return Reranked([ids[i] for i in order], [float(final[i]) for i in order], prior,
+                        outcome.evidence, outcome.complete, reranker.name)
