@@ -26,7 +26,10 @@ def run(args: argparse.Namespace, make_context: ContextFactory,
         handler = _HANDLERS[args.command]
         return handler(args, ctx, cancel)
     finally:
-        ctx.close()
+        warnings = ctx.close()
+        if args.command == "watch":  # the others reported theirs with each run
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
 
 
 def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:

@@ -87,7 +87,10 @@ def _context(args: argparse.Namespace) -> AppContext:
     from imagesearch.services.context import build_context
 
     settings = Settings.load(args.library, model_id=args.model, device=args.device)
-    return build_context(settings)
+    if args.command == "watch":
+        return build_context(settings)  # long-lived: index file writes are debounced
+    # One-shot: the index file is written as each command ends, and a failure is reported.
+    return build_context(settings, save_delay_s=0.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

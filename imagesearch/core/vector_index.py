@@ -123,6 +123,14 @@ class VectorIndex:
         Raises:
             IndexFileError: the file could not be written; any previous file is intact.
         """
+        write_index_file(path, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The whole file's content: a consistent snapshot taken under the index's lock.
+
+        Copying memory is quick; writing it out is not, and is left to the caller, so a
+        save never holds up a search.
+        """
         import faiss
 
         with self._lock:
@@ -130,27 +138,13 @@ class VectorIndex:
             header = IndexHeader(self.model_id, self.dim, self.generation, len(self),
                                  xxhash.xxh3_64_hexdigest(blob))
         head_bytes = json.dumps(_asdict(header)).encode()
-        tmp_name = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
-                                             suffix=".tmp", delete=False) as tmp:
-                tmp_name = tmp.name
-                tmp.write(_MAGIC + struct.pack("<II", _FORMAT, len(head_bytes)))
-                tmp.write(head_bytes)
-                tmp.write(blob)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, path)
-            tmp_name = None
-            _fsync_dir(path.parent)
-        except OSError as exc:
-            raise IndexFileError(f"could not save the search index to {path}: "
-                                 f"{exc.strerror or exc}") from exc
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
+        return _MAGIC + struct.pack("<II", _FORMAT, len(head_bytes)) + head_bytes + blob
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (each must be present)."""
+        with self._lock:
+            return np.stack([self._index.reconstruct(int(i)) for i in ids]) if len(ids) \
+                else np.zeros((0, self.dim), np.float32)
 
     @classmethod
     def load(cls, path: Path) -> VectorIndex:
@@ -176,6 +170,33 @@ class VectorIndex:
         if index.d != header.dim or index.ntotal != header.count:
             raise IndexFileError(f"{path} does not match its own header")
         return cls(header.dim, header.model_id, header.generation, index)
+
+
+def write_index_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    Raises:
+        IndexFileError: the file could not be written; any previous file is intact.
+    """
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
+                                         suffix=".tmp", delete=False) as tmp:
+            tmp_name = tmp.name
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise IndexFileError(f"could not save the search index to {path}: "
+                             f"{exc.strerror or exc}") from exc
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
 
 
 def _head_len(data: bytes) -> int:

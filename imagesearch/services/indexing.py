@@ -16,7 +16,6 @@ from imagesearch.config import Settings
 from imagesearch.core.decode_pool import DecodePool
 from imagesearch.core.imaging import DecodedImage, PreprocessSpec, is_image_name
 from imagesearch.domain import FolderInfo, IndexProgress, IndexReport
-from imagesearch.errors import IndexFileError
 from imagesearch.services.models import ModelManager
 from imagesearch.services.scanning import Plan, ScannedFile, plan, walk
 from imagesearch.services.vector_store import VectorStore
@@ -183,7 +182,7 @@ class IndexingService:
         with self.lane:
             self.vectors.refresh()
             self.catalog.remove_photos(ids)
-            self.vectors.remove(np.asarray(ids, dtype=np.int64), self.catalog.generation())
+            self.vectors.remove(np.asarray(ids, dtype=np.int64), self.catalog.last_commit())
         return len(ids)
 
     def move_path(self, src: Path, dst: Path) -> bool:
@@ -205,9 +204,9 @@ class IndexingService:
                 # the move would break the catalog's one-row-per-path rule.
                 self.catalog.remove_photos([replaced.id])
                 self.vectors.remove(np.asarray([replaced.id], dtype=np.int64),
-                                    self.catalog.generation())
+                                    self.catalog.last_commit())
             self.catalog.move(record.id, dst, target.id, mtime)
-            self._sync_generation()
+            self.vectors.sync(self.catalog.last_commit())
         return True
 
     # The pipeline --------------------------------------------------------------------------
@@ -222,14 +221,17 @@ class IndexingService:
             if work.gone:
                 self.catalog.remove_photos(work.gone)
                 self.vectors.remove(np.asarray(work.gone, dtype=np.int64),
-                                    self.catalog.generation())
+                                    self.catalog.last_commit())
             for photo_id, f in work.moves:
                 self.catalog.move(photo_id, f.path, folder_of[f.path], f.mtime)
+                self.vectors.sync(self.catalog.last_commit())
             if work.problems:
-                self.catalog.store(self.models.model_id, [
+                failed = self.catalog.store(self.models.model_id, [
                     PhotoUpdate(f.path, folder_of[f.path], f.size, f.mtime, error=f.problem)
                     for f in work.problems])
-            self._sync_generation()
+                # A photo that became unreadable leaves the results now, not at the next start.
+                self.vectors.remove(np.asarray(failed, dtype=np.int64),
+                                    self.catalog.last_commit())
         todo = work.to_embed + list(work.to_vectorise.values())
         counts = {"added": 0, "updated": 0, "failed": len(work.problems)}
         if not todo or cancel.is_set():
@@ -317,7 +319,7 @@ class IndexingService:
                              dtype=np.int64)
             self.vectors.apply(ok, np.stack(kept) if kept else np.zeros((0, vectors.shape[1]),
                                                                         np.float32),
-                               bad, self.catalog.generation())
+                               bad, self.catalog.last_commit())
         for d in batch:
             if d.error is not None:
                 counts["failed"] += 1
@@ -328,21 +330,15 @@ class IndexingService:
                 counts["updated"] += 1
         return len(batch)
 
-    def _sync_generation(self) -> None:
-        self.vectors.sync(self.catalog.generation())
-
     def _save_index(self) -> tuple[str, ...]:
-        """Write the index file; returns the warnings to report (none when it worked)."""
-        try:
-            with self.lane:
-                self.vectors.save()
-        except IndexFileError as exc:
-            # The catalog has everything; the next start rebuilds the file from it.
-            log.warning("%s", exc)
-            self.warnings = [str(exc)]
-            return (str(exc),)
-        self.warnings = []
-        return ()
+        """Have the index file written (debounced, off the write lane); returns warnings.
+
+        Nothing is written when nothing changed. The warnings are those of a failed save:
+        of this one when saving is immediate (the CLI), else of the latest background one.
+        """
+        warnings = self.vectors.save_soon()
+        self.warnings = list(warnings)
+        return warnings
 
 
 def _owner(folders: list[FolderInfo], path: Path) -> FolderInfo | None:

@@ -54,8 +54,8 @@ class LibraryService:
             self.vectors.refresh()
             ids = self.catalog.ids_under(info.path)
             removed = self.catalog.remove_folder(info.id)
-            self.vectors.remove(ids, self.catalog.generation())
-            self.vectors.save()
+            self.vectors.remove(ids, self.catalog.last_commit())
+        self.vectors.save_soon()
         return removed
 
     def set_watched(self, folder: Path | int, watched: bool) -> None:

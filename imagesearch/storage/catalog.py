@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, LargeBinary, delete, func, select, type_coerce, update
+from sqlalchemy import (
+    Engine,
+    Integer,
+    LargeBinary,
+    Text,
+    cast,
+    delete,
+    func,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +34,19 @@ _GENERATION = "generation"
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The generations one write moved the catalog from and to, read in its transaction.
+
+    The live index mirrors a commit only when ``before`` is the generation it holds: any
+    other value means another process (the CLI, say) committed in between, and the index
+    must be reloaded from the catalog rather than claim a generation it does not hold.
+    """
+
+    before: int
+    after: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +94,7 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._local = threading.local()  # each writing thread's latest Commit
 
     def close(self) -> None:
         self.engine.dispose()
@@ -80,13 +106,29 @@ class Catalog:
             value = s.get(MetaRow, _GENERATION)
             return int(value.value) if value else 0
 
-    @staticmethod
-    def _bump(s: Session) -> None:
-        row = s.get(MetaRow, _GENERATION)
-        if row is None:
+    def last_commit(self) -> Commit | None:
+        """The generations of this thread's latest write, as its own transaction saw them.
+
+        None when that call had nothing to write. Reading ``generation()`` after the
+        commit instead would count a commit another process made in between as this one's.
+        """
+        commit: Commit | None = getattr(self._local, "commit", None)
+        return commit
+
+    def _bump(self, s: Session) -> None:
+        # Increment first, read after: the UPDATE takes SQLite's write lock, so no other
+        # process can commit between it and this transaction's commit, and the value read
+        # back is this transaction's own.
+        result = s.execute(update(MetaRow).where(MetaRow.key == _GENERATION)
+                           .values(value=cast(cast(MetaRow.value, Integer) + 1, Text)))
+        if not getattr(result, "rowcount", 0):
             s.add(MetaRow(key=_GENERATION, value="1"))
+            s.flush()
+            after = 1
         else:
-            row.value = str(int(row.value) + 1)
+            after = int(s.scalar(select(MetaRow.value).where(MetaRow.key == _GENERATION))
+                        or 0)
+        self._local.commit = Commit(after - 1, after)
 
     # Folders -------------------------------------------------------------------------------
 
@@ -192,6 +234,7 @@ class Catalog:
 
         Returns the photo ids in the order of ``updates``.
         """
+        self._local.commit = None
         if not updates:
             return []
         now = _now()
@@ -241,6 +284,7 @@ class Catalog:
             self._bump(s)
 
     def remove_photos(self, ids: Iterable[int]) -> int:
+        self._local.commit = None
         id_list = list(ids)
         if not id_list:
             return 0
@@ -312,6 +356,21 @@ class Catalog:
         blob = b"".join(r[1] for r in rows)
         vecs = np.frombuffer(blob, dtype=np.float16).reshape(len(rows), -1).astype(np.float32)
         return ids, vecs
+
+    def vectors_of(self, model: str, ids: np.ndarray) -> np.ndarray:
+        """float32 vectors of ``ids`` for ``model``, in that order (each must have one)."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, bytes] = {}
+        with self._sessions() as s:
+            for start in range(0, len(wanted), 500):
+                rows = s.execute(select(EmbeddingRow.photo_id, EmbeddingRow.vector)
+                                 .where(EmbeddingRow.model == model,
+                                        EmbeddingRow.photo_id.in_(wanted[start:start + 500])))
+                found.update((int(pid), bytes(blob)) for pid, blob in rows)
+        if not wanted:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([np.frombuffer(found[i], dtype=np.float16) for i in wanted]) \
+            .astype(np.float32)
 
     def vector_ids(self, model: str) -> np.ndarray:
         with self._sessions() as s:
