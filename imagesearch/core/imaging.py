@@ -8,14 +8,29 @@ from __future__ import annotations
 import io
 import os
 import stat
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 import xxhash
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from imagesearch.core.image_reading import (
+    DECODE_BUDGET_BYTES,
+    HEAD_BYTES,
+    HashingReader,
+    Readable,
+    check_declared_size,
+    check_heif_size,
+    load_in_bands,
+    prepare_pillow,
+    raw_strips,
+    shrink,
+    sniff_format,
+    stored_bytes,
+)
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
@@ -61,12 +76,8 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def hash_bytes(data: bytes) -> str:
-    """Content hash used to recognise a moved file: 128-bit xxh3, hex."""
-    return xxhash.xxh3_128_hexdigest(data)
-
-
 def hash_file(path: Path) -> str:
+    """Content hash used to recognise a moved file: 128-bit xxh3, hex, read in a stream."""
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -101,42 +112,87 @@ class ImageFacts:
     captured_at: datetime | None
 
 
-def open_image(data: bytes, name: str, draft_size: int | None = None
-               ) -> tuple[Image.Image, ImageFacts]:
-    """Decode bytes to an upright RGB image, shrinking JPEGs in the decoder when allowed.
+def open_image(source: bytes | Readable, name: str, draft_size: int | None = None,
+               file_size: int | None = None) -> tuple[Image.Image, ImageFacts]:
+    """Decode to an upright RGB image, shrinking large ones while (or right after) decoding.
+
+    ``source`` is read as needed, never whole: a file that is not an image fails on its
+    first bytes, a declared size no real file can hold is refused before decoding, and
+    decoded pixels stay within a fixed memory budget.
+
+    Args:
+        draft_size: the size the caller will scale to; larger images are decoded at (or
+            shrunk to) about twice that on their short side.
+        file_size: the source's size in bytes, when it is a file.
 
     Raises:
         ValueError: with a readable reason when the bytes are not a usable image.
     """
-    if not data:
+    if isinstance(source, bytes):
+        file_size, source = len(source), io.BytesIO(source)
+    head = source.read(HEAD_BYTES)
+    source.seek(0)
+    if not head:
         raise ValueError("empty file (0 bytes)")
     ext = os.path.splitext(name)[1].lower()
-    if not _ensure_heif() and ext in _HEIF_EXTENSIONS:
-        raise ValueError("HEIC/HEIF/AVIF support needs the pillow-heif package "
-                         "(pip install pillow-heif)")
+    kind = sniff_format(head)
+    if kind == "HEIF" or ext in _HEIF_EXTENSIONS:
+        if not _ensure_heif():
+            raise ValueError("HEIC/HEIF/AVIF support needs the pillow-heif package "
+                             "(pip install pillow-heif)")
+        check_heif_size(file_size)
+    if kind is None:
+        raise ValueError("not an image Pillow can read (unrecognised or unsupported format)")
+    prepare_pillow()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-            if orientation in (5, 6, 7, 8):
-                w, h = h, w
-            facts = ImageFacts(img.format, w, h, capture_time(img))
-            if draft_size is not None and img.format == "JPEG":
-                # The JPEG decoder scales by 1/2, 1/4 or 1/8 for free; both sides stay >= draft.
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
-            return to_rgb(ImageOps.exif_transpose(img)), facts
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"refused: declared size is too large to decode safely ({exc})") \
-            from exc
+        opened: ImageFile.ImageFile = Image.open(cast(IO[bytes], source))  # read/seek/tell
+        w, h = opened.size
+        check_declared_size(w, h, file_size)
+        orientation = opened.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):
+            w, h = h, w
+        facts = ImageFacts(opened.format, w, h, capture_time(opened))
+        if draft_size is not None and opened.format == "JPEG":
+            # The JPEG decoder scales by 1/2, 1/4 or 1/8 for free; both sides stay >= draft.
+            opened.draft("RGB", (draft_size, draft_size))
+        img: Image.Image = opened
+        if stored_bytes(opened) > DECODE_BUDGET_BYTES:
+            strips = raw_strips(opened)
+            if strips is None:
+                raise ValueError(
+                    f"refused: {opened.width}x{opened.height} pixels of {opened.format} "
+                    f"would need {stored_bytes(opened) >> 20} MB to decode, over the "
+                    f"{DECODE_BUDGET_BYTES >> 20} MB allowed")
+            img = load_in_bands(opened, strips, source, draft_size)
+        else:
+            opened.load()
+            img = shrink(opened, draft_size)  # first: rotating and converting then copy less
+        return to_rgb(_upright(img, orientation)), facts
+    except ValueError as exc:
+        if str(exc).startswith("refused"):
+            raise
+        raise ValueError(f"corrupt or truncated image data: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ValueError("not an image Pillow can read (unrecognised or unsupported format)") \
             from exc
-    except (OSError, SyntaxError, EOFError, ValueError) as exc:
+    except (OSError, SyntaxError, EOFError) as exc:
         msg = str(exc) or type(exc).__name__
         raise ValueError(f"corrupt or truncated image data: {msg}") from exc
+
+
+# EXIF orientation -> the transpose that shows the photo upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(img: Image.Image, orientation: object) -> Image.Image:
+    # From the orientation read at open: a shrunk copy no longer carries the EXIF block.
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return img if method is None else img.transpose(method)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -226,13 +282,12 @@ def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def decode_for_model(path: Path, spec: PreprocessSpec) -> DecodedImage:
-    """Read one file once: stat, hash, decode, orient, resize. Never raises."""
+    """Read one file once: stat, decode, orient, resize, hash. Never raises."""
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
             return DecodedImage(path, error="is a folder, not a file")
-        with open(path, "rb") as f:
-            data = f.read()
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the decode and the hash
     except FileNotFoundError:
         reason = "broken symbolic link" if os.path.islink(path) else \
             "file disappeared before it could be read"
@@ -241,15 +296,23 @@ def decode_for_model(path: Path, spec: PreprocessSpec) -> DecodedImage:
         return DecodedImage(path, error="permission denied: cannot read the file")
     except OSError as exc:
         return DecodedImage(path, error=f"cannot read the file: {exc.strerror or exc}")
-    base = DecodedImage(path, size=st.st_size, mtime=st.st_mtime, content_hash=hash_bytes(data))
-    try:
-        img, facts = open_image(data, path.name, draft_size=spec.size)
-        pixels = model_pixels(img, spec)
-    except ValueError as exc:
-        return _failed(base, str(exc))
-    except Exception as exc:
-        return _failed(base, f"cannot decode: {type(exc).__name__}: {exc}")
-    return DecodedImage(path, st.st_size, st.st_mtime, base.content_hash, facts.width,
+    base = DecodedImage(path, size=st.st_size, mtime=st.st_mtime)
+    with f:
+        reader = HashingReader(f)
+        try:
+            img, facts = open_image(reader, path.name, draft_size=spec.size,
+                                    file_size=st.st_size)
+            pixels = model_pixels(img, spec)
+            # Hashed as it was decoded (a failed file needs no hash: only indexed photos
+            # are matched when moved).
+            content_hash = reader.digest()
+        except ValueError as exc:
+            return _failed(base, str(exc))
+        except OSError as exc:
+            return _failed(base, f"cannot read the file: {exc.strerror or exc}")
+        except Exception as exc:
+            return _failed(base, f"cannot decode: {type(exc).__name__}: {exc}")
+    return DecodedImage(path, st.st_size, st.st_mtime, content_hash, facts.width,
                         facts.height, facts.format, facts.captured_at, pixels)
 
 
@@ -264,12 +327,12 @@ def load_query_image(source: Path | bytes, spec: PreprocessSpec) -> np.ndarray:
         ValueError: the file cannot be read as an image, with the reason.
     """
     if isinstance(source, bytes):
-        data, name = source, "query"
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read {source}: {exc.strerror or exc}") from exc
-        name = Path(source).name
-    img, _ = open_image(data, name, draft_size=spec.size)
+        img, _ = open_image(source, "query", draft_size=spec.size)
+        return model_pixels(img, spec)
+    try:
+        with open(source, "rb") as f:
+            img, _ = open_image(f, Path(source).name, draft_size=spec.size,
+                                file_size=os.fstat(f.fileno()).st_size)
+    except OSError as exc:
+        raise ValueError(f"cannot read {source}: {exc.strerror or exc}") from exc
     return model_pixels(img, spec)

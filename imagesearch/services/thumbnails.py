@@ -45,10 +45,11 @@ class ThumbnailCache:
         if target.is_file():
             return target
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                img, _ = open_image(f, path.name, draft_size=size,
+                                    file_size=os.fstat(f.fileno()).st_size)
         except OSError as exc:
             raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        img, _ = open_image(data, path.name, draft_size=size)
         img.thumbnail((size, size))
         target.parent.mkdir(parents=True, exist_ok=True)
         # Temp file then rename: a reader never sees half a JPEG, even if we are killed.
