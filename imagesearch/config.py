@@ -47,6 +47,7 @@ class Settings:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 32
     decode_workers: int = 0  # 0: chosen from the CPU count
+    decode_timeout_s: float = 60.0  # one file's decode; past it the file "timed out reading"
     top_k: int = 60
     thumbnail_size: int = 192
     image_weight: float = 0.5
@@ -68,8 +69,8 @@ class Settings:
 
     # Persistence -------------------------------------------------------------------------
 
-    _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers", "top_k",
-                  "thumbnail_size", "image_weight")
+    _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers",
+                  "decode_timeout_s", "top_k", "thumbnail_size", "image_weight")
 
     def save(self) -> None:
         """Write the user-editable settings atomically to the library folder."""

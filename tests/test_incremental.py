@@ -28,13 +28,13 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     seen: list[Path] = []
     real = DecodePool.decode
 
-    def spy(self: DecodePool, paths: Iterable[Path],
-            lookahead: int | None = None) -> Generator[DecodedImage, None, None]:
+    def spy(self: DecodePool, paths: Iterable[Path], lookahead: int | None = None,
+            **kwargs: Any) -> Generator[DecodedImage, None, None]:
         def record() -> Iterator[Path]:
             for p in paths:
                 seen.append(p)
                 yield p
-        return real(self, record(), lookahead)
+        return real(self, record(), lookahead, **kwargs)
 
     monkeypatch.setattr(DecodePool, "decode", spy)
     return seen

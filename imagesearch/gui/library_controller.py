@@ -108,8 +108,9 @@ class LibraryController(QObject):
         self.w.searches.set_context(None)
         self.w.indexer.set_context(None)
 
-    def stop_watching(self) -> None:
-        self.watch.stop()
+    def stop_watching(self) -> bool:
+        """Stop the folder watcher; False if a thread of it is still busy after the wait."""
+        return self.watch.stop()
 
     def model_ready(self, index: bool = True) -> None:
         """Weights are on disk: load the model in the background so the first search is quick."""

@@ -91,6 +91,8 @@ class MainWindow(QMainWindow):
         self.status = StatusBar(self)
         self.setStatusBar(self.status)
         self.library = LibraryController(self, context_factory)
+        self.closed = False
+        self.unfinished: list[str] = []  # work that did not end on quit (see shutdown)
 
         self._build_actions()
         self._connect()
@@ -282,13 +284,22 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Cancel everything running, wait for every pool, then close the catalog."""
+        """Cancel everything running, wait (bounded) for every pool, then close the catalog.
+
+        Work still running after the wait is recorded in ``unfinished``: the process then
+        exits without waiting for it (see app.run).
+        """
+        if self.closed:
+            return
+        self.closed = True
         self.indexer.cancel()
         self.model_setup.cancel_event.set()
         self.searches.cancel()
         self.thumbs.reset()
-        self.runner.shutdown()  # first: a watcher start or refresh may be on the io pool
-        self.library.stop_watching()
+        # First: a watcher start or refresh may be on the io pool.
+        self.unfinished = self.runner.shutdown()
+        if not self.library.stop_watching():
+            self.unfinished.append("watcher")
         self.library.close()
 
     def library_dir(self) -> Path:

@@ -59,7 +59,8 @@ class IndexingService:
             if self._pool is None or self._pool.spec != spec:
                 if self._pool is not None:
                     self._pool.close()
-                self._pool = DecodePool(spec, self.settings.decode_workers or None)
+                self._pool = DecodePool(spec, self.settings.decode_workers or None,
+                                        timeout_s=self.settings.decode_timeout_s)
             return self._pool
 
     # Whole folders -------------------------------------------------------------------------
@@ -256,7 +257,7 @@ class IndexingService:
         batch: list[DecodedImage] = []
         in_flight: Future[int] | None = None
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesearch-writer")
-        stream = pool.decode((f.path for f in todo), lookahead=2 * batch_size)
+        stream = pool.decode((f.path for f in todo), lookahead=2 * batch_size, cancel=cancel)
 
         def hand_over(items: list[DecodedImage]) -> None:
             nonlocal in_flight, done

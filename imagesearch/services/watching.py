@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 BATCH_PATHS = 512  # paths per update_paths call: a burst goes in batches, each file once
 RESCAN_INTERVAL_S = 60.0  # folders watchdog cannot follow are re-scanned this often
 ROOT_CHECK_S = 2.0  # how often a vanished (or returned) library folder is noticed
+STOP_WAIT_S = 10.0  # stop() waits this long for the threads, then leaves them be
 
 ReportCallback = Callable[[IndexReport], None]
 ErrorCallback = Callable[[Exception], None]
@@ -133,29 +134,38 @@ class FolderWatcher:
                                             name="imagesearch-watcher", daemon=True)
             self._worker.start()
 
-    def stop(self) -> None:
-        """Stop watching and wait for the observer and worker threads to end.
+    def stop(self, timeout_s: float = STOP_WAIT_S) -> bool:
+        """Stop watching and wait, at most ``timeout_s``, for its threads to end.
 
         A batch being embedded is cut short after its current model batch; what was
-        left is picked up by the next start-up's reconciliation scan.
+        left is picked up by the next start-up's reconciliation scan. Returns False if a
+        thread is still busy after the wait (stuck reading a stalled network share, say):
+        it is a daemon thread, left to end on its own, so quitting never hangs on it.
         """
         with self._life_lock:
             self._stop.set()
             self._queue.wake()
+            deadline = time.monotonic() + timeout_s
             observer, self._observer = self._observer, None
             if observer is not None:
                 observer.stop()
                 if observer.is_alive():
-                    observer.join()
+                    observer.join(max(0.0, deadline - time.monotonic()))
             worker, self._worker = self._worker, None
             if worker is not None and worker is not threading.current_thread():
-                worker.join()
+                worker.join(max(0.0, deadline - time.monotonic()))
+            stuck = [t.name for t in (observer, worker)
+                     if t is not None and t is not threading.current_thread() and t.is_alive()]
+            if stuck:
+                log.warning("stopped watching, but %s did not finish within %g s; leaving "
+                            "it to end on its own", ", ".join(stuck), timeout_s)
             with self._watch_lock:
                 self._watches.clear()
                 self._polled.clear()
                 self._offline.clear()
                 self._roots.clear()
                 self._queue.roots = ()
+            return not stuck
 
     def refresh(self) -> None:
         """Re-read the library's folders: watch new or re-enabled ones, drop the others."""
