@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 4  # files per task: amortises the inter-process round trip
 FILE_TIMEOUT_S = 60.0  # one file's decode, from the worker taking it up to its answer
 STOP_WAIT_S = 2.0  # on close, how long a worker may take to leave before it is killed
+START_TIMEOUT_S = 120.0  # a new worker not ready by then is killed (and counted as failed)
 _READY = "ready"
 _MAX_FAILED_STARTS = 3  # workers in a row that die before they are ready: give up
 
@@ -97,7 +98,7 @@ class _Worker:
     conn: Connection
     ready: bool = False
     task: _Task | None = None
-    deadline: float = 0.0  # when the file it is on times out
+    deadline: float = 0.0  # when the file it is on (or its start) times out
 
 
 class DecodePool:
@@ -236,7 +237,7 @@ class DecodePool:
                         break
                     self._assign()
                     busy = [w for w in self._pool if not w.ready or w.task is not None]
-                    deadlines = [w.deadline for w in busy if w.task is not None]
+                    deadlines = [w.deadline for w in busy]
                 timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
                 ready = wait([self._wake_r] + [w.conn for w in busy], timeout)
                 with self._lock:
@@ -279,7 +280,8 @@ class DecodePool:
                                    name=f"imagesearch-decode-{next(self._names)}")
         process.start()
         child.close()
-        self._pool.append(_Worker(process, parent))
+        self._pool.append(_Worker(process, parent,
+                                  deadline=time.monotonic() + START_TIMEOUT_S))
 
     def _receive(self, worker: _Worker) -> None:
         try:
@@ -303,7 +305,11 @@ class DecodePool:
 
     def _expire(self, now: float) -> None:
         for worker in list(self._pool):
-            if worker.task is not None and now >= worker.deadline:
+            if not worker.ready and now >= worker.deadline:
+                log.warning("a decode worker did not start within %g s", START_TIMEOUT_S)
+                self._failed_starts += 1
+                self._worker_lost(worker, "the image decoder could not be started")
+            elif worker.task is not None and now >= worker.deadline:
                 path = worker.task.paths[len(worker.task.results)]
                 log.warning("no answer on %s after %g s: restarting its decoder", path,
                             self.timeout_s)

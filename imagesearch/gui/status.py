@@ -12,9 +12,13 @@ from imagesearch.domain import LibraryStatus
 
 
 def when(moment: datetime | None, now: datetime | None = None) -> str:
-    """'never', 'today 14:05', 'yesterday 09:12' or '2024-03-02 14:05'."""
+    """'never', 'today 14:05', 'yesterday 09:12' or '2024-03-02 14:05', in local time.
+
+    ``moment`` is aware (the catalog's times are UTC); ``now`` is local.
+    """
     if moment is None:
         return "never"
+    moment = moment.astimezone().replace(tzinfo=None)
     now = now or datetime.now()
     days = (now.date() - moment.date()).days
     if days == 0:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,18 @@ from imagesearch.core.decode_pool import DecodePool
 from imagesearch.core.imaging import DecodedImage, PreprocessSpec, is_image_name
 from imagesearch.domain import FolderInfo, IndexProgress, IndexReport
 from imagesearch.services.models import ModelManager
-from imagesearch.services.scanning import Plan, ScannedFile, plan, walk
+from imagesearch.services.scanning import (
+    Plan,
+    ScannedFile,
+    Subtrees,
+    is_skipped,
+    mount_gone,
+    plan,
+    walk,
+)
 from imagesearch.services.vector_store import VectorStore
 from imagesearch.services.write_lane import WriteLane
-from imagesearch.storage.catalog import Catalog, CatalogEntry, PhotoUpdate
+from imagesearch.storage.catalog import Catalog, CatalogEntry, PhotoUpdate, SubtreeMemory
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,7 @@ class IndexingService:
         self.vectors = vectors
         self.lane = lane
         self.warnings: list[str] = []  # those of the latest run; each report has its own
+        self.excluded = own_data_folders(settings)
         # Kept between runs: the watcher's small batches would otherwise pay for
         # starting decode processes every time.
         self._pool: DecodePool | None = None
@@ -74,54 +84,69 @@ class IndexingService:
         started = time.perf_counter()
         folders = [f for f in self.catalog.folders()
                    if folder_ids is None or f.id in folder_ids]
-        offline: list[Path] = []
-        files: list[ScannedFile] = []
-        folder_of: dict[Path, int] = {}
-        known: dict[Path, CatalogEntry] = {}
-        model_id = self.models.model_id
+        scan = _Scan()
         for folder in folders:
-            if not folder.path.is_dir():
-                # Unplugged drive or unmounted share: keep its photos, say it is offline.
-                self.catalog.set_folder_state(folder.id, online=False)
-                offline.append(folder.path)
-                continue
-            # Read the catalog before walking: a file the watcher stores during the walk is
-            # then re-planned as new (a harmless upsert), never taken for deleted.
-            entries = self.catalog.entries(folder.id, model_id)
-            unreadable: list[Path] = []
-            found: list[ScannedFile] = []
-            for f in walk(folder.path, cancel.is_set, unreadable):
-                found.append(f)
-                if (len(files) + len(found)) % 500 == 0:
-                    report(IndexProgress("scanning", len(files) + len(found), 0,
-                                         current=str(folder.path)))
+            self._scan_folder(folder, scan, report, cancel)
             if cancel.is_set():
-                return IndexReport(cancelled=True, offline_folders=tuple(offline),
+                return IndexReport(cancelled=True, offline_folders=tuple(scan.offline),
                                    seconds=time.perf_counter() - started)
-            if not found and entries:
-                # An unmounted share leaves an empty mount point: offline, not emptied.
-                log.warning("%s is empty but the catalog has %d photos there: treating it "
-                            "as offline", folder.path, len(entries))
-                self.catalog.set_folder_state(folder.id, online=False)
-                offline.append(folder.path)
-                continue
-            for f in found:
-                files.append(f)
-                folder_of[f.path] = folder.id
-            blocked = tuple(unreadable)
-            known.update({p: e for p, e in entries.items()
-                          if not any(p.is_relative_to(b) for b in blocked)})
-        work = plan(files, known)
-        result = self._apply(work, folder_of, report, cancel)
+        work = plan(scan.files, scan.known)
+        result = self._apply(work, scan.folder_of, report, cancel)
         for folder in folders:
-            if folder.path not in offline:
+            if folder.path not in scan.offline:
                 self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
         warnings = self._save_index()
         return IndexReport(
             added=result["added"], updated=result["updated"], moved=len(work.moves),
             removed=len(work.gone), failed=result["failed"], unchanged=work.unchanged,
-            cancelled=cancel.is_set(), offline_folders=tuple(offline),
+            cancelled=cancel.is_set(), offline_folders=tuple(scan.offline + scan.parts),
             seconds=time.perf_counter() - started, warnings=warnings)
+
+    def _scan_folder(self, folder: FolderInfo, scan: _Scan, report: ProgressCallback,
+                     cancel: threading.Event) -> None:
+        """Walk one library folder into ``scan``; what it cannot see is kept, not gone."""
+        if not folder.path.is_dir():
+            # Unplugged drive or unmounted share: keep its photos, say it is offline.
+            self.catalog.set_folder_state(folder.id, online=False)
+            scan.offline.append(folder.path)
+            return
+        # Read the catalog before walking: a file the watcher stores during the walk is
+        # then re-planned as new (a harmless upsert), never taken for deleted.
+        entries = self.catalog.entries(folder.id, self.models.model_id)
+        memory = self.catalog.subtrees(folder.id)
+        # Drives seen inside this folder before and gone now are not walked: what is
+        # there (an empty mount point, a dangling link) says nothing about their photos.
+        gone = {p: why for p, dev in memory.mounts.items()
+                if (why := mount_gone(p, dev)) is not None}
+        parts = Subtrees(skip=frozenset(gone), excluded=self.excluded)
+        found: list[ScannedFile] = []
+        for f in walk(folder.path, cancel.is_set, parts):
+            found.append(f)
+            if (len(scan.files) + len(found)) % 500 == 0:
+                report(IndexProgress("scanning", len(scan.files) + len(found), 0,
+                                     current=str(folder.path)))
+        if cancel.is_set():
+            return
+        # Only what hides photos the catalog knows, or a drive it remembers, matters.
+        offline = {p: why for p, why in {**parts.offline, **gone}.items()
+                   if p in memory.mounts or any(e.is_relative_to(p) for e in entries)}
+        if not found and entries and not offline:
+            # An unmounted share leaves an empty mount point: offline, not emptied.
+            log.warning("%s is empty but the catalog has %d photos there: treating it "
+                        "as offline", folder.path, len(entries))
+            self.catalog.set_folder_state(folder.id, online=False)
+            scan.offline.append(folder.path)
+            return
+        mounts = {**{p: memory.mounts[p] for p in gone}, **parts.mounts}
+        self.catalog.set_subtrees(folder.id, SubtreeMemory(mounts, offline))
+        for path, why in offline.items():
+            log.warning("%s: %s; its photos are kept", path, why)
+        scan.parts.extend(offline)
+        for f in found:
+            scan.files.append(f)
+            scan.folder_of[f.path] = folder.id
+        scan.known.update({p: e for p, e in entries.items()
+                           if not any(p.is_relative_to(o) for o in offline)})
 
     def retry_failed(self, progress: ProgressCallback | None = None,
                      cancel: threading.Event | None = None) -> IndexReport:
@@ -143,7 +168,8 @@ class IndexingService:
         model_id = self.models.model_id
         for path in dict.fromkeys(paths):
             folder = _owner(folders, path)
-            if folder is None or not is_image_name(path.name):
+            if folder is None or not is_image_name(path.name) or is_skipped(
+                    path, folder.path, self.excluded, check_flags=True):
                 continue
             try:
                 st = os.stat(path)
@@ -171,9 +197,12 @@ class IndexingService:
                            warnings=warnings)
 
     def remove_paths(self, paths: Iterable[Path]) -> int:
-        """Forget photos at (or under) these paths."""
+        """Forget photos at (or under) these paths, except on a drive that went away."""
         ids: list[int] = []
+        folders = self.catalog.folders()
         for path in paths:
+            if self._on_a_gone_drive(folders, path):
+                continue  # unplugged, not deleted: the next check marks it offline
             record = self.catalog.photo_by_path(path)
             if record is not None:
                 ids.append(record.id)
@@ -185,6 +214,26 @@ class IndexingService:
             self.catalog.remove_photos(ids)
             self.vectors.remove(np.asarray(ids, dtype=np.int64), self.catalog.last_commit())
         return len(ids)
+
+    def _on_a_gone_drive(self, folders: list[FolderInfo], path: Path) -> bool:
+        folder = _owner(folders, path)
+        if folder is None:
+            return False
+        mounts = self.catalog.subtrees(folder.id).mounts
+        return any((path == m or path.is_relative_to(m) or m.is_relative_to(path))
+                   and mount_gone(m, dev) is not None for m, dev in mounts.items())
+
+    def subtrees_changed(self, folder_id: int) -> bool:
+        """Whether a drive inside the folder went away or came back, or a part that could
+        not be seen can be now: then a scan brings the catalog up to date."""
+        memory = self.catalog.subtrees(folder_id)
+        for path, device in memory.mounts.items():
+            if (mount_gone(path, device) is None) == (path in memory.offline):
+                return True
+        for path in memory.offline:
+            if path not in memory.mounts and os.path.isdir(path) and os.access(path, os.R_OK):
+                return True
+        return False
 
     def move_path(self, src: Path, dst: Path) -> bool:
         """Follow a rename or move reported by the watcher; False if src was unknown."""
@@ -340,6 +389,23 @@ class IndexingService:
         warnings = self.vectors.save_soon()
         self.warnings = list(warnings)
         return warnings
+
+
+@dataclass
+class _Scan:
+    """What walking the folders of one run found."""
+
+    files: list[ScannedFile] = field(default_factory=list)
+    folder_of: dict[Path, int] = field(default_factory=dict)
+    known: dict[Path, CatalogEntry] = field(default_factory=dict)
+    offline: list[Path] = field(default_factory=list)  # library folders
+    parts: list[Path] = field(default_factory=list)  # subfolders of online ones
+
+
+def own_data_folders(settings: Settings) -> frozenset[Path]:
+    """imagesearch's own folders (catalog, index, thumbnails, weights): never indexed."""
+    return frozenset(Path(os.path.abspath(p)).resolve()
+                     for p in (settings.library_dir, settings.models_dir))
 
 
 def _owner(folders: list[FolderInfo], path: Path) -> FolderInfo | None:

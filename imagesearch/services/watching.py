@@ -23,7 +23,7 @@ from imagesearch.domain import IndexReport
 from imagesearch.errors import FolderError
 from imagesearch.services.indexing import IndexingService
 from imagesearch.services.library import LibraryService
-from imagesearch.services.scanning import walk
+from imagesearch.services.scanning import ScannedFile, Subtrees, walk
 from imagesearch.services.watch_queue import ChangeBatch, ChangeQueue, EventRecorder
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class FolderWatcher:
         self.root_check_s = ROOT_CHECK_S
         self.on_report = on_report
         self.on_error = on_error
-        self._queue = ChangeQueue(self.debounce_s, self.max_wait_s)
+        self._queue = ChangeQueue(self.debounce_s, self.max_wait_s, indexing.excluded)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._observer: BaseObserver | None = None
@@ -262,7 +262,7 @@ class FolderWatcher:
         for path in batch.touched:  # a moved file touched again is judged by its stat
             if path.is_dir():
                 if path in batch.walk_dirs:
-                    updates.update(dict.fromkeys(f.path for f in walk(path, self._stop.is_set)))
+                    updates.update(dict.fromkeys(f.path for f in self._walk(path)))
             elif os.path.lexists(path):
                 updates[path] = None  # a file, or a link update_paths will judge
             else:
@@ -281,7 +281,7 @@ class FolderWatcher:
         handled.add(dst)
         if is_dir and dst.is_dir():
             # Each file keeps its identity; whatever else was under src is gone.
-            for f in walk(dst, self._stop.is_set):
+            for f in self._walk(dst):
                 if f.path in handled:
                     continue
                 handled.add(f.path)
@@ -299,6 +299,9 @@ class FolderWatcher:
                 updates[dst] = None
             else:
                 removals[dst] = None
+
+    def _walk(self, folder: Path) -> Iterable[ScannedFile]:
+        return walk(folder, self._stop.is_set, Subtrees(excluded=self.indexing.excluded))
 
     def _move_file(self, src_file: Path, dst_file: Path, updates: dict[Path, None],
                    removals: dict[Path, None], tally: _Tally) -> None:
@@ -366,9 +369,19 @@ class FolderWatcher:
                     self._polled.pop(fid, None)
                     self._offline.add(fid)
                     changed.append(fid)
+            for fid, root in list(self._roots.items()):
+                if fid in self._offline or fid in changed \
+                        or not self.indexing.subtrees_changed(fid):
+                    continue
+                # A drive inside went away or came back. One that came back is new inodes
+                # the live watch does not see: the folder is watched afresh.
+                if fid in self._watches:
+                    self._unschedule(fid)
+                    self._follow(fid, root)
+                changed.append(fid)
         if changed:
-            # run() marks a missing folder offline (photos kept) and reconciles one that
-            # came back.
+            # run() marks a missing folder or drive offline (photos kept) and reconciles
+            # one that came back.
             self._emit(self.indexing.run(changed, cancel=self._stop))
 
     def _reconcile(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from imagesearch.domain import FolderInfo, PhotoRecord, PhotoStatus
+from imagesearch.domain import FolderInfo, OfflineSubfolder, PhotoRecord, PhotoStatus
 from imagesearch.errors import FolderError
 from imagesearch.storage.schema import EmbeddingRow, FolderRow, MetaRow, PhotoRow
 
@@ -47,6 +48,19 @@ class Commit:
 
     before: int
     after: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubtreeMemory:
+    """What the latest full scan of a folder learned about its parts (kept in ``meta``).
+
+    ``mounts``: folders on another drive than their parent, with that drive's device
+    number, so that one coming back empty or on its parent's drive reads as unplugged.
+    ``offline``: the parts that could not be seen, with why.
+    """
+
+    mounts: dict[Path, int]
+    offline: dict[Path, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +164,7 @@ class Catalog:
             for child in children:
                 s.execute(update(PhotoRow).where(PhotoRow.folder_id == child.id)
                           .values(folder_id=row.id))
+                s.execute(delete(MetaRow).where(MetaRow.key == _subtrees_key(child.id)))
                 s.delete(child)
             return row.id
 
@@ -159,6 +174,7 @@ class Catalog:
             count = s.scalar(select(func.count()).where(PhotoRow.folder_id == folder_id)) or 0
             s.execute(delete(PhotoRow).where(PhotoRow.folder_id == folder_id))
             s.execute(delete(FolderRow).where(FolderRow.id == folder_id))
+            s.execute(delete(MetaRow).where(MetaRow.key == _subtrees_key(folder_id)))
             self._bump(s)
             return int(count)
 
@@ -184,21 +200,39 @@ class Catalog:
                     .group_by(PhotoRow.folder_id, PhotoRow.status)
                 )
             }
+            memory = {row.key: row.value for row in s.scalars(
+                select(MetaRow).where(MetaRow.key.like(_subtrees_key("%"))))}
             out = []
             for f in s.scalars(select(FolderRow).order_by(FolderRow.path)):
                 per = {st: counts.get((f.id, st.value), 0) for st in PhotoStatus}
+                offline = _decode_subtrees(memory.get(_subtrees_key(f.id))).offline
                 out.append(FolderInfo(
                     id=f.id, path=f.path, watched=f.watched, online=f.online,
                     photo_count=sum(per.values()),
                     indexed_count=per[PhotoStatus.INDEXED],
                     failed_count=per[PhotoStatus.FAILED],
-                    last_scan=f.last_scan,
+                    last_scan=_utc(f.last_scan),
+                    offline_subfolders=tuple(OfflineSubfolder(p, why)
+                                             for p, why in sorted(offline.items())),
                 ))
             return out
 
     def folder_ids(self) -> set[int]:
         with self._sessions() as s:
             return set(s.scalars(select(FolderRow.id)))
+
+    def subtrees(self, folder_id: int) -> SubtreeMemory:
+        with self._sessions() as s:
+            row = s.get(MetaRow, _subtrees_key(folder_id))
+            return _decode_subtrees(row.value if row is not None else None)
+
+    def set_subtrees(self, folder_id: int, memory: SubtreeMemory) -> None:
+        value = json.dumps({
+            "mounts": [[os.fsdecode(p), dev] for p, dev in sorted(memory.mounts.items())],
+            "offline": [[os.fsdecode(p), why] for p, why in sorted(memory.offline.items())],
+        })
+        with self._sessions.begin() as s:
+            s.merge(MetaRow(key=_subtrees_key(folder_id), value=value))
 
     # Photos --------------------------------------------------------------------------------
 
@@ -285,7 +319,7 @@ class Catalog:
 
     def remove_photos(self, ids: Iterable[int]) -> int:
         self._local.commit = None
-        id_list = list(ids)
+        id_list = [int(i) for i in ids]  # NumPy integers would not match in SQL
         if not id_list:
             return 0
         with self._sessions.begin() as s:
@@ -338,9 +372,10 @@ class Catalog:
         return {st: int(found.get(st.value, 0)) for st in PhotoStatus}
 
     def last_indexed(self) -> datetime | None:
+        """When a photo was last indexed, in UTC."""
         with self._sessions() as s:
-            return s.scalar(select(func.max(PhotoRow.updated_at))
-                            .where(PhotoRow.status == PhotoStatus.INDEXED.value))
+            return _utc(s.scalar(select(func.max(PhotoRow.updated_at))
+                                 .where(PhotoRow.status == PhotoStatus.INDEXED.value)))
 
     # Vectors -------------------------------------------------------------------------------
 
@@ -382,6 +417,21 @@ class Catalog:
             blob = s.scalar(select(EmbeddingRow.vector).where(
                 EmbeddingRow.photo_id == photo_id, EmbeddingRow.model == model))
         return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+
+def _subtrees_key(folder_id: int | str) -> str:
+    return f"subtrees:{folder_id}"
+
+
+def _decode_subtrees(value: str | None) -> SubtreeMemory:
+    data = json.loads(value) if value else {}
+    return SubtreeMemory({Path(p): int(dev) for p, dev in data.get("mounts", [])},
+                         {Path(p): str(why) for p, why in data.get("offline", [])})
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """The catalog stores naive UTC; readers get it marked as UTC, never taken for local."""
+    return None if moment is None else moment.replace(tzinfo=UTC)
 
 
 def _record(row: PhotoRow) -> PhotoRecord:
