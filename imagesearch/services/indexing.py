@@ -341,7 +341,7 @@ class IndexingService:
     def _encode(self, batch: list[DecodedImage]) -> np.ndarray:
         encoder = self.models.encoder()
         pixels = [d.pixels for d in batch if d.pixels is not None]
-        return encoder.encode_images(np.stack(pixels)) if pixels \
+        return encoder.encode_images(np.stack(pixels), background=True) if pixels \
             else np.zeros((0, encoder.dim), np.float32)
 
     def _store(self, batch: list[DecodedImage], vectors: np.ndarray,
