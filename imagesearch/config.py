@@ -50,6 +50,7 @@ class Settings:
     decode_timeout_s: float = 60.0  # one file's decode; past it the file "timed out reading"
     top_k: int = 60
     thumbnail_size: int = 192
+    thumbnail_cache_mb: int = 500  # thumbnails on disk; the least recently used go past it
     image_weight: float = 0.5
 
     @property
@@ -70,7 +71,8 @@ class Settings:
     # Persistence -------------------------------------------------------------------------
 
     _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers",
-                  "decode_timeout_s", "top_k", "thumbnail_size", "image_weight")
+                  "decode_timeout_s", "top_k", "thumbnail_size", "thumbnail_cache_mb",
+                  "image_weight")
 
     def save(self) -> None:
         """Write the user-editable settings atomically to the library folder."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from imagesearch.core.imaging import PreprocessSpec, normalize
 from imagesearch.core.model_registry import parse_model_id
+from imagesearch.core.native_libs import guard_openmp
 from imagesearch.core.priority_gate import PriorityGate
 from imagesearch.core.weights import DownloadProgress, InstalledWeights, WeightStore
 from imagesearch.errors import ModelLoadError, ModelUnavailable
@@ -48,6 +49,7 @@ class Encoder(Protocol):
 
 
 def resolve_device(requested: str = "auto") -> str:
+    guard_openmp()  # the first import of torch in the process happens here or in load()
     import torch
 
     if requested not in ("auto", ""):
@@ -90,6 +92,7 @@ class ClipEncoder:
             ModelUnavailable: weights missing and not downloadable now.
             ModelLoadError: the weights exist but do not load.
         """
+        guard_openmp()
         weights = store.installed(model_id)
         if weights is None:
             if not allow_download:

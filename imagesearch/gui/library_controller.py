@@ -71,7 +71,8 @@ class LibraryController(QObject):
             ctx = factory(settings)
             if runner.closing:  # the window closed meanwhile: nobody will close it later
                 ctx.close()
-            return ctx, ThumbnailCache(settings.thumbnails_dir)
+            return ctx, ThumbnailCache(settings.thumbnails_dir,
+                                       settings.thumbnail_cache_mb << 20)
 
         self.w.runner.submit("io", work, done=self._opened, error=self._open_failed)
 
