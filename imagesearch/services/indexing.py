@@ -230,10 +230,7 @@ class IndexingService:
         for path, device in memory.mounts.items():
             if (mount_gone(path, device) is None) == (path in memory.offline):
                 return True
-        for path in memory.offline:
-            if path not in memory.mounts and os.path.isdir(path) and os.access(path, os.R_OK):
-                return True
-        return False
+        return any(path not in memory.mounts and _listable(path) for path in memory.offline)
 
     def move_path(self, src: Path, dst: Path) -> bool:
         """Follow a rename or move reported by the watcher; False if src was unknown."""
@@ -406,6 +403,16 @@ def own_data_folders(settings: Settings) -> frozenset[Path]:
     """imagesearch's own folders (catalog, index, thumbnails, weights): never indexed."""
     return frozenset(Path(os.path.abspath(p)).resolve()
                      for p in (settings.library_dir, settings.models_dir))
+
+
+def _listable(folder: Path) -> bool:
+    """A folder that can be listed now (what a scan needs to see into it)."""
+    try:
+        with os.scandir(folder) as entries:
+            next(entries, None)
+    except OSError:
+        return False
+    return True
 
 
 def _owner(folders: list[FolderInfo], path: Path) -> FolderInfo | None:
