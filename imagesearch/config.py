@@ -47,8 +47,10 @@ class Settings:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 32
     decode_workers: int = 0  # 0: chosen from the CPU count
+    decode_timeout_s: float = 60.0  # one file's decode; past it the file "timed out reading"
     top_k: int = 60
     thumbnail_size: int = 192
+    thumbnail_cache_mb: int = 500  # thumbnails on disk; the least recently used go past it
     image_weight: float = 0.5
     local_features: str = "compact"  # off | compact | detailed (core/local_features.py)
     rerank: str = "spatial"  # off | spatial | ames: how image queries are re-ranked
@@ -71,8 +73,9 @@ class Settings:
 
     # Persistence -------------------------------------------------------------------------
 
-    _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers", "top_k",
-                  "thumbnail_size", "image_weight", "local_features", "rerank", "shortlist")
+    _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers",
+                  "decode_timeout_s", "top_k", "thumbnail_size", "thumbnail_cache_mb",
+                  "image_weight", "local_features", "rerank", "shortlist")
 
     def save(self) -> None:
         """Write the user-editable settings atomically to the library folder."""

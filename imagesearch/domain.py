@@ -36,6 +36,14 @@ class Box:
 
 
 @dataclass(frozen=True, slots=True)
+class OfflineSubfolder:
+    """A part of a library folder that cannot be seen now; its photos are kept."""
+
+    path: Path
+    reason: str  # e.g. "its drive is not mounted now"
+
+
+@dataclass(frozen=True, slots=True)
 class FolderInfo:
     """A library folder and its counts."""
 
@@ -46,7 +54,8 @@ class FolderInfo:
     photo_count: int
     indexed_count: int
     failed_count: int
-    last_scan: datetime | None
+    last_scan: datetime | None  # aware, in UTC
+    offline_subfolders: tuple[OfflineSubfolder, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,14 @@ class ModelUnavailable(ImageSearchError):
     """Model weights are not on disk and cannot be downloaded right now."""
 
 
+class InvalidModelId(ImageSearchError, ValueError):
+    """A model id is not of the form ARCH/TAG."""
+
+
+class ModelFileError(ImageSearchError):
+    """A file given to install a model is missing or cannot be read."""
+
+
 class ModelLoadError(ImageSearchError):
     """Weights are present but could not be loaded (corrupt file, wrong architecture)."""
 

@@ -56,37 +56,112 @@ def test_garbage_file_is_a_catalog_error(tmp_path: Path) -> None:
         open_catalog_engine(path)
 
 
-def test_catalog_of_the_first_schema_is_backed_up_then_really_upgraded(tmp_path: Path) -> None:
-    """A real Alembic upgrade: a catalog written at revision 0001, with rows, opened now."""
-    import sqlite3
+FIRST_REVISION = "0001"
 
+
+def _first_schema_catalog(path: Path) -> None:
+    """A catalog as the first schema made it: Alembic's real upgrade to 0001, then rows
+    written in that schema's own terms (SQL, not today's ORM classes)."""
     from alembic import command
+    from sqlalchemy import text
 
-    from imagesearch.storage.database import _alembic_config, create_catalog_engine
+    from imagesearch.storage import database
+
+    engine = database.create_catalog_engine(path)
+    with engine.begin() as conn:
+        command.upgrade(database._alembic_config(conn), FIRST_REVISION)
+    vector = (np.arange(8, dtype=np.float16) / 10).tobytes()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO folders (id, path, watched, online, added_at) "
+                          "VALUES (1, :p, 1, 1, '2024-03-02 10:00:00.000000')"),
+                     {"p": os.fsencode(path.parent / "photos")})
+        for pid, name, status, error in ((1, "a.jpg", "indexed", None),
+                                         (2, "b.jpg", "failed", "not an image")):
+            conn.execute(text(
+                "INSERT INTO photos (id, folder_id, path, size, mtime, content_hash, status, "
+                "error, updated_at) VALUES (:id, 1, :p, 10, 1.5, :h, :s, :e, "
+                "'2024-03-02 10:05:00.000000')"),
+                {"id": pid, "p": os.fsencode(path.parent / "photos" / name), "h": f"{pid:032x}",
+                 "s": status, "e": error})
+        conn.execute(text("INSERT INTO embeddings (photo_id, model, vector) VALUES (1, 'm', :v)"),
+                     {"v": vector})
+        conn.execute(text("INSERT INTO meta (key, value) VALUES ('generation', '3')"))
+    engine.dispose()
+
+
+def test_a_catalog_of_the_first_schema_opens_upgraded_with_its_data(tmp_path: Path) -> None:
+    from imagesearch.storage.database import current_revision
 
     path = tmp_path / "catalog.sqlite3"
-    engine = create_catalog_engine(path)
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0001")
-    engine.dispose()
-    with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO folders (id, path, watched, online, added_at) "
-                     "VALUES (1, ?, 1, 1, '2026-01-01 00:00:00')", (b"/photos",))
-        conn.execute("INSERT INTO photos (id, folder_id, path, size, mtime, content_hash, "
-                     "status) VALUES (7, 1, ?, 10, 1.0, 'abc', 'indexed')",
-                     (b"/photos/a.jpg",))
-        conn.execute("INSERT INTO embeddings VALUES (7, 'm', ?)", (b"\0\0" * 4,))
-    open_catalog_engine(path).dispose()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == \
-            HEAD_REVISION
-        assert conn.execute("SELECT id, path FROM photos").fetchall() == [(7, b"/photos/a.jpg")]
-        assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 1
-        assert conn.execute("SELECT count(*) FROM local_features").fetchone()[0] == 0
-    backups = list(tmp_path.glob("catalog.backup-0001-*.sqlite3"))
-    assert len(backups) == 1
-    with sqlite3.connect(backups[0]) as conn:  # the backup is the untouched old schema
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+    _first_schema_catalog(path)
+    engine = open_catalog_engine(path)  # upgrades to the head, backing up first
+    assert current_revision(engine) == HEAD_REVISION
+    backups = list(tmp_path.glob(f"catalog.backup-{FIRST_REVISION}-*.sqlite3"))
+    assert len(backups) == (0 if HEAD_REVISION == FIRST_REVISION else 1)
+    for backup in backups:  # the old catalog as it was
+        with sqlite3.connect(backup) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == \
+                (FIRST_REVISION,)
+            assert conn.execute("SELECT count(*) FROM photos").fetchone() == (2,)
+    catalog = Catalog(engine)
+    try:
+        (folder,) = catalog.folders()
+        assert folder.path == tmp_path / "photos"
+        assert (folder.photo_count, folder.indexed_count, folder.failed_count) == (2, 1, 1)
+        assert catalog.generation() == 3
+        assert [r.error for r in catalog.failures()] == ["not an image"]
+        ids, vecs = catalog.vectors("m")
+        assert ids.tolist() == [1]
+        np.testing.assert_allclose(vecs[0], np.arange(8) / 10, atol=1e-3)
+        (new,) = catalog.store("m", [_update(tmp_path / "photos" / "c.jpg", folder.id,
+                                             np.ones(8, np.float32))])
+        assert catalog.generation() == 4 and catalog.photos([new])[new].folder_id == folder.id
+        # The local-feature table of 0002 is there and usable.
+        assert catalog.feature_ids("sift-test").tolist() == []
+    finally:
+        catalog.close()
+
+
+def test_a_real_migration_backs_the_catalog_up_first(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through Alembic for real, with one more revision than the app ships."""
+    import shutil
+
+    from imagesearch.storage import database
+
+    path = tmp_path / "catalog.sqlite3"
+    catalog = Catalog(open_catalog_engine(path))
+    fid = catalog.add_folder(tmp_path)
+    catalog.store("m", [_update(tmp_path / "a.jpg", fid, np.ones(8, np.float32))])
+    catalog.close()
+    scripts = tmp_path / "migrations"
+    shutil.copytree(database._MIGRATIONS_DIR, scripts,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "9999_test.py").write_text(
+        '"""A later schema: one more index."""\n'
+        "from alembic import op\n\n"
+        f'revision = "9999"\ndown_revision = "{HEAD_REVISION}"\n'
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        "def upgrade() -> None:\n"
+        '    op.create_index("ix_photos_mtime", "photos", ["mtime"])\n')
+    monkeypatch.setattr(database, "_MIGRATIONS_DIR", scripts)
+    monkeypatch.setattr(database, "HEAD_REVISION", "9999")
+    engine = open_catalog_engine(path)
+    try:
+        assert database.current_revision(engine) == "9999"
+        with engine.connect() as conn:
+            from sqlalchemy import text
+
+            assert conn.execute(text("SELECT name FROM sqlite_master WHERE type='index' "
+                                     "AND name='ix_photos_mtime'")).first() is not None
+        assert Catalog(engine).counts()[PhotoStatus.INDEXED] == 1
+    finally:
+        engine.dispose()
+    (backup,) = tmp_path.glob(f"catalog.backup-{HEAD_REVISION}-*.sqlite3")
+    with sqlite3.connect(backup) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == \
+            (HEAD_REVISION,)
+        assert conn.execute("SELECT count(*) FROM photos").fetchone() == (1,)
 
 
 def _update(path: Path, folder_id: int, vec: np.ndarray | None = None,

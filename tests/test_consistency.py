@@ -24,26 +24,41 @@ def test_searching_while_the_index_changes(tmp_path: Path) -> None:
     stop = threading.Event()
     errors: list[BaseException] = []
 
+    writes = 0
+
     def writer() -> None:
+        nonlocal writes
         next_id = 10_000
-        while not stop.is_set():
-            index.add(np.arange(next_id, next_id + 64), vecs[:64])
-            index.remove(np.arange(next_id - 32, next_id + 32))
-            next_id += 64
+        try:
+            while not stop.is_set():
+                index.add(np.arange(next_id, next_id + 64), vecs[:64])
+                index.remove(np.arange(next_id - 32, next_id + 32))
+                next_id += 64
+                writes += 1
+        except BaseException as exc:  # the writer's failures count as much as the reader's
+            errors.append(exc)
 
     thread = threading.Thread(target=writer)
     thread.start()
+    searches = 0
     try:
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             _, ids = index.search(vecs[:4], 10)
             assert ids.shape == (4, 10)
+            searches += 1
     except BaseException as exc:  # pragma: no cover - reported below
         errors.append(exc)
     finally:
         stop.set()
         thread.join()
     assert errors == []
+    assert writes and searches  # both sides really ran, side by side
+    # What is left is exactly what the adds and removes add up to: each round's second
+    # half is removed by the next round, so only the last round's stays.
+    last = 10_000 + 64 * (writes - 1)
+    expected = np.concatenate([np.arange(4000), np.arange(last + 32, last + 64)])
+    assert np.array_equal(np.sort(index.ids()), expected) and len(index) == len(expected)
 
 
 def test_unreadable_subfolder_keeps_its_photos(context, tmp_path: Path,  # type: ignore[no-untyped-def]

@@ -90,23 +90,25 @@ class Library:
         try:
             model = ctx.models.model_id
             catalog_ids = np.sort(ctx.catalog.vector_ids(model))
+            generation = ctx.catalog.generation()
             index = ctx.vectors.index()
             faiss_ids = np.zeros(0, np.int64) if index is None else np.sort(index.ids())
             assert len(np.unique(faiss_ids)) == len(faiss_ids), "duplicate ids in the index"
             assert np.array_equal(faiss_ids, catalog_ids)
-            if index is not None:
-                on_disk = VectorIndex.load(ctx.vectors.path)  # opened == consistent on disk
-                assert on_disk.generation == ctx.catalog.generation()
-                assert np.array_equal(np.sort(on_disk.ids()), catalog_ids)
             # Status and vectors agree: indexed <=> has a vector.
             with_vector = set(int(i) for i in catalog_ids)
             rows = self.sql("SELECT id, path, status FROM photos")
             for pid, _path, status in rows:
                 assert (status == PhotoStatus.INDEXED.value) == (pid in with_vector), status
-            return {bytes(path) for _pid, path, status in rows
-                    if status == PhotoStatus.INDEXED.value}
         finally:
             ctx.close()
+        if index is not None:
+            # Opened and closed: the file on disk is consistent with the catalog.
+            on_disk = VectorIndex.load(ctx.vectors.path)
+            assert on_disk.generation == generation
+            assert np.array_equal(np.sort(on_disk.ids()), catalog_ids)
+        return {bytes(path) for _pid, path, status in rows
+                if status == PhotoStatus.INDEXED.value}
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -176,13 +178,19 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
 # A failing save -------------------------------------------------------------------------
 
 @pytest.fixture
-def indexed_library(context: Any, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+def indexed_library(settings: Settings, shared_encoder: Any,
+                    tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    from imagesearch.services.context import build_context
+
+    # The index file written as each run ends, as the CLI does (the app debounces it).
+    context = build_context(settings, encoder=shared_encoder, save_delay_s=0.0)
     root = tmp_path / "photos"
     for i in range(6):
         jpeg(root / f"p{i}.jpg", i)
     context.library.add_folder(root)
     assert context.indexing.run().added == 6
     yield context, root
+    context.close()
 
 
 def test_failed_index_save_keeps_the_previous_file_and_rebuilds_next_time(
@@ -215,8 +223,11 @@ def test_failed_index_save_keeps_the_previous_file_and_rebuilds_next_time(
     new_id = ctx.library.photo(new).id
     assert new_id in ctx.vectors.index().ids()  # searchable now, from memory
     assert ctx.catalog.vector(new_id, ctx.models.model_id) is not None  # and in the truth
+    # Closing tries once more (the disk is still full): it says so, and loses nothing.
+    closing = ctx.close()
+    assert len(closing) == 1 and "No space left on device" in closing[0]
+    assert path.read_bytes() == previous
     monkeypatch.undo()
-    ctx.close()
 
     caplog.set_level(logging.INFO, logger=STORE_LOG)
     again = build_context(make_settings(), encoder=shared_encoder)
@@ -228,9 +239,10 @@ def test_failed_index_save_keeps_the_previous_file_and_rebuilds_next_time(
         assert reason is not None and "generation" in reason
         assert any("rebuilding the search index" in r.getMessage() and reason in r.getMessage()
                    for r in caplog.records)
-        assert VectorIndex.load(path).generation == again.catalog.generation()
+        generation = again.catalog.generation()
     finally:
         again.close()
+    assert VectorIndex.load(path).generation == generation  # the rebuilt file, written on close
 
 
 def test_failed_save_is_reported_by_the_cli(
@@ -242,10 +254,10 @@ def test_failed_save_is_reported_by_the_cli(
     ctx, root = indexed_library
     ctx.close()
 
-    def refuse(self: VectorIndex, path: Path) -> None:
+    def refuse(path: Path, data: bytes) -> None:
         raise IndexFileError(f"could not save the search index to {path}: Permission denied")
 
-    monkeypatch.setattr(VectorIndex, "save", refuse)
+    monkeypatch.setattr("imagesearch.services.vector_store.write_index_file", refuse)
     monkeypatch.setenv("IMAGESEARCH_MODELS", str(ctx.settings.models_dir))
     (ctx.settings.library_dir / "settings.json").write_text(json.dumps(
         {"decode_workers": 1, "precision": "fp32"}))
@@ -292,6 +304,15 @@ def _flipped_byte(path: Path, index: VectorIndex) -> None:
     path.write_bytes(bytes(data))
 
 
+def _swapped_vectors(path: Path, index: VectorIndex) -> None:
+    # Same ids, same generation, other vectors: what a file claiming a generation it does
+    # not hold (another process re-embedded photos meanwhile) looks like.
+    ids = np.sort(index.ids())
+    vectors = index.vectors_of(ids)
+    VectorIndex.build(ids, vectors[::-1].copy(), index.dim, index.model_id,
+                      index.generation).save(path)
+
+
 def _other_model(path: Path, index: VectorIndex) -> None:
     index.model_id = "ViT-B-32/openai"
     index.save(path)
@@ -308,6 +329,7 @@ def _missing(path: Path, index: VectorIndex) -> None:
     (_other_ids, "ids differ"),
     (_fewer, "holds 4 vectors, the catalog 6"),
     (_flipped_byte, "checksum"),
+    (_swapped_vectors, "vectors differ"),
     (_other_model, "for model ViT-B-32/openai"),
     (_missing, "no index file yet"),
 ])
@@ -334,11 +356,12 @@ def test_damaged_index_file_is_rebuilt_with_the_reason_logged(
         assert [r for r in caplog.records
                 if r.name == STORE_LOG and "rebuilding" in r.getMessage()
                 and why in r.getMessage()]
-        reloaded = VectorIndex.load(path)  # the rebuilt file was written back
-        assert sorted(int(i) for i in reloaded.ids()) == expected
-        assert reloaded.generation == again.catalog.generation()
+        generation = again.catalog.generation()
     finally:
         again.close()
+    reloaded = VectorIndex.load(path)  # the rebuilt file was written back on close
+    assert sorted(int(i) for i in reloaded.ids()) == expected
+    assert reloaded.generation == generation
 
 
 def test_consistent_index_file_is_not_rebuilt(

@@ -9,6 +9,8 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage
 from PySide6.QtWidgets import QApplication
 
+from imagesearch.domain import Query
+
 if TYPE_CHECKING:
     from tests.gui_fixtures import GuiDriver, WindowFactory
 
@@ -128,16 +130,38 @@ def test_paste_image_and_copied_file(qtbot: Any, gui: GuiDriver,
 def test_image_and_text_combine_with_the_weight(qtbot: Any, gui: GuiDriver,
                                                 photo_dir: Path) -> None:
     window = gui.indexed(photo_dir)
+    shown: list[tuple[int, list[Any], str]] = []
+    refined: list[tuple[int, list[Any], str]] = []
+    window.searches.results.connect(lambda rid, hits, what: shown.append((rid, hits, what)))
+    window.searches.refined.connect(lambda rid, hits, what: refined.append((rid, hits, what)))
     bar = window.search_bar
-    bar.set_image(photo_dir / "trip" / "coffee.jpg")
+    bar.set_image(photo_dir / "trip" / "coffee.jpg")  # searches by the image alone at once
     assert not bar.weight.isVisible()  # nothing to mix with yet
     qtbot.keyClicks(bar.edit, "a red mug")
     assert bar.weight.isVisible()
-    bar.weight.setValue(80)
+    bar.weight.setValue(80)  # with text and image both there, the mix searches again
     query = bar.query(10)
     assert query.text == "a red mug" and query.image == photo_dir / "trip" / "coffee.jpg"
     assert query.image_weight == 0.8 and query.top_k == 10
-    gui.wait_results(window)
+    qtbot.waitUntil(lambda: bool(refined) and "a red mug" in refined[-1][2], timeout=20_000)
+    first = next(s for s in reversed(shown) if s[0] == refined[-1][0])
+    request, hits, what = refined[-1]
+    assert what == "coffee.jpg + “a red mug”" and request == window.searches.latest_id
+    # What the grid shows is the mixed query's answer, not the image-only one before it:
+    # first the shortlist's order, then the re-ranked one.
+    ctx = window.library.ctx
+    mixed = Query(text=query.text, image=query.image, image_weight=0.8,
+                  top_k=window.settings.top_k)
+    assert [(h.path, round(h.score, 5)) for h in first[1]] == \
+        [(h.path, round(h.score, 5)) for h in ctx.search.begin(mixed).hits]
+    final = ctx.search.search(mixed)
+    alone = ctx.search.search(Query(image=query.image, top_k=window.settings.top_k))
+    assert [(h.path, round(h.score, 5)) for h in hits] == \
+        [(h.path, round(h.score, 5)) for h in final]
+    assert [round(h.global_score or 0, 5) for h in final] != \
+        [round(h.global_score or 0, 5) for h in alone]
+    assert window.model.hits() == hits
+    assert hits[0].path == query.image and hits[0].box is not None  # found, and boxed
 
 
 def test_more_like_this(qtbot: Any, gui: GuiDriver, photo_dir: Path) -> None:
@@ -163,8 +187,6 @@ def test_a_new_query_supersedes_the_running_one(qtbot: Any, gui: GuiDriver,
     window = gui.indexed(photo_dir)
     seen: list[int] = []
     window.searches.results.connect(lambda rid, _hits, _what: seen.append(rid))
-    from imagesearch.domain import Query
-
     first = window.searches.search(Query(text="first", top_k=2))
     second = window.searches.search(Query(text="second", top_k=3))
     third = window.searches.search(Query(text="third", top_k=4))

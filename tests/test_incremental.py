@@ -28,13 +28,13 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     seen: list[Path] = []
     real = DecodePool.decode
 
-    def spy(self: DecodePool, jobs: Iterable[Path | DecodeJob],
-            lookahead: int | None = None) -> Generator[DecodedImage, None, None]:
+    def spy(self: DecodePool, jobs: Iterable[Path | DecodeJob], lookahead: int | None = None,
+            **kwargs: Any) -> Generator[DecodedImage, None, None]:
         def record() -> Iterator[Path | DecodeJob]:
             for job in jobs:
                 seen.append(job.path if isinstance(job, DecodeJob) else job)
                 yield job
-        return real(self, record(), lookahead)
+        return real(self, record(), lookahead, **kwargs)
 
     monkeypatch.setattr(DecodePool, "decode", spy)
     return seen

@@ -265,8 +265,10 @@ def test_stop_joins_every_thread(rig: Rig) -> None:
     assert len(set(threading.enumerate()) - before) >= 2  # observer, emitter, worker...
     w.stop()
     assert not w.is_running
-    # The decode processes belong to the indexing service, which keeps them between batches.
+    # The decode processes belong to the indexing service, which keeps them between batches,
+    # and the background index saver to the vector store.
     rig.ctx.indexing.close()
+    rig.ctx.vectors.close()
     leftover = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert leftover == []
     w.stop()  # stopping twice is harmless

@@ -40,7 +40,10 @@ def _run(args: argparse.Namespace, make_context: ContextFactory,
         handler = _HANDLERS[args.command]
         return handler(args, ctx, cancel)
     finally:
-        ctx.close()
+        warnings = ctx.close()
+        if args.command == "watch":  # the others reported theirs with each run
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
 
 
 def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
@@ -150,13 +153,16 @@ def _status(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
     print(f"photos:   {st.photo_count} ({st.indexed_count} indexed, {st.pending_count} pending, "
           f"{st.failed_count} failed)")
     if st.last_indexed:
-        print(f"indexed:  last change {st.last_indexed:%Y-%m-%d %H:%M} UTC")
+        print(f"indexed:  last change {st.last_indexed.astimezone():%Y-%m-%d %H:%M}")
     if not st.folders:
         print("folders:  none yet; add one with `imagesearch index FOLDER`")
     for f in st.folders:
         state = "" if f.online else "  [offline]"
         print(f"  {f.path}: {f.indexed_count}/{f.photo_count} indexed, {f.failed_count} failed"
               f"{'' if f.watched else ', not watched'}{state}")
+        for part in f.offline_subfolders:
+            print(f"    [offline] {part.path}: {part.reason} (photos kept; "
+                  f"`imagesearch remove {part.path}` forgets them)")
     if st.failures:
         print(f"failures (first {len(st.failures)} of {st.failed_count}):")
         for rec in st.failures:
@@ -170,7 +176,9 @@ def _status_json(st: LibraryStatus, weights: bool) -> dict[str, Any]:
         "photos": st.photo_count, "indexed": st.indexed_count, "pending": st.pending_count,
         "failed": st.failed_count,
         "folders": [{"path": str(f.path), "photos": f.photo_count, "indexed": f.indexed_count,
-                     "failed": f.failed_count, "online": f.online, "watched": f.watched}
+                     "failed": f.failed_count, "online": f.online, "watched": f.watched,
+                     "offline_subfolders": [{"path": str(p.path), "reason": p.reason}
+                                            for p in f.offline_subfolders]}
                     for f in st.folders],
         "failures": [{"path": str(r.path), "reason": r.error} for r in st.failures],
     }
@@ -188,6 +196,8 @@ def _remove(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
     for path in args.paths:
         n = ctx.library.remove_folder(path)
         print(f"removed {path} ({n} photos forgotten; files untouched)")
+    if ctx.vectors.save_error:  # the index file is written at once: say if that failed
+        print(f"warning: {ctx.vectors.save_error}", file=sys.stderr)
     return 0
 
 

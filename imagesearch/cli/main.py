@@ -23,6 +23,17 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def _model_id(text: str) -> str:
+    """An ARCH/TAG argument, checked as it is parsed: a mistyped id is a usage error."""
+    from imagesearch.core.model_registry import parse_model_id
+
+    try:
+        parse_model_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagesearch",
@@ -31,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--library", type=Path, metavar="DIR",
                         help="library folder (catalog, index, settings); "
                              "default $IMAGESEARCH_HOME or the user data folder")
-    parser.add_argument("--model", metavar="ARCH/TAG", help="model to use (see `models list`)")
+    parser.add_argument("--model", metavar="ARCH/TAG", type=_model_id,
+                        help="model to use (see `models list`)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
                         help="where the model runs (default: auto)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -76,10 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     msub.add_parser("list", help="known and installed models")
     d = msub.add_parser("download", help="download a model's published weights")
-    d.add_argument("model_id", nargs="?", metavar="ARCH/TAG")
+    d.add_argument("model_id", nargs="?", metavar="ARCH/TAG", type=_model_id)
     i = msub.add_parser("install", help="install a checkpoint file (offline)")
     i.add_argument("file", type=Path, help="open_clip checkpoint (.safetensors, .bin, .pt)")
-    i.add_argument("--model", dest="install_model", metavar="ARCH/TAG",
+    i.add_argument("--model", dest="install_model", metavar="ARCH/TAG", type=_model_id,
                    help="the model id it belongs to (default: the configured model)")
     i.add_argument("--config", type=Path, metavar="JSON",
                    help="architecture JSON for a model open_clip does not ship")
@@ -96,7 +108,10 @@ def _context(args: argparse.Namespace) -> AppContext:
     from imagesearch.services.context import build_context
 
     settings = Settings.load(args.library, model_id=args.model, device=args.device)
-    return build_context(settings)
+    if args.command == "watch":
+        return build_context(settings)  # long-lived: index file writes are debounced
+    # One-shot: the index file is written as each command ends, and a failure is reported.
+    return build_context(settings, save_delay_s=0.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,6 +16,8 @@ import numpy as np
 
 from imagesearch.core.imaging import PreprocessSpec, normalize
 from imagesearch.core.model_registry import parse_model_id
+from imagesearch.core.native_libs import guard_openmp
+from imagesearch.core.priority_gate import PriorityGate
 from imagesearch.core.weights import DownloadProgress, InstalledWeights, WeightStore
 from imagesearch.errors import ModelLoadError, ModelUnavailable
 
@@ -40,12 +41,15 @@ class Encoder(Protocol):
     device: str
     precision: str
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray: ...
+    def encode_images(self, pixels: np.ndarray, background: bool = False) -> np.ndarray:
+        """``background``: indexing, which lets a waiting query's forward pass go first."""
+        ...
 
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
 
 
 def resolve_device(requested: str = "auto") -> str:
+    guard_openmp()  # the first import of torch in the process happens here or in load()
     import torch
 
     if requested not in ("auto", ""):
@@ -73,7 +77,8 @@ class ClipEncoder:
         self.dim = dim
         self._model = model
         self._tokenizer = tokenizer
-        self._lock = threading.Lock()  # one forward at a time: indexing and queries share it
+        # One forward at a time; a waiting query goes before the next indexing batch.
+        self._gate = PriorityGate()
 
     # Loading -------------------------------------------------------------------------------
 
@@ -87,6 +92,7 @@ class ClipEncoder:
             ModelUnavailable: weights missing and not downloadable now.
             ModelLoadError: the weights exist but do not load.
         """
+        guard_openmp()
         weights = store.installed(model_id)
         if weights is None:
             if not allow_download:
@@ -110,13 +116,17 @@ class ClipEncoder:
 
     # Inference -----------------------------------------------------------------------------
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 NxHxWx3 (already resized by imaging.model_pixels) to NxD vectors."""
+    def encode_images(self, pixels: np.ndarray, background: bool = False) -> np.ndarray:
+        """uint8 NxHxWx3 (already resized by imaging.model_pixels) to NxD vectors.
+
+        Args:
+            background: indexing work, which waits while a query's forward is waiting.
+        """
         import torch
 
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock, torch.inference_mode():
+        with self._gate.hold(urgent=not background), torch.inference_mode():
             feats = self._model.encode_image(self._normalized(pixels))
             return _unit(feats)
 
@@ -143,7 +153,7 @@ class ClipEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self._tokenizer(texts)
-        with self._lock, torch.inference_mode():
+        with self._gate.hold(urgent=True), torch.inference_mode():  # texts are queries
             feats = self._model.encode_text(tokens.to(self.device))
             return _unit(feats)
 

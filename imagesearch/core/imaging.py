@@ -9,16 +9,30 @@ import io
 import logging
 import os
 import stat
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 import xxhash
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from imagesearch.core.feature_codec import encode_features
+from imagesearch.core.image_reading import (
+    DECODE_BUDGET_BYTES,
+    HEAD_BYTES,
+    HashingReader,
+    Readable,
+    check_declared_size,
+    check_heif_size,
+    load_in_bands,
+    prepare_pillow,
+    raw_strips,
+    shrink,
+    sniff_format,
+    stored_bytes,
+)
 from imagesearch.core.local_features import (
     QUERY_COUNT,
     QUERY_MAX_SIDE,
@@ -75,12 +89,8 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def hash_bytes(data: bytes) -> str:
-    """Content hash used to recognise a moved file: 128-bit xxh3, hex."""
-    return xxhash.xxh3_128_hexdigest(data)
-
-
 def hash_file(path: Path) -> str:
+    """Content hash used to recognise a moved file: 128-bit xxh3, hex, read in a stream."""
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -115,44 +125,74 @@ class ImageFacts:
     captured_at: datetime | None
 
 
-def open_image(data: bytes, name: str, draft_size: int | None = None,
-               draft_long_side: int = 0) -> tuple[Image.Image, ImageFacts]:
-    """Decode bytes to an upright RGB image, shrinking JPEGs in the decoder when allowed.
+def open_image(source: bytes | Readable, name: str, draft_size: int | None = None,
+               file_size: int | None = None, draft_long_side: int = 0
+               ) -> tuple[Image.Image, ImageFacts]:
+    """Decode to an upright RGB image, shrinking large ones while (or right after) decoding.
+
+    ``source`` is read as needed, never whole: a file that is not an image fails on its
+    first bytes, a declared size no real file can hold is refused before decoding, and
+    decoded pixels stay within a fixed memory budget.
 
     Args:
-        draft_size: both sides stay at least this large when a JPEG is decoded reduced.
-        draft_long_side: and the longer side at least this large.
+        draft_size: the size the caller will scale to; larger images are decoded at (or
+            shrunk to) about twice that on their short side.
+        file_size: the source's size in bytes, when it is a file.
+        draft_long_side: the long side is kept at least this large too (local features
+            are found at a bounded long side).
 
     Raises:
         ValueError: with a readable reason when the bytes are not a usable image.
     """
-    if not data:
+    if isinstance(source, bytes):
+        file_size, source = len(source), io.BytesIO(source)
+    head = source.read(HEAD_BYTES)
+    source.seek(0)
+    if not head:
         raise ValueError("empty file (0 bytes)")
     ext = os.path.splitext(name)[1].lower()
-    if not _ensure_heif() and ext in _HEIF_EXTENSIONS:
-        raise ValueError("HEIC/HEIF/AVIF support needs the pillow-heif package "
-                         "(pip install pillow-heif)")
+    kind = sniff_format(head)
+    if kind == "HEIF" or ext in _HEIF_EXTENSIONS:
+        if not _ensure_heif():
+            raise ValueError("HEIC/HEIF/AVIF support needs the pillow-heif package "
+                             "(pip install pillow-heif)")
+        check_heif_size(file_size)
+    if kind is None:
+        raise ValueError("not an image Pillow can read (unrecognised or unsupported format)")
+    prepare_pillow()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-            if orientation in (5, 6, 7, 8):
-                w, h = h, w
-            facts = ImageFacts(img.format, w, h, capture_time(img))
-            if draft_size is not None and img.format == "JPEG":
-                # The JPEG decoder scales by 1/2, 1/4 or 1/8 for free; both sides stay >= draft.
-                img.draft("RGB", _draft_request(img.size, draft_size, draft_long_side))
-            img.load()
-            return to_rgb(ImageOps.exif_transpose(img)), facts
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"refused: declared size is too large to decode safely ({exc})") \
-            from exc
+        opened: ImageFile.ImageFile = Image.open(cast(IO[bytes], source))  # read/seek/tell
+        w, h = opened.size
+        check_declared_size(w, h, file_size)
+        orientation = opened.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):
+            w, h = h, w
+        facts = ImageFacts(opened.format, w, h, capture_time(opened))
+        if draft_size is not None and opened.format == "JPEG":
+            # The JPEG decoder scales by 1/2, 1/4 or 1/8 for free; both sides stay >= draft.
+            opened.draft("RGB", _draft_request(opened.size, draft_size, draft_long_side))
+        img: Image.Image = opened
+        if stored_bytes(opened) > DECODE_BUDGET_BYTES:
+            strips = raw_strips(opened)
+            if strips is None:
+                raise ValueError(
+                    f"refused: {opened.width}x{opened.height} pixels of {opened.format} "
+                    f"would need {stored_bytes(opened) >> 20} MB to decode, over the "
+                    f"{DECODE_BUDGET_BYTES >> 20} MB allowed")
+            img = load_in_bands(opened, strips, source, draft_size)
+        else:
+            opened.load()
+            # First: rotating and converting then copy less.
+            img = shrink(opened, draft_size, draft_long_side)
+        return to_rgb(_upright(img, orientation)), facts
+    except ValueError as exc:
+        if str(exc).startswith("refused"):
+            raise
+        raise ValueError(f"corrupt or truncated image data: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ValueError("not an image Pillow can read (unrecognised or unsupported format)") \
             from exc
-    except (OSError, SyntaxError, EOFError, ValueError) as exc:
+    except (OSError, SyntaxError, EOFError) as exc:
         msg = str(exc) or type(exc).__name__
         raise ValueError(f"corrupt or truncated image data: {msg}") from exc
 
@@ -163,6 +203,21 @@ def _draft_request(size: tuple[int, int], short: int, long: int) -> tuple[int, i
     if w >= h:
         return max(long, short), short
     return short, max(long, short)
+
+
+# EXIF orientation -> the transpose that shows the photo upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(img: Image.Image, orientation: object) -> Image.Image:
+    # From the orientation read at open: a shrunk copy no longer carries the EXIF block.
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return img if method is None else img.transpose(method)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -253,14 +308,13 @@ def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def decode_for_model(path: Path, spec: PreprocessSpec | None,
                      features: FeatureMode | None = None) -> DecodedImage:
-    """Read one file once: stat, hash, decode, orient; then resize for the model (``spec``)
+    """Read one file once: stat, decode, orient, hash; then resize for the model (``spec``)
     and find local features (``features``), either or both. Never raises."""
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
             return DecodedImage(path, error="is a folder, not a file")
-        with open(path, "rb") as f:
-            data = f.read()
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the decode and the hash
     except FileNotFoundError:
         reason = "broken symbolic link" if os.path.islink(path) else \
             "file disappeared before it could be read"
@@ -269,15 +323,24 @@ def decode_for_model(path: Path, spec: PreprocessSpec | None,
         return DecodedImage(path, error="permission denied: cannot read the file")
     except OSError as exc:
         return DecodedImage(path, error=f"cannot read the file: {exc.strerror or exc}")
-    base = DecodedImage(path, size=st.st_size, mtime=st.st_mtime, content_hash=hash_bytes(data))
-    try:
-        img, facts = open_image(data, path.name, draft_size=spec.size if spec else 64,
-                                draft_long_side=features.max_side if features else 0)
-        pixels = model_pixels(img, spec) if spec is not None else None
-    except ValueError as exc:
-        return _failed(base, str(exc))
-    except Exception as exc:
-        return _failed(base, f"cannot decode: {type(exc).__name__}: {exc}")
+    base = DecodedImage(path, size=st.st_size, mtime=st.st_mtime)
+    with f:
+        reader = HashingReader(f)
+        try:
+            img, facts = open_image(reader, path.name,
+                                    draft_size=spec.size if spec is not None else 64,
+                                    file_size=st.st_size,
+                                    draft_long_side=features.max_side if features else 0)
+            pixels = model_pixels(img, spec) if spec is not None else None
+            # Hashed as it was decoded (a failed file needs no hash: only indexed photos
+            # are matched when moved).
+            content_hash = reader.digest()
+        except ValueError as exc:
+            return _failed(base, str(exc))
+        except OSError as exc:
+            return _failed(base, f"cannot read the file: {exc.strerror or exc}")
+        except Exception as exc:
+            return _failed(base, f"cannot decode: {type(exc).__name__}: {exc}")
     blob, count = None, 0
     if features is not None:
         # A photo whose features cannot be found is still a photo: it is stored without.
@@ -287,7 +350,7 @@ def decode_for_model(path: Path, spec: PreprocessSpec | None,
             blob, count = encode_features(found, features.pq_subquantizers), len(found)
         except Exception as exc:  # OpenCV raises cv2.error, among others
             log.warning("no local features for %s: %s", path, exc)
-    return DecodedImage(path, st.st_size, st.st_mtime, base.content_hash, facts.width,
+    return DecodedImage(path, st.st_size, st.st_mtime, content_hash, facts.width,
                         facts.height, facts.format, facts.captured_at, pixels,
                         local_features=blob, feature_count=count)
 
@@ -296,16 +359,16 @@ def _failed(base: DecodedImage, error: str) -> DecodedImage:
     return DecodedImage(base.path, base.size, base.mtime, base.content_hash, error=error)
 
 
-def read_query(source: Path | bytes) -> tuple[bytes, str]:
-    """The bytes of a query image from a file or raw bytes (drop, paste).
-
-    Raises:
-        ValueError: the file cannot be read, with the reason.
-    """
+def _open_query(source: Path | bytes, draft_size: int, draft_long_side: int = 0
+                ) -> tuple[Image.Image, ImageFacts]:
     if isinstance(source, bytes):
-        return source, "query"
+        return open_image(source, "query", draft_size=draft_size,
+                          draft_long_side=draft_long_side)
     try:
-        return Path(source).read_bytes(), Path(source).name
+        with open(source, "rb") as f:
+            return open_image(f, Path(source).name, draft_size=draft_size,
+                              file_size=os.fstat(f.fileno()).st_size,
+                              draft_long_side=draft_long_side)
     except OSError as exc:
         raise ValueError(f"cannot read {source}: {exc.strerror or exc}") from exc
 
@@ -316,8 +379,7 @@ def load_query_image(source: Path | bytes, spec: PreprocessSpec) -> np.ndarray:
     Raises:
         ValueError: the file cannot be read as an image, with the reason.
     """
-    data, name = read_query(source)
-    img, _ = open_image(data, name, draft_size=spec.size)
+    img, _ = _open_query(source, spec.size)
     return model_pixels(img, spec)
 
 
@@ -327,6 +389,5 @@ def load_query_features(source: Path | bytes) -> LocalFeatures:
     Raises:
         ValueError: the file cannot be read as an image, with the reason.
     """
-    data, name = read_query(source)
-    img, facts = open_image(data, name, draft_size=64, draft_long_side=QUERY_MAX_SIDE)
+    img, facts = _open_query(source, 64, QUERY_MAX_SIDE)
     return extract(img, QUERY_MAX_SIDE, QUERY_COUNT, (facts.width, facts.height))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from imagesearch.errors import InvalidModelId
+
 
 @dataclass(frozen=True, slots=True)
 class KnownModel:
@@ -49,11 +51,11 @@ def parse_model_id(model_id: str) -> tuple[str, str]:
     """'ARCH/TAG' to (arch, tag).
 
     Raises:
-        ValueError: the id is not of that form.
+        InvalidModelId: the id is not of that form (a ValueError too).
     """
     arch, sep, tag = model_id.partition("/")
     if not sep or not arch or not tag or "/" in tag or arch in (".", ".."):
-        raise ValueError(f"model ids look like ARCH/TAG (e.g. ViT-B-32/laion2b_s34b_b79k), "
+        raise InvalidModelId(f"model ids look like ARCH/TAG (e.g. ViT-B-32/laion2b_s34b_b79k), "
                          f"not {model_id!r}")
     return arch, tag
 

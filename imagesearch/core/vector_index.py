@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from imagesearch.core.native_libs import guard_openmp
 from imagesearch.errors import IndexFileError
 
 _MAGIC = b"ISIX"
@@ -42,8 +43,7 @@ class VectorIndex:
 
     def __init__(self, dim: int, model_id: str, generation: int = 0,
                  index: Any | None = None) -> None:
-        import faiss
-
+        faiss = _faiss()
         self.dim = dim
         self.model_id = model_id
         self.generation = generation
@@ -63,10 +63,9 @@ class VectorIndex:
             return int(self._index.ntotal)
 
     def ids(self) -> np.ndarray:
-        import faiss
-
+        faiss = _faiss()
         with self._lock:
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            return np.asarray(faiss.vector_to_array(self._index.id_map), dtype=np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add or replace vectors for ``ids``."""
@@ -83,8 +82,7 @@ class VectorIndex:
             return self._remove(np.ascontiguousarray(ids, dtype=np.int64))
 
     def _remove(self, ids: np.ndarray) -> int:
-        import faiss
-
+        faiss = _faiss()
         if len(ids) == 0 or self._index.ntotal == 0:
             return 0
         return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
@@ -92,8 +90,7 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query; ``allowed`` restricts to those ids. -1 pads."""
-        import faiss
-
+        faiss = _faiss()
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         n = len(self)
         if n == 0 or k <= 0:
@@ -123,34 +120,27 @@ class VectorIndex:
         Raises:
             IndexFileError: the file could not be written; any previous file is intact.
         """
-        import faiss
+        write_index_file(path, self.to_bytes())
 
+    def to_bytes(self) -> bytes:
+        """The whole file's content: a consistent snapshot taken under the index's lock.
+
+        Copying memory is quick; writing it out is not, and is left to the caller, so a
+        save never holds up a search.
+        """
+        faiss = _faiss()
         with self._lock:
-            blob = faiss.serialize_index(self._index).tobytes()
+            blob = bytes(faiss.serialize_index(self._index))
             header = IndexHeader(self.model_id, self.dim, self.generation, len(self),
                                  xxhash.xxh3_64_hexdigest(blob))
         head_bytes = json.dumps(_asdict(header)).encode()
-        tmp_name = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
-                                             suffix=".tmp", delete=False) as tmp:
-                tmp_name = tmp.name
-                tmp.write(_MAGIC + struct.pack("<II", _FORMAT, len(head_bytes)))
-                tmp.write(head_bytes)
-                tmp.write(blob)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, path)
-            tmp_name = None
-            _fsync_dir(path.parent)
-        except OSError as exc:
-            raise IndexFileError(f"could not save the search index to {path}: "
-                                 f"{exc.strerror or exc}") from exc
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
+        return _MAGIC + struct.pack("<II", _FORMAT, len(head_bytes)) + head_bytes + blob
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (each must be present)."""
+        with self._lock:
+            return np.stack([self._index.reconstruct(int(i)) for i in ids]) if len(ids) \
+                else np.zeros((0, self.dim), np.float32)
 
     @classmethod
     def load(cls, path: Path) -> VectorIndex:
@@ -159,8 +149,7 @@ class VectorIndex:
         Raises:
             IndexFileError: missing, truncated, corrupt, or of another format.
         """
-        import faiss
-
+        faiss = _faiss()
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -176,6 +165,41 @@ class VectorIndex:
         if index.d != header.dim or index.ntotal != header.count:
             raise IndexFileError(f"{path} does not match its own header")
         return cls(header.dim, header.model_id, header.generation, index)
+
+
+def write_index_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    Raises:
+        IndexFileError: the file could not be written; any previous file is intact.
+    """
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
+                                         suffix=".tmp", delete=False) as tmp:
+            tmp_name = tmp.name
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise IndexFileError(f"could not save the search index to {path}: "
+                             f"{exc.strerror or exc}") from exc
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+
+
+def _faiss() -> Any:
+    """FAISS, imported on first use (torch's OpenMP runtime may be loaded already)."""
+    guard_openmp()
+    import faiss
+
+    return faiss
 
 
 def _head_len(data: bytes) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from imagesearch.core.model_registry import WEIGHTS_FILES, known_model, parse_model_id
-from imagesearch.errors import ChecksumMismatch, ModelUnavailable
+from imagesearch.errors import ChecksumMismatch, ModelFileError, ModelUnavailable
 
 DownloadProgress = Callable[[int, int], None]  # (bytes done, bytes total or 0)
 
@@ -99,11 +99,12 @@ class WeightStore:
         """Copy a checkpoint (and optionally its architecture JSON) into the store.
 
         Raises:
-            FileNotFoundError: the checkpoint does not exist.
+            ModelFileError: the checkpoint (or the config) is not a readable file.
             ChecksumMismatch: ``expected_sha256`` was given and does not match.
         """
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"no such checkpoint file: {checkpoint}")
+        for given, what in ((checkpoint, "checkpoint"), (config, "config")):
+            if given is not None and not given.is_file():
+                raise ModelFileError(f"no such {what} file: {given}")
         arch, _ = parse_model_id(model_id)
         folder = self.model_dir(model_id)
         folder.mkdir(parents=True, exist_ok=True)

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QObject, QSettings
+from PySide6.QtCore import (
+    QEvent,
+    QMessageLogContext,
+    QObject,
+    QSettings,
+    QtMsgType,
+    qInstallMessageHandler,
+)
 from PySide6.QtWidgets import QApplication
 
 from imagesearch.config import APP_NAME, Settings
 from imagesearch.gui.main_window import ContextFactory, MainWindow
+from imagesearch.gui.platform_check import EXIT_NO_WINDOW, explain
 from imagesearch.gui.theme import apply_theme
 
 
@@ -53,6 +62,32 @@ class _FirstPaint(QObject):
         return False
 
 
+def start_qt() -> QApplication:
+    """The QApplication; if Qt cannot open a display, say why and what to install.
+
+    Qt reports a plugin it cannot load as a fatal message and then aborts the process;
+    the handler speaks first and exits cleanly instead.
+    """
+    said: list[str] = []
+
+    def on_message(kind: QtMsgType, _context: QMessageLogContext, message: str) -> None:
+        if kind == QtMsgType.QtFatalMsg:
+            sys.stderr.write(explain([*said, message]) + "\n")
+            sys.stderr.flush()
+            os._exit(EXIT_NO_WINDOW)
+        if kind != QtMsgType.QtDebugMsg:
+            said.append(message)
+
+    previous = qInstallMessageHandler(on_message)
+    try:
+        app = QApplication([sys.argv[0]])
+    finally:
+        qInstallMessageHandler(previous)
+    for message in said:  # started after all: Qt's warnings, as it would have printed them
+        sys.stderr.write(message + "\n")
+    return app
+
+
 def create_window(settings: Settings, state: QSettings | None = None,
                   context_factory: ContextFactory | None = None) -> MainWindow:
     return MainWindow(settings, state or window_state(settings), context_factory)
@@ -63,7 +98,7 @@ def run(argv: Sequence[str] | None = None,
     """Start the GUI; returns the exit code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app = QApplication.instance() or QApplication([sys.argv[0]])
+    app = QApplication.instance() or start_qt()
     assert isinstance(app, QApplication)
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(APP_NAME)
@@ -76,5 +111,14 @@ def run(argv: Sequence[str] | None = None,
     if watcher is not None:
         window.installEventFilter(watcher)
     window.show()
-    code = app.exec()
-    return int(code)
+    code = int(app.exec())
+    if window.unfinished:
+        # Work stuck in a read from a stalled share would otherwise hold the process at
+        # exit (Qt's pools wait for their threads). Everything committed is safe on disk:
+        # the catalog is SQLite in WAL mode and survives a process that simply stops.
+        logging.getLogger(__name__).warning("quitting without waiting for: %s",
+                                            ", ".join(window.unfinished))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

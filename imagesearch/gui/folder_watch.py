@@ -59,9 +59,11 @@ class FolderWatch(QObject):
         if watcher is not None:
             self._runner.submit("io", watcher.refresh, error=lambda e: self.failed.emit(str(e)))
 
-    def stop(self) -> None:
-        """Stop and join the watcher's threads (a batch in progress is cut short)."""
+    def stop(self) -> bool:
+        """Stop and join the watcher's threads (a batch in progress is cut short).
+
+        The wait is bounded; returns False if a thread is still busy after it.
+        """
         with self._life:
             watcher, self.watcher = self.watcher, None
-        if watcher is not None:
-            watcher.stop()
+        return watcher.stop() if watcher is not None else True

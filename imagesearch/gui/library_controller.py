@@ -58,13 +58,21 @@ class LibraryController(QObject):
 
     # Opening and closing -------------------------------------------------------------------
 
-    def open(self, settings: Settings) -> None:
+    def open(self, settings: Settings, before: Callable[[], None] | None = None) -> None:
+        """Open the library off the GUI thread; ``before`` runs first, on the same worker."""
         factory = self.factory
+        runner = self.w.runner
 
         def work() -> tuple[AppContext, ThumbnailCache]:
             from imagesearch.services.thumbnails import ThumbnailCache
 
-            return factory(settings), ThumbnailCache(settings.thumbnails_dir)
+            if before is not None:
+                before()
+            ctx = factory(settings)
+            if runner.closing:  # the window closed meanwhile: nobody will close it later
+                ctx.close()
+            return ctx, ThumbnailCache(settings.thumbnails_dir,
+                                       settings.thumbnail_cache_mb << 20)
 
         self.w.runner.submit("io", work, done=self._opened, error=self._open_failed)
 
@@ -90,16 +98,31 @@ class LibraryController(QObject):
         self.w.status.showMessage(str(exc))
 
     def reopen(self, settings: Settings) -> None:
-        """Another model or device: wait for the old context's work, then open anew."""
+        """Another model or device: stop and close the old context, then open anew.
+
+        Only cancelling happens here. Waiting for the batch being indexed, joining the
+        watcher's threads and closing the catalog can take seconds: they run on a
+        worker, before the new context opens there.
+        """
         self.w.indexer.cancel()
         self.w.searches.cancel()
         self.w.model_setup.cancel_event.set()  # a download of the old model ends too
-        self.w.runner.wait_idle()
-        self.stop_watching()
-        self.close()
+        old, self.ctx = self.ctx, None
+        self.w.searches.set_context(None)
+        self.w.indexer.set_context(None)
         self.w.model.set_hits([])
         self.w.results.show_message("Opening the library…", str(settings.library_dir))
-        self.open(settings)
+        pools = [self.w.runner.pools[name] for name in ("index", "search")]
+        watch = self.watch
+
+        def close_old() -> None:
+            for pool in pools:  # the cancelled run ends after its current batch
+                pool.waitForDone()
+            watch.stop()
+            if old is not None:
+                old.close()
+
+        self.open(settings, before=close_old)
 
     def close(self) -> None:
         if self.ctx is not None:
@@ -108,8 +131,9 @@ class LibraryController(QObject):
         self.w.searches.set_context(None)
         self.w.indexer.set_context(None)
 
-    def stop_watching(self) -> None:
-        self.watch.stop()
+    def stop_watching(self) -> bool:
+        """Stop the folder watcher; False if a thread of it is still busy after the wait."""
+        return self.watch.stop()
 
     def model_ready(self, index: bool = True) -> None:
         """Weights are on disk: load the model in the background so the first search is quick."""

@@ -133,6 +133,15 @@ class LibraryPanel(QWidget):
             self.folders.addTopLevelItem(item)
             if f.path == selected:
                 item.setSelected(True)
+            for part in f.offline_subfolders:
+                child = QTreeWidgetItem(item, [f"{part.path.relative_to(f.path)} (offline)",
+                                               "", ""])
+                child.setData(0, PathRole, part.path)
+                child.setToolTip(0, f"{part.path}\n{part.reason.capitalize()}; its photos "
+                                    "are kept. Remove forgets them.")
+                child.setSelected(part.path == selected)
+            item.setExpanded(True)
+        self.folders.setRootIsDecorated(any(f.offline_subfolders for f in folders))
         self._updating = False
         self._selection_changed()
 

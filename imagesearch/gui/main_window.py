@@ -91,6 +91,8 @@ class MainWindow(QMainWindow):
         self.status = StatusBar(self)
         self.setStatusBar(self.status)
         self.library = LibraryController(self, context_factory)
+        self.closed = False
+        self.unfinished: list[str] = []  # work that did not end on quit (see shutdown)
 
         self._build_actions()
         self._connect()
@@ -128,6 +130,10 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         self.search_bar.submitted.connect(self.run_search)
         self.searches.results.connect(self._show_results)
+        self.searches.refined.connect(self._show_refined)
+        self.searches.refining.connect(lambda _rid, on: self.status.set_refining(on))
+        self.searches.notes.connect(
+            lambda _rid, notes: self.status.showMessage("; ".join(notes).capitalize(), 10000))
         self.searches.failed.connect(self._search_failed)
         self.searches.busy_changed.connect(self.status.set_busy)
         self.grid.selectionModel().currentChanged.connect(self._current_changed)
@@ -189,6 +195,21 @@ class MainWindow(QMainWindow):
             self.status.showMessage(f"{len(hits)} results for {what}", 5000)
         else:
             self.library.show_no_results(what)
+
+    def _show_refined(self, _request_id: int, hits: list[SearchHit], what: str) -> None:
+        """The re-ranked order replaces the first one; the selected photo stays selected."""
+        current = self.model.hit(self.grid.currentIndex().row())
+        self.model.set_hits(hits, self.settings.thumbnail_size)
+        if not hits:
+            return
+        row = next((i for i, h in enumerate(hits)
+                    if current is not None and h.photo_id == current.photo_id), 0)
+        self.grid.setCurrentIndex(self.model.index(row))
+        verified = sum(1 for h in hits if h.box is not None)
+        self.status.showMessage(
+            f"{len(hits)} results for {what}; the object was found in {verified}"
+            if verified else f"{len(hits)} results for {what}; the object was not found "
+            "in detail in any of them", 8000)
 
     def _search_failed(self, _request_id: int, exc: BaseException) -> None:
         if isinstance(exc, ModelUnavailable | ModelLoadError):
@@ -282,13 +303,22 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Cancel everything running, wait for every pool, then close the catalog."""
+        """Cancel everything running, wait (bounded) for every pool, then close the catalog.
+
+        Work still running after the wait is recorded in ``unfinished``: the process then
+        exits without waiting for it (see app.run).
+        """
+        if self.closed:
+            return
+        self.closed = True
         self.indexer.cancel()
         self.model_setup.cancel_event.set()
         self.searches.cancel()
         self.thumbs.reset()
-        self.runner.shutdown()  # first: a watcher start or refresh may be on the io pool
-        self.library.stop_watching()
+        # First: a watcher start or refresh may be on the io pool.
+        self.unfinished = self.runner.shutdown()
+        if not self.library.stop_watching():
+            self.unfinished.append("watcher")
         self.library.close()
 
     def library_dir(self) -> Path:

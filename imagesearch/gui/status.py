@@ -12,9 +12,13 @@ from imagesearch.domain import LibraryStatus
 
 
 def when(moment: datetime | None, now: datetime | None = None) -> str:
-    """'never', 'today 14:05', 'yesterday 09:12' or '2024-03-02 14:05'."""
+    """'never', 'today 14:05', 'yesterday 09:12' or '2024-03-02 14:05', in local time.
+
+    ``moment`` is aware (the catalog's times are UTC); ``now`` is local.
+    """
     if moment is None:
         return "never"
+    moment = moment.astimezone().replace(tzinfo=None)
     now = now or datetime.now()
     days = (now.date() - moment.date()).days
     if days == 0:
@@ -61,3 +65,11 @@ class StatusBar(QStatusBar):
     def set_busy(self, busy: bool) -> None:
         self.busy.setText("Searching…")
         self.busy.setVisible(busy)
+
+    def set_refining(self, refining: bool) -> None:
+        """The re-rank stage is checking the first results for the query's object."""
+        if refining:
+            self.busy.setText("Refining: matching details…")
+            self.busy.setToolTip("The best results are being checked for the very object "
+                                 "in your image; they are reordered and boxed when done.")
+        self.busy.setVisible(refining)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
 log = logging.getLogger(__name__)
+
+QUIT_WAIT_MS = 10_000  # on quit, how long running work may take to end
 
 Report = Callable[[Any], None]
 DoneCallback = Callable[[Any], None]
@@ -119,12 +122,21 @@ class TaskRunner(QObject):
         """Wait for every pool to finish what it is running (tests, shutdown)."""
         return all(p.waitForDone(msecs) for p in self.pools.values())
 
-    def shutdown(self) -> None:
-        """Drop queued work, then wait for running work; callers cancel their events first."""
+    def shutdown(self, timeout_ms: int = QUIT_WAIT_MS) -> list[str]:
+        """Drop queued work, then wait at most ``timeout_ms`` for running work.
+
+        Callers cancel their events first, so work normally ends at once; a task stuck in
+        a read from a stalled network share does not, and must not hold quitting up.
+        Returns the names of the pools still busy after the wait.
+        """
         self.closing = True
         for pool in self.pools.values():
             pool.clear()
-        for pool in self.pools.values():
-            pool.waitForDone()
+        deadline = time.monotonic() + timeout_ms / 1000
+        busy = [name for name, pool in self.pools.items()
+                if not pool.waitForDone(max(0, int((deadline - time.monotonic()) * 1000)))]
         with self._lock:
             self._live.clear()
+        if busy:
+            log.warning("work still running after %d ms in: %s", timeout_ms, ", ".join(busy))
+        return busy

@@ -14,7 +14,7 @@ from imagesearch.services.local_search import LocalIndexService
 from imagesearch.services.models import ModelManager
 from imagesearch.services.reranking import RerankService
 from imagesearch.services.searching import SearchService
-from imagesearch.services.vector_store import VectorStore
+from imagesearch.services.vector_store import SAVE_DELAY_S, VectorStore
 from imagesearch.services.write_lane import WriteLane
 from imagesearch.storage.catalog import Catalog
 from imagesearch.storage.database import open_catalog_engine
@@ -35,17 +35,23 @@ class AppContext:
     local: LocalIndexService
     rerank: RerankService
 
-    def close(self) -> None:
+    def close(self) -> tuple[str, ...]:
+        """Stop the workers, write the unsaved index, close the catalog; returns warnings."""
         self.local.close()
         self.indexing.close()
+        warnings = self.vectors.close()
         self.catalog.close()
+        return warnings
 
 
-def build_context(settings: Settings, encoder: Encoder | None = None) -> AppContext:
+def build_context(settings: Settings, encoder: Encoder | None = None,
+                  save_delay_s: float = SAVE_DELAY_S) -> AppContext:
     """Open the catalog (creating or migrating it) and wire the services.
 
     Args:
         encoder: an already loaded encoder to use instead of loading settings.model_id.
+        save_delay_s: how long the index file waits for changes to settle before it is
+            written; 0 writes it after each change (for one-shot commands).
 
     Raises:
         CatalogTooNew, CatalogError: the catalog cannot be used.
@@ -53,7 +59,7 @@ def build_context(settings: Settings, encoder: Encoder | None = None) -> AppCont
     settings.library_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(open_catalog_engine(settings.catalog_path))
     models = ModelManager(settings, encoder)
-    vectors = VectorStore(catalog, settings.index_dir, models.model_id)
+    vectors = VectorStore(catalog, settings.index_dir, models.model_id, save_delay_s)
     lane = WriteLane()
     local = LocalIndexService(settings, catalog)
     rerankers: list[Reranker] = []

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,20 @@ from imagesearch.core.encoder import Encoder
 from imagesearch.core.imaging import DecodedImage, PreprocessSpec, is_image_name
 from imagesearch.core.local_features import FeatureMode
 from imagesearch.domain import FolderInfo, IndexProgress, IndexReport
-from imagesearch.errors import IndexFileError
 from imagesearch.services.local_search import LocalIndexService
 from imagesearch.services.models import ModelManager
-from imagesearch.services.scanning import Plan, ScannedFile, plan, walk
+from imagesearch.services.scanning import (
+    Plan,
+    ScannedFile,
+    Subtrees,
+    is_skipped,
+    mount_gone,
+    plan,
+    walk,
+)
 from imagesearch.services.vector_store import VectorStore
 from imagesearch.services.write_lane import WriteLane
-from imagesearch.storage.catalog import Catalog, CatalogEntry, PhotoUpdate
+from imagesearch.storage.catalog import Catalog, CatalogEntry, PhotoUpdate, SubtreeMemory
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,7 @@ class IndexingService:
         self.local = local
         self.features: FeatureMode | None = local.mode
         self.warnings: list[str] = []  # those of the latest run; each report has its own
+        self.excluded = own_data_folders(settings)
         # Kept between runs: the watcher's small batches would otherwise pay for
         # starting decode processes every time.
         self._pool: DecodePool | None = None
@@ -66,13 +75,18 @@ class IndexingService:
                 if self._pool is not None:
                     self._pool.close()
                 self._pool = DecodePool(spec, self.settings.decode_workers or None,
+                                        timeout_s=self.settings.decode_timeout_s,
                                         features=self.features)
             return self._pool
+
+    def can_index(self) -> bool:
+        """Whether a run can do anything: with the model, or local features without it."""
+        return self.models.weights_present() or self.features is not None
 
     def _wants(self) -> tuple[bool, bool]:
         """(vectors, local features): what an indexed photo should have in this library.
 
-        Without model weights a photo gets local features only (object search works
+        Without model weights a photo gets local features only (search by image works
         offline); its vector is filled in once the weights are installed.
         """
         return self.models.weights_present(), self.features is not None
@@ -88,49 +102,18 @@ class IndexingService:
         started = time.perf_counter()
         folders = [f for f in self.catalog.folders()
                    if folder_ids is None or f.id in folder_ids]
-        offline: list[Path] = []
-        files: list[ScannedFile] = []
-        folder_of: dict[Path, int] = {}
-        known: dict[Path, CatalogEntry] = {}
-        model_id = self.models.model_id
-        extractor = self.local.extractor
+        scan = _Scan()
         for folder in folders:
-            if not folder.path.is_dir():
-                # Unplugged drive or unmounted share: keep its photos, say it is offline.
-                self.catalog.set_folder_state(folder.id, online=False)
-                offline.append(folder.path)
-                continue
-            # Read the catalog before walking: a file the watcher stores during the walk is
-            # then re-planned as new (a harmless upsert), never taken for deleted.
-            entries = self.catalog.entries(folder.id, model_id, extractor)
-            unreadable: list[Path] = []
-            found: list[ScannedFile] = []
-            for f in walk(folder.path, cancel.is_set, unreadable):
-                found.append(f)
-                if (len(files) + len(found)) % 500 == 0:
-                    report(IndexProgress("scanning", len(files) + len(found), 0,
-                                         current=str(folder.path)))
+            self._scan_folder(folder, scan, report, cancel)
             if cancel.is_set():
-                return IndexReport(cancelled=True, offline_folders=tuple(offline),
+                return IndexReport(cancelled=True, offline_folders=tuple(scan.offline),
                                    seconds=time.perf_counter() - started)
-            if not found and entries:
-                # An unmounted share leaves an empty mount point: offline, not emptied.
-                log.warning("%s is empty but the catalog has %d photos there: treating it "
-                            "as offline", folder.path, len(entries))
-                self.catalog.set_folder_state(folder.id, online=False)
-                offline.append(folder.path)
-                continue
-            for f in found:
-                files.append(f)
-                folder_of[f.path] = folder.id
-            blocked = tuple(unreadable)
-            known.update({p: e for p, e in entries.items()
-                          if not any(p.is_relative_to(b) for b in blocked)})
         want_vector, want_features = self._wants()
-        work = plan(files, known, want_vector=want_vector, want_features=want_features)
-        result = self._apply(work, folder_of, report, cancel)
+        work = plan(scan.files, scan.known, want_vector=want_vector,
+                    want_features=want_features)
+        result = self._apply(work, scan.folder_of, report, cancel)
         for folder in folders:
-            if folder.path not in offline:
+            if folder.path not in scan.offline:
                 self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
         warnings = self._save_index()
         self._after_changes(result, work)
@@ -138,8 +121,54 @@ class IndexingService:
             added=result["added"], updated=result["updated"], moved=len(work.moves),
             removed=len(work.gone), failed=result["failed"], unchanged=work.unchanged,
             completed=result["completed"], cancelled=cancel.is_set(),
-            offline_folders=tuple(offline), seconds=time.perf_counter() - started,
-            warnings=warnings + self._model_warning())
+            offline_folders=tuple(scan.offline + scan.parts),
+            seconds=time.perf_counter() - started, warnings=warnings + self._model_warning())
+
+    def _scan_folder(self, folder: FolderInfo, scan: _Scan, report: ProgressCallback,
+                     cancel: threading.Event) -> None:
+        """Walk one library folder into ``scan``; what it cannot see is kept, not gone."""
+        if not folder.path.is_dir():
+            # Unplugged drive or unmounted share: keep its photos, say it is offline.
+            self.catalog.set_folder_state(folder.id, online=False)
+            scan.offline.append(folder.path)
+            return
+        # Read the catalog before walking: a file the watcher stores during the walk is
+        # then re-planned as new (a harmless upsert), never taken for deleted.
+        entries = self.catalog.entries(folder.id, self.models.model_id, self.local.extractor)
+        memory = self.catalog.subtrees(folder.id)
+        # Drives seen inside this folder before and gone now are not walked: what is
+        # there (an empty mount point, a dangling link) says nothing about their photos.
+        gone = {p: why for p, dev in memory.mounts.items()
+                if (why := mount_gone(p, dev)) is not None}
+        parts = Subtrees(skip=frozenset(gone), excluded=self.excluded)
+        found: list[ScannedFile] = []
+        for f in walk(folder.path, cancel.is_set, parts):
+            found.append(f)
+            if (len(scan.files) + len(found)) % 500 == 0:
+                report(IndexProgress("scanning", len(scan.files) + len(found), 0,
+                                     current=str(folder.path)))
+        if cancel.is_set():
+            return
+        # Only what hides photos the catalog knows, or a drive it remembers, matters.
+        offline = {p: why for p, why in {**parts.offline, **gone}.items()
+                   if p in memory.mounts or any(e.is_relative_to(p) for e in entries)}
+        if not found and entries and not offline:
+            # An unmounted share leaves an empty mount point: offline, not emptied.
+            log.warning("%s is empty but the catalog has %d photos there: treating it "
+                        "as offline", folder.path, len(entries))
+            self.catalog.set_folder_state(folder.id, online=False)
+            scan.offline.append(folder.path)
+            return
+        mounts = {**{p: memory.mounts[p] for p in gone}, **parts.mounts}
+        self.catalog.set_subtrees(folder.id, SubtreeMemory(mounts, offline))
+        for path, why in offline.items():
+            log.warning("%s: %s; its photos are kept", path, why)
+        scan.parts.extend(offline)
+        for f in found:
+            scan.files.append(f)
+            scan.folder_of[f.path] = folder.id
+        scan.known.update({p: e for p, e in entries.items()
+                           if not any(p.is_relative_to(o) for o in offline)})
 
     def retry_failed(self, progress: ProgressCallback | None = None,
                      cancel: threading.Event | None = None) -> IndexReport:
@@ -159,10 +188,10 @@ class IndexingService:
         known: dict[Path, CatalogEntry] = {}
         gone: list[Path] = []
         model_id = self.models.model_id
-        extractor = self.local.extractor
         for path in dict.fromkeys(paths):
             folder = _owner(folders, path)
-            if folder is None or not is_image_name(path.name):
+            if folder is None or not is_image_name(path.name) or is_skipped(
+                    path, folder.path, self.excluded, check_flags=True):
                 continue
             try:
                 st = os.stat(path)
@@ -177,7 +206,7 @@ class IndexingService:
                 continue
             files.append(ScannedFile(path, st.st_size, st.st_mtime))
             folder_of[path] = folder.id
-            entry = self.catalog.entry(path, model_id, extractor)
+            entry = self.catalog.entry(path, model_id, self.local.extractor)
             if entry is not None:
                 known[path] = entry
         removed = self.remove_paths(gone)
@@ -187,17 +216,18 @@ class IndexingService:
         result = self._apply(work, folder_of, progress or _no_progress,
                              cancel or threading.Event())
         warnings = self._save_index()
-        if removed:
-            result["removed"] = removed
-        self._after_changes(result, work)
+        self._after_changes({**result, "removed": removed}, work)
         return IndexReport(added=result["added"], updated=result["updated"], removed=removed,
                            failed=result["failed"], completed=result["completed"],
                            seconds=time.perf_counter() - started, warnings=warnings)
 
     def remove_paths(self, paths: Iterable[Path]) -> int:
-        """Forget photos at (or under) these paths."""
+        """Forget photos at (or under) these paths, except on a drive that went away."""
         ids: list[int] = []
+        folders = self.catalog.folders()
         for path in paths:
+            if self._on_a_gone_drive(folders, path):
+                continue  # unplugged, not deleted: the next check marks it offline
             record = self.catalog.photo_by_path(path)
             if record is not None:
                 ids.append(record.id)
@@ -207,8 +237,25 @@ class IndexingService:
         with self.lane:
             self.vectors.refresh()
             self.catalog.remove_photos(ids)
-            self.vectors.remove(np.asarray(ids, dtype=np.int64), self.catalog.generation())
+            self.vectors.remove(np.asarray(ids, dtype=np.int64), self.catalog.last_commit())
         return len(ids)
+
+    def _on_a_gone_drive(self, folders: list[FolderInfo], path: Path) -> bool:
+        folder = _owner(folders, path)
+        if folder is None:
+            return False
+        mounts = self.catalog.subtrees(folder.id).mounts
+        return any((path == m or path.is_relative_to(m) or m.is_relative_to(path))
+                   and mount_gone(m, dev) is not None for m, dev in mounts.items())
+
+    def subtrees_changed(self, folder_id: int) -> bool:
+        """Whether a drive inside the folder went away or came back, or a part that could
+        not be seen can be now: then a scan brings the catalog up to date."""
+        memory = self.catalog.subtrees(folder_id)
+        for path, device in memory.mounts.items():
+            if (mount_gone(path, device) is None) == (path in memory.offline):
+                return True
+        return any(path not in memory.mounts and _listable(path) for path in memory.offline)
 
     def move_path(self, src: Path, dst: Path) -> bool:
         """Follow a rename or move reported by the watcher; False if src was unknown."""
@@ -229,9 +276,9 @@ class IndexingService:
                 # the move would break the catalog's one-row-per-path rule.
                 self.catalog.remove_photos([replaced.id])
                 self.vectors.remove(np.asarray([replaced.id], dtype=np.int64),
-                                    self.catalog.generation())
+                                    self.catalog.last_commit())
             self.catalog.move(record.id, dst, target.id, mtime)
-            self._sync_generation()
+            self.vectors.sync(self.catalog.last_commit())
         return True
 
     # The pipeline --------------------------------------------------------------------------
@@ -246,14 +293,17 @@ class IndexingService:
             if work.gone:
                 self.catalog.remove_photos(work.gone)
                 self.vectors.remove(np.asarray(work.gone, dtype=np.int64),
-                                    self.catalog.generation())
+                                    self.catalog.last_commit())
             for photo_id, f in work.moves:
                 self.catalog.move(photo_id, f.path, folder_of[f.path], f.mtime)
+                self.vectors.sync(self.catalog.last_commit())
             if work.problems:
-                self.catalog.store(self.models.model_id, [
+                failed = self.catalog.store(self.models.model_id, [
                     PhotoUpdate(f.path, folder_of[f.path], f.size, f.mtime, error=f.problem)
                     for f in work.problems])
-            self._sync_generation()
+                # A photo that became unreadable leaves the results now, not at the next start.
+                self.vectors.remove(np.asarray(failed, dtype=np.int64),
+                                    self.catalog.last_commit())
         want_vector, want_features = self._wants()
         todo = [DecodeJob(f.path, want_vector, want_features) for f in work.to_embed]
         todo += [DecodeJob(f.path, vec, feat) for f, vec, feat in work.to_complete]
@@ -284,7 +334,7 @@ class IndexingService:
         batch: list[DecodedImage] = []
         in_flight: Future[int] | None = None
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesearch-writer")
-        stream = pool.decode(todo, lookahead=2 * batch_size)
+        stream = pool.decode(todo, lookahead=2 * batch_size, cancel=cancel)
 
         def hand_over(items: list[DecodedImage]) -> None:
             nonlocal in_flight, done
@@ -321,7 +371,7 @@ class IndexingService:
         pixels = [d.pixels for d in batch if d.pixels is not None]
         if encoder is None:
             return np.zeros((0, 0), np.float32)
-        return encoder.encode_images(np.stack(pixels)) if pixels \
+        return encoder.encode_images(np.stack(pixels), background=True) if pixels \
             else np.zeros((0, encoder.dim), np.float32)
 
     def _store(self, batch: list[DecodedImage], vectors: np.ndarray,
@@ -351,7 +401,7 @@ class IndexingService:
             bad = np.asarray([i for i, u in pairs if u.error is not None], dtype=np.int64)
             dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
             self.vectors.apply(ok, np.stack(kept) if kept else np.zeros((0, dim), np.float32),
-                               bad, self.catalog.generation())
+                               bad, self.catalog.last_commit())
         new_paths, edited = kinds
         for d in batch:
             if d.error is not None:
@@ -377,21 +427,42 @@ class IndexingService:
                 "for search by image (local features) only; install it to search by "
                 "description",)
 
-    def _sync_generation(self) -> None:
-        self.vectors.sync(self.catalog.generation())
-
     def _save_index(self) -> tuple[str, ...]:
-        """Write the index file; returns the warnings to report (none when it worked)."""
-        try:
-            with self.lane:
-                self.vectors.save()
-        except IndexFileError as exc:
-            # The catalog has everything; the next start rebuilds the file from it.
-            log.warning("%s", exc)
-            self.warnings = [str(exc)]
-            return (str(exc),)
-        self.warnings = []
-        return ()
+        """Have the index file written (debounced, off the write lane); returns warnings.
+
+        Nothing is written when nothing changed. The warnings are those of a failed save:
+        of this one when saving is immediate (the CLI), else of the latest background one.
+        """
+        warnings = self.vectors.save_soon()
+        self.warnings = list(warnings)
+        return warnings
+
+
+@dataclass
+class _Scan:
+    """What walking the folders of one run found."""
+
+    files: list[ScannedFile] = field(default_factory=list)
+    folder_of: dict[Path, int] = field(default_factory=dict)
+    known: dict[Path, CatalogEntry] = field(default_factory=dict)
+    offline: list[Path] = field(default_factory=list)  # library folders
+    parts: list[Path] = field(default_factory=list)  # subfolders of online ones
+
+
+def own_data_folders(settings: Settings) -> frozenset[Path]:
+    """imagesearch's own folders (catalog, index, thumbnails, weights): never indexed."""
+    return frozenset(Path(os.path.abspath(p)).resolve()
+                     for p in (settings.library_dir, settings.models_dir))
+
+
+def _listable(folder: Path) -> bool:
+    """A folder that can be listed now (what a scan needs to see into it)."""
+    try:
+        with os.scandir(folder) as entries:
+            next(entries, None)
+    except OSError:
+        return False
+    return True
 
 
 def _owner(folders: list[FolderInfo], path: Path) -> FolderInfo | None:

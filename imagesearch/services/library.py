@@ -8,10 +8,11 @@ from pathlib import Path
 from imagesearch.config import Settings
 from imagesearch.domain import FolderInfo, LibraryStatus, PhotoRecord, PhotoStatus
 from imagesearch.errors import FolderError
+from imagesearch.services.indexing import own_data_folders
 from imagesearch.services.models import ModelManager
 from imagesearch.services.vector_store import VectorStore
 from imagesearch.services.write_lane import WriteLane
-from imagesearch.storage.catalog import Catalog
+from imagesearch.storage.catalog import Catalog, SubtreeMemory
 
 
 class LibraryService:
@@ -39,6 +40,10 @@ class LibraryService:
         if not os.access(folder, os.R_OK | os.X_OK):
             raise FolderError(f"{folder} cannot be read (permission denied).")
         folder = folder.resolve()
+        for own in own_data_folders(self.settings):
+            if folder == own or folder.is_relative_to(own):
+                raise FolderError(f"{folder} holds imagesearch's own data (catalog, index, "
+                                  "thumbnails or model weights), not photos.")
         with self.lane:
             folder_id = self.catalog.add_folder(folder, watched=watched)
         return next(f for f in self.catalog.folders() if f.id == folder_id)
@@ -46,17 +51,42 @@ class LibraryService:
     def remove_folder(self, folder: Path | int) -> int:
         """Forget a folder and its photos (the files are not touched). Returns photos removed.
 
+        A subfolder of a library folder (an offline one, say) has its photos forgotten;
+        a later scan finds whatever is there again.
+
         Raises:
             FolderError: no such folder in the library.
         """
+        if isinstance(folder, Path):
+            # Photos under a linked subfolder are stored under the link's path, not its
+            # target's: resolve the folders above it only.
+            absolute = Path(os.path.abspath(os.path.expanduser(folder)))
+            part = absolute.parent.resolve() / absolute.name
+            owner = next((f for f in self.catalog.folders()
+                          if part != f.path and part.is_relative_to(f.path)), None)
+            if owner is not None and _resolved(folder) != owner.path:
+                return self._forget_subfolder(owner, part)
         info = self._find(folder)
         with self.lane:
             self.vectors.refresh()
             ids = self.catalog.ids_under(info.path)
             removed = self.catalog.remove_folder(info.id)
-            self.vectors.remove(ids, self.catalog.generation())
-            self.vectors.save()
+            self.vectors.remove(ids, self.catalog.last_commit())
+        self.vectors.save_soon()
         return removed
+
+    def _forget_subfolder(self, owner: FolderInfo, folder: Path) -> int:
+        with self.lane:
+            self.vectors.refresh()
+            ids = self.catalog.ids_under(folder)
+            self.catalog.remove_photos(ids)
+            self.vectors.remove(ids, self.catalog.last_commit())
+            memory = self.catalog.subtrees(owner.id)
+            self.catalog.set_subtrees(owner.id, SubtreeMemory(
+                {p: d for p, d in memory.mounts.items() if not p.is_relative_to(folder)},
+                {p: w for p, w in memory.offline.items() if not p.is_relative_to(folder)}))
+        self.vectors.save_soon()
+        return len(ids)
 
     def set_watched(self, folder: Path | int, watched: bool) -> None:
         info = self._find(folder)
@@ -88,8 +118,13 @@ class LibraryService:
         return self.catalog.photo_by_path(path)
 
     def _find(self, folder: Path | int) -> FolderInfo:
+        path = _resolved(folder) if isinstance(folder, Path) else None
         for f in self.catalog.folders():
-            if (isinstance(folder, int) and f.id == folder) or (
-                    isinstance(folder, Path) and f.path == Path(os.path.abspath(folder))):
+            if f.id == folder or f.path == path:
                 return f
         raise FolderError(f"{folder} is not a folder of this library.")
+
+
+def _resolved(path: Path) -> Path:
+    """As add_folder stores it: absolute, links resolved (a missing folder resolves too)."""
+    return Path(os.path.abspath(os.path.expanduser(path))).resolve()

@@ -17,6 +17,13 @@ _SKIPPED_DIRS = frozenset({
     "$recycle.bin", "system volume information", "@eadir", "#recycle", "#snapshot",
     "__macosx", "lost+found", "node_modules", "$windows.~bt", "$windows.~ws",
 })
+# Photo managers' libraries: their originals, previews and thumbnails belong to the app
+# that made them (and would all come back as near-duplicates).
+_BUNDLE_SUFFIXES = (".photoslibrary", ".photolibrary", ".migratedphotolibrary", ".aplibrary",
+                    ".lrdata", ".lrlibrary", ".cocatalog", ".cosessiondb")
+_HIDDEN_FLAG = getattr(stat, "UF_HIDDEN", 0)  # macOS / BSD chflags hidden
+_HIDDEN_ATTRS = getattr(stat, "FILE_ATTRIBUTE_HIDDEN", 0) | getattr(
+    stat, "FILE_ATTRIBUTE_SYSTEM", 0)  # Windows
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,54 +34,142 @@ class ScannedFile:
     problem: str | None = None  # set for files that are there but cannot be indexed
 
 
+@dataclass
+class Subtrees:
+    """What a walk leaves alone, and what it learns about the parts it cannot see.
+
+    Photos the catalog knows under an ``offline`` subtree are kept (shown as offline),
+    never taken for deleted: a drive unplugged behind a link or a mount point, or a
+    folder that cannot be listed, looks empty but is not.
+    """
+
+    skip: frozenset[Path] = frozenset()  # in: judged offline before the walk; not entered
+    excluded: frozenset[Path] = frozenset()  # in: imagesearch's own data; never indexed
+    offline: dict[Path, str] = field(default_factory=dict)  # out: subtree -> why unseen
+    mounts: dict[Path, int] = field(default_factory=dict)  # out: on another drive -> device
+
+
 def _skip_dir(name: str) -> bool:
-    return name.startswith(".") or name.lower() in _SKIPPED_DIRS
+    lower = name.lower()
+    return name.startswith(".") or lower in _SKIPPED_DIRS or lower.endswith(_BUNDLE_SUFFIXES)
+
+
+def os_hidden(st: os.stat_result) -> bool:
+    """Hidden by the system's own flag (Finder's or Explorer's), not only by a dot."""
+    return bool(getattr(st, "st_flags", 0) & _HIDDEN_FLAG
+                or getattr(st, "st_file_attributes", 0) & _HIDDEN_ATTRS)
+
+
+def is_skipped(path: Path, root: Path, excluded: frozenset[Path] = frozenset(),
+               check_flags: bool = False) -> bool:
+    """Whether a walk of ``root`` leaves ``path`` out: a hidden, system or bundle folder
+    on the way, imagesearch's own data, or (``check_flags``) a folder the system hides."""
+    if any(path == e or path.is_relative_to(e) for e in excluded):
+        return True
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    if any(_skip_dir(p) for p in parts[:-1]):
+        return True
+    if check_flags:
+        folder = path.parent
+        while folder != root and folder.is_relative_to(root):
+            try:
+                if os_hidden(os.stat(folder)):
+                    return True
+            except OSError:
+                pass
+            folder = folder.parent
+    return False
+
+
+def device_of(path: Path, st: os.stat_result) -> int:
+    """The drive ``path`` is on, from its stat result: what tells a mount point apart."""
+    return st.st_dev
+
+
+def mount_gone(path: Path, device: int) -> str | None:
+    """Why a folder seen earlier on its own drive (``device``) is offline now, or None.
+
+    Gone, or a link to nothing: unplugged or unmounted. Back on its parent's drive: what
+    is there now is the bare mount point. On another device and empty: an unmounted share
+    behind a link (a drive mounted again would not be empty).
+    """
+    try:
+        st = os.stat(path)
+        parent = os.stat(path.parent)
+    except FileNotFoundError:
+        return "not there now (unplugged or unmounted?)"
+    except OSError as exc:
+        return f"cannot be read now ({exc.strerror or exc})"
+    now = device_of(path, st)
+    if not stat.S_ISDIR(st.st_mode) or now == device_of(path.parent, parent):
+        return "its drive is not mounted now"
+    if now != device:
+        try:
+            with os.scandir(path) as entries:
+                empty = next(entries, None) is None
+        except OSError as exc:
+            return f"cannot be read now ({exc.strerror or exc})"
+        if empty:
+            return "its drive is not mounted now (the folder is empty)"
+    return None
 
 
 def walk(root: Path, cancelled: Callable[[], bool] = lambda: False,
-         unreadable: list[Path] | None = None) -> Iterator[ScannedFile]:
-    """Every image-named file under ``root``: hidden and system folders skipped.
+         subtrees: Subtrees | None = None) -> Iterator[ScannedFile]:
+    """Every image-named file under ``root``: hidden, system and bundle folders skipped.
 
-    Folders that cannot be listed are appended to ``unreadable``: what the catalog
-    knows under them must be left alone, not taken for deleted.
+    ``subtrees`` (optional) says what to leave out and collects what could not be seen:
+    folders that cannot be listed and links to missing folders (``offline``), and
+    folders on another drive than their parent (``mounts``), to notice when they go.
 
     Symlinked folders are followed once: a (device, inode) seen before is not entered
     again, so a link loop ends. Broken links come back with a problem, not silently.
     """
+    sub = subtrees if subtrees is not None else Subtrees()
     seen: set[tuple[int, int]] = set()
     try:
         st = os.stat(root)
     except OSError:
         return
     seen.add((st.st_dev, st.st_ino))
-    stack = [root]
+    stack = [(root, device_of(root, st))]
     while stack:
         if cancelled():
             return
-        folder = stack.pop()
+        folder, device = stack.pop()
         try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            if unreadable is not None:
-                unreadable.append(folder)
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            sub.offline[folder] = f"cannot be read ({exc.strerror or exc})"
             continue
         for entry in entries:
             name = entry.name
+            path = Path(entry.path)
             try:
                 if entry.is_dir(follow_symlinks=True):
-                    if _skip_dir(name):
+                    if _skip_dir(name) or path in sub.skip or path in sub.excluded:
                         continue
                     target = entry.stat(follow_symlinks=True)
                     key = (target.st_dev, target.st_ino)
-                    if key not in seen:
-                        seen.add(key)
-                        stack.append(Path(entry.path))
+                    if os_hidden(target) or key in seen:
+                        continue
+                    seen.add(key)
+                    on = device_of(path, target)
+                    if on != device:
+                        sub.mounts[path] = on
+                    stack.append((path, on))
                     continue
             except OSError:
                 pass
             if name.startswith(".") or not is_image_name(name):
+                if entry.is_symlink() and not os.path.exists(entry.path):
+                    # Maybe a link to a folder on a drive that is not there now.
+                    sub.offline[path] = "the folder it links to is missing (unplugged?)"
                 continue
-            path = Path(entry.path)
             try:
                 st = entry.stat(follow_symlinks=True)
             except FileNotFoundError:
@@ -86,7 +181,7 @@ def walk(root: Path, cancelled: Callable[[], bool] = lambda: False,
                     f"cannot read file information: {exc.strerror or exc}"
                 yield ScannedFile(path, 0, 0.0, problem)
                 continue
-            if stat.S_ISREG(st.st_mode):
+            if stat.S_ISREG(st.st_mode) and not os_hidden(st):
                 yield ScannedFile(path, st.st_size, st.st_mtime)
 
 

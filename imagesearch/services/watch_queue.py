@@ -17,14 +17,16 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from imagesearch.core.imaging import is_image_name
-from imagesearch.services.scanning import _skip_dir
+from imagesearch.services.scanning import _skip_dir, is_skipped
 
 # Reading a photo to index it opens it: those events must never feed back into the queue.
 _IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
 
 
-def is_followed(path: Path, roots: Iterable[Path], is_dir: bool) -> bool:
-    """Inside a root, not hidden or a system folder, and image-named if a file."""
+def is_followed(path: Path, roots: Iterable[Path], is_dir: bool,
+                excluded: frozenset[Path] = frozenset()) -> bool:
+    """Inside a root, not hidden, a system or bundle folder or imagesearch's own data
+    (its thumbnails change all the time), and image-named if a file."""
     for root in roots:
         if path == root:
             return is_dir
@@ -32,7 +34,7 @@ def is_followed(path: Path, roots: Iterable[Path], is_dir: bool) -> bool:
             parts = path.relative_to(root).parts
         except ValueError:
             continue
-        if any(_skip_dir(p) for p in parts[:-1]):
+        if is_skipped(path, root, excluded):
             return False
         name = parts[-1]
         if is_dir:
@@ -73,9 +75,11 @@ class ChangeQueue:
             trickle of events cannot hold everything back.
     """
 
-    def __init__(self, debounce_s: float, max_wait_s: float) -> None:
+    def __init__(self, debounce_s: float, max_wait_s: float,
+                 excluded: frozenset[Path] = frozenset()) -> None:
         self.debounce_s = debounce_s
         self.max_wait_s = max_wait_s
+        self.excluded = excluded
         self.roots: tuple[Path, ...] = ()  # replaced whole, read without a lock
         self._cond = threading.Condition()
         self._p = _Pending()
@@ -105,7 +109,7 @@ class ChangeQueue:
             was_empty = not p
             if kind == "moved":
                 self._record_move(src, Path(os.fsdecode(event.dest_path)), is_dir, now)
-            elif is_followed(src, self.roots, is_dir):
+            elif is_followed(src, self.roots, is_dir, self.excluded):
                 p.touched[src] = now
                 if is_dir and kind == "created":
                     p.walk_dirs.add(src)
@@ -118,8 +122,8 @@ class ChangeQueue:
 
     def _record_move(self, src: Path, dst: Path, is_dir: bool, now: float) -> None:
         p = self._p
-        src_ok, dst_ok = is_followed(src, self.roots, is_dir), is_followed(dst, self.roots,
-                                                                            is_dir)
+        src_ok = is_followed(src, self.roots, is_dir, self.excluded)
+        dst_ok = is_followed(dst, self.roots, is_dir, self.excluded)
         if src_ok and dst_ok and src not in p.touched:
             earlier = p.moves.pop(src, None)  # a -> b then b -> c is a -> c
             origin = earlier[0] if earlier is not None else src

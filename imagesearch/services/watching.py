@@ -23,7 +23,7 @@ from imagesearch.domain import IndexReport
 from imagesearch.errors import FolderError
 from imagesearch.services.indexing import IndexingService
 from imagesearch.services.library import LibraryService
-from imagesearch.services.scanning import walk
+from imagesearch.services.scanning import ScannedFile, Subtrees, walk
 from imagesearch.services.watch_queue import ChangeBatch, ChangeQueue, EventRecorder
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 BATCH_PATHS = 512  # paths per update_paths call: a burst goes in batches, each file once
 RESCAN_INTERVAL_S = 60.0  # folders watchdog cannot follow are re-scanned this often
 ROOT_CHECK_S = 2.0  # how often a vanished (or returned) library folder is noticed
+STOP_WAIT_S = 10.0  # stop() waits this long for the threads, then leaves them be
 
 ReportCallback = Callable[[IndexReport], None]
 ErrorCallback = Callable[[Exception], None]
@@ -90,7 +91,7 @@ class FolderWatcher:
         self.root_check_s = ROOT_CHECK_S
         self.on_report = on_report
         self.on_error = on_error
-        self._queue = ChangeQueue(self.debounce_s, self.max_wait_s)
+        self._queue = ChangeQueue(self.debounce_s, self.max_wait_s, indexing.excluded)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._observer: BaseObserver | None = None
@@ -133,29 +134,38 @@ class FolderWatcher:
                                             name="imagesearch-watcher", daemon=True)
             self._worker.start()
 
-    def stop(self) -> None:
-        """Stop watching and wait for the observer and worker threads to end.
+    def stop(self, timeout_s: float = STOP_WAIT_S) -> bool:
+        """Stop watching and wait, at most ``timeout_s``, for its threads to end.
 
         A batch being embedded is cut short after its current model batch; what was
-        left is picked up by the next start-up's reconciliation scan.
+        left is picked up by the next start-up's reconciliation scan. Returns False if a
+        thread is still busy after the wait (stuck reading a stalled network share, say):
+        it is a daemon thread, left to end on its own, so quitting never hangs on it.
         """
         with self._life_lock:
             self._stop.set()
             self._queue.wake()
+            deadline = time.monotonic() + timeout_s
             observer, self._observer = self._observer, None
             if observer is not None:
                 observer.stop()
                 if observer.is_alive():
-                    observer.join()
+                    observer.join(max(0.0, deadline - time.monotonic()))
             worker, self._worker = self._worker, None
             if worker is not None and worker is not threading.current_thread():
-                worker.join()
+                worker.join(max(0.0, deadline - time.monotonic()))
+            stuck = [t.name for t in (observer, worker)
+                     if t is not None and t is not threading.current_thread() and t.is_alive()]
+            if stuck:
+                log.warning("stopped watching, but %s did not finish within %g s; leaving "
+                            "it to end on its own", ", ".join(stuck), timeout_s)
             with self._watch_lock:
                 self._watches.clear()
                 self._polled.clear()
                 self._offline.clear()
                 self._roots.clear()
                 self._queue.roots = ()
+            return not stuck
 
     def refresh(self) -> None:
         """Re-read the library's folders: watch new or re-enabled ones, drop the others."""
@@ -252,7 +262,7 @@ class FolderWatcher:
         for path in batch.touched:  # a moved file touched again is judged by its stat
             if path.is_dir():
                 if path in batch.walk_dirs:
-                    updates.update(dict.fromkeys(f.path for f in walk(path, self._stop.is_set)))
+                    updates.update(dict.fromkeys(f.path for f in self._walk(path)))
             elif os.path.lexists(path):
                 updates[path] = None  # a file, or a link update_paths will judge
             else:
@@ -271,7 +281,7 @@ class FolderWatcher:
         handled.add(dst)
         if is_dir and dst.is_dir():
             # Each file keeps its identity; whatever else was under src is gone.
-            for f in walk(dst, self._stop.is_set):
+            for f in self._walk(dst):
                 if f.path in handled:
                     continue
                 handled.add(f.path)
@@ -289,6 +299,9 @@ class FolderWatcher:
                 updates[dst] = None
             else:
                 removals[dst] = None
+
+    def _walk(self, folder: Path) -> Iterable[ScannedFile]:
+        return walk(folder, self._stop.is_set, Subtrees(excluded=self.indexing.excluded))
 
     def _move_file(self, src_file: Path, dst_file: Path, updates: dict[Path, None],
                    removals: dict[Path, None], tally: _Tally) -> None:
@@ -356,9 +369,19 @@ class FolderWatcher:
                     self._polled.pop(fid, None)
                     self._offline.add(fid)
                     changed.append(fid)
+            for fid, root in list(self._roots.items()):
+                if fid in self._offline or fid in changed \
+                        or not self.indexing.subtrees_changed(fid):
+                    continue
+                # A drive inside went away or came back. One that came back is new inodes
+                # the live watch does not see: the folder is watched afresh.
+                if fid in self._watches:
+                    self._unschedule(fid)
+                    self._follow(fid, root)
+                changed.append(fid)
         if changed:
-            # run() marks a missing folder offline (photos kept) and reconciles one that
-            # came back.
+            # run() marks a missing folder or drive offline (photos kept) and reconciles
+            # one that came back.
             self._emit(self.indexing.run(changed, cancel=self._stop))
 
     def _reconcile(self) -> None:

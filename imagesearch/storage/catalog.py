@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,7 +14,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import (
     Engine,
+    Integer,
     LargeBinary,
+    Text,
+    cast,
     delete,
     func,
     literal,
@@ -23,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from imagesearch.domain import FolderInfo, PhotoRecord, PhotoStatus
+from imagesearch.domain import FolderInfo, OfflineSubfolder, PhotoRecord, PhotoStatus
 from imagesearch.errors import FolderError
 from imagesearch.storage.schema import (
     EmbeddingRow,
@@ -38,6 +43,32 @@ _GENERATION = "generation"
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The generations one write moved the catalog from and to, read in its transaction.
+
+    The live index mirrors a commit only when ``before`` is the generation it holds: any
+    other value means another process (the CLI, say) committed in between, and the index
+    must be reloaded from the catalog rather than claim a generation it does not hold.
+    """
+
+    before: int
+    after: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubtreeMemory:
+    """What the latest full scan of a folder learned about its parts (kept in ``meta``).
+
+    ``mounts``: folders on another drive than their parent, with that drive's device
+    number, so that one coming back empty or on its parent's drive reads as unplugged.
+    ``offline``: the parts that could not be seen, with why.
+    """
+
+    mounts: dict[Path, int]
+    offline: dict[Path, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +119,7 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._local = threading.local()  # each writing thread's latest Commit
 
     def close(self) -> None:
         self.engine.dispose()
@@ -99,13 +131,29 @@ class Catalog:
             value = s.get(MetaRow, _GENERATION)
             return int(value.value) if value else 0
 
-    @staticmethod
-    def _bump(s: Session) -> None:
-        row = s.get(MetaRow, _GENERATION)
-        if row is None:
+    def last_commit(self) -> Commit | None:
+        """The generations of this thread's latest write, as its own transaction saw them.
+
+        None when that call had nothing to write. Reading ``generation()`` after the
+        commit instead would count a commit another process made in between as this one's.
+        """
+        commit: Commit | None = getattr(self._local, "commit", None)
+        return commit
+
+    def _bump(self, s: Session) -> None:
+        # Increment first, read after: the UPDATE takes SQLite's write lock, so no other
+        # process can commit between it and this transaction's commit, and the value read
+        # back is this transaction's own.
+        result = s.execute(update(MetaRow).where(MetaRow.key == _GENERATION)
+                           .values(value=cast(cast(MetaRow.value, Integer) + 1, Text)))
+        if not getattr(result, "rowcount", 0):
             s.add(MetaRow(key=_GENERATION, value="1"))
+            s.flush()
+            after = 1
         else:
-            row.value = str(int(row.value) + 1)
+            after = int(s.scalar(select(MetaRow.value).where(MetaRow.key == _GENERATION))
+                        or 0)
+        self._local.commit = Commit(after - 1, after)
 
     # Folders -------------------------------------------------------------------------------
 
@@ -127,6 +175,7 @@ class Catalog:
             for child in children:
                 s.execute(update(PhotoRow).where(PhotoRow.folder_id == child.id)
                           .values(folder_id=row.id))
+                s.execute(delete(MetaRow).where(MetaRow.key == _subtrees_key(child.id)))
                 s.delete(child)
             return row.id
 
@@ -136,6 +185,7 @@ class Catalog:
             count = s.scalar(select(func.count()).where(PhotoRow.folder_id == folder_id)) or 0
             s.execute(delete(PhotoRow).where(PhotoRow.folder_id == folder_id))
             s.execute(delete(FolderRow).where(FolderRow.id == folder_id))
+            s.execute(delete(MetaRow).where(MetaRow.key == _subtrees_key(folder_id)))
             self._bump(s)
             return int(count)
 
@@ -161,21 +211,39 @@ class Catalog:
                     .group_by(PhotoRow.folder_id, PhotoRow.status)
                 )
             }
+            memory = {row.key: row.value for row in s.scalars(
+                select(MetaRow).where(MetaRow.key.like(_subtrees_key("%"))))}
             out = []
             for f in s.scalars(select(FolderRow).order_by(FolderRow.path)):
                 per = {st: counts.get((f.id, st.value), 0) for st in PhotoStatus}
+                offline = _decode_subtrees(memory.get(_subtrees_key(f.id))).offline
                 out.append(FolderInfo(
                     id=f.id, path=f.path, watched=f.watched, online=f.online,
                     photo_count=sum(per.values()),
                     indexed_count=per[PhotoStatus.INDEXED],
                     failed_count=per[PhotoStatus.FAILED],
-                    last_scan=f.last_scan,
+                    last_scan=_utc(f.last_scan),
+                    offline_subfolders=tuple(OfflineSubfolder(p, why)
+                                             for p, why in sorted(offline.items())),
                 ))
             return out
 
     def folder_ids(self) -> set[int]:
         with self._sessions() as s:
             return set(s.scalars(select(FolderRow.id)))
+
+    def subtrees(self, folder_id: int) -> SubtreeMemory:
+        with self._sessions() as s:
+            row = s.get(MetaRow, _subtrees_key(folder_id))
+            return _decode_subtrees(row.value if row is not None else None)
+
+    def set_subtrees(self, folder_id: int, memory: SubtreeMemory) -> None:
+        value = json.dumps({
+            "mounts": [[os.fsdecode(p), dev] for p, dev in sorted(memory.mounts.items())],
+            "offline": [[os.fsdecode(p), why] for p, why in sorted(memory.offline.items())],
+        })
+        with self._sessions.begin() as s:
+            s.merge(MetaRow(key=_subtrees_key(folder_id), value=value))
 
     # Photos --------------------------------------------------------------------------------
 
@@ -216,6 +284,7 @@ class Catalog:
 
         Returns the photo ids in the order of ``updates``.
         """
+        self._local.commit = None
         if not updates:
             return []
         now = _now()
@@ -275,7 +344,8 @@ class Catalog:
             self._bump(s)
 
     def remove_photos(self, ids: Iterable[int]) -> int:
-        id_list = list(ids)
+        self._local.commit = None
+        id_list = [int(i) for i in ids]  # NumPy integers would not match in SQL
         if not id_list:
             return 0
         with self._sessions.begin() as s:
@@ -328,9 +398,10 @@ class Catalog:
         return {st: int(found.get(st.value, 0)) for st in PhotoStatus}
 
     def last_indexed(self) -> datetime | None:
+        """When a photo was last indexed, in UTC."""
         with self._sessions() as s:
-            return s.scalar(select(func.max(PhotoRow.updated_at))
-                            .where(PhotoRow.status == PhotoStatus.INDEXED.value))
+            return _utc(s.scalar(select(func.max(PhotoRow.updated_at))
+                                 .where(PhotoRow.status == PhotoStatus.INDEXED.value)))
 
     # Vectors -------------------------------------------------------------------------------
 
@@ -346,6 +417,21 @@ class Catalog:
         blob = b"".join(r[1] for r in rows)
         vecs = np.frombuffer(blob, dtype=np.float16).reshape(len(rows), -1).astype(np.float32)
         return ids, vecs
+
+    def vectors_of(self, model: str, ids: np.ndarray) -> np.ndarray:
+        """float32 vectors of ``ids`` for ``model``, in that order (each must have one)."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, bytes] = {}
+        with self._sessions() as s:
+            for start in range(0, len(wanted), 500):
+                rows = s.execute(select(EmbeddingRow.photo_id, EmbeddingRow.vector)
+                                 .where(EmbeddingRow.model == model,
+                                        EmbeddingRow.photo_id.in_(wanted[start:start + 500])))
+                found.update((int(pid), bytes(blob)) for pid, blob in rows)
+        if not wanted:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([np.frombuffer(found[i], dtype=np.float16) for i in wanted]) \
+            .astype(np.float32)
 
     def vector_ids(self, model: str) -> np.ndarray:
         with self._sessions() as s:
@@ -438,6 +524,21 @@ def _has_features(extractor: str | None) -> Any:
 def _same_hash() -> Any:
     # A record made before the photo's bytes changed never counts (NULL == NULL too).
     return LocalFeatureRow.content_hash.is_not_distinct_from(PhotoRow.content_hash)
+
+
+def _subtrees_key(folder_id: int | str) -> str:
+    return f"subtrees:{folder_id}"
+
+
+def _decode_subtrees(value: str | None) -> SubtreeMemory:
+    data = json.loads(value) if value else {}
+    return SubtreeMemory({Path(p): int(dev) for p, dev in data.get("mounts", [])},
+                         {Path(p): str(why) for p, why in data.get("offline", [])})
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """The catalog stores naive UTC; readers get it marked as UTC, never taken for local."""
+    return None if moment is None else moment.replace(tzinfo=UTC)
 
 
 def _record(row: PhotoRow) -> PhotoRecord:

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, event, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from imagesearch.errors import CatalogError, CatalogTooNew
@@ -32,10 +32,31 @@ def _on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# The catalog's batched upsert uses RETURNING (SQLite 3.35, March 2021).
+MIN_SQLITE = (3, 35, 0)
+
+
+def check_sqlite() -> None:
+    """Refuse, with what to do, an SQLite too old for the catalog's statements.
+
+    Raises:
+        CatalogError: the sqlite3 module of this Python is built on an older SQLite.
+    """
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise CatalogError(
+            f"imagesearch needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer; this "
+            f"Python's sqlite3 module uses SQLite {sqlite3.sqlite_version}. Run imagesearch "
+            "with a newer Python (3.11+ from python.org, or your system's python3 on a "
+            "current distribution).")
+
+
 def create_catalog_engine(path: Path) -> Engine:
     """Make an engine for the catalog file without touching its schema."""
+    check_sqlite()
     path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}", future=True)
+    # Built as a URL object, not a string: a folder name with '?' or '#' would otherwise
+    # be read as the start of the URL's query or fragment.
+    engine = create_engine(URL.create("sqlite", database=str(path)), future=True)
     event.listen(engine, "connect", _on_connect)
     return engine
 
