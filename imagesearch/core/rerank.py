@@ -53,6 +53,11 @@ class Reranker(Protocol):
         or past ``deadline`` (time.monotonic())."""
         ...
 
+    def fuse(self, prior: np.ndarray, match: np.ndarray) -> np.ndarray:
+        """Final scores from the shortlist's rank-normalised scores (``prior``, in [0, 1])
+        and this re-ranker's ``match`` confidences; ``fuse`` below is the default."""
+        ...
+
 
 # Fusion ------------------------------------------------------------------------------------
 

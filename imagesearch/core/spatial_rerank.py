@@ -8,10 +8,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from imagesearch.core.feature_codec import decode_features
 from imagesearch.core.imaging import load_query_features
 from imagesearch.core.local_features import LocalFeatures
-from imagesearch.core.rerank import Evidence, RerankOutcome
+from imagesearch.core.rerank import Evidence, RerankOutcome, fuse
 from imagesearch.core.spatial_verification import MIN_INLIERS, QueryFeatures, verify
 from imagesearch.errors import FeatureDataError
 
@@ -41,6 +43,10 @@ class SpatialReranker:
 
     def prepare_features(self, features: LocalFeatures) -> QueryFeatures:
         return QueryFeatures(features)
+
+    @staticmethod
+    def fuse(prior: np.ndarray, match: np.ndarray) -> np.ndarray:
+        return fuse(prior, match)
 
     def score(self, query: QueryFeatures, records: Mapping[int, bytes],
               cancel: threading.Event, deadline: float | None = None) -> RerankOutcome:

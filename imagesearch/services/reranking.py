@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from imagesearch.core.rerank import Evidence, Reranker, fuse, normalise_prior
+from imagesearch.core.rerank import Evidence, Reranker, normalise_prior
 from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class RerankService:
             self.catalog.drop_features(outcome.damaged, reranker.data_kind)
         match = np.asarray([outcome.evidence[i].match if i in outcome.evidence else 0.0
                             for i in ids], dtype=np.float32)
-        final = fuse(normalise_prior(prior_scores), match)
+        final = reranker.fuse(normalise_prior(prior_scores), match)
         order = np.argsort(-final, kind="stable")
         return Reranked([ids[i] for i in order], [float(final[i]) for i in order], prior,
                         outcome.evidence, outcome.complete, reranker.name)
