@@ -35,6 +35,12 @@ class AppContext:
     local: LocalIndexService
     rerank: RerankService
 
+    def update_settings(self, settings: Settings) -> None:
+        """Settings that need no reopening (results per query, object matching, ...)."""
+        self.settings = settings
+        for service in (self.library, self.indexing, self.search):
+            service.settings = settings
+
     def close(self) -> tuple[str, ...]:
         """Stop the workers, write the unsaved index, close the catalog; returns warnings."""
         self.local.close()
