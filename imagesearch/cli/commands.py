@@ -88,6 +88,10 @@ def _ensure_weights(ctx: AppContext, optional: bool = False) -> None:
 def _describe(r: IndexReport) -> str:
     parts = [f"{r.added} added", f"{r.updated} updated", f"{r.moved} moved",
              f"{r.removed} removed", f"{r.failed} failed", f"{r.unchanged} unchanged"]
+    if r.completed:
+        # Unchanged photos given what they lacked: local features (a backfill), or the
+        # vector once the model is installed.
+        parts.append(f"{r.completed} completed")
     text = ", ".join(parts) + f" in {r.seconds:.1f} s"
     if r.offline_folders:
         text += "\noffline (kept as they were): " + ", ".join(map(str, r.offline_folders))

@@ -20,7 +20,7 @@ import numpy as np
 
 from imagesearch.config import Settings
 from imagesearch.core.imaging import load_query_image
-from imagesearch.core.rerank import Reranker, normalise_prior
+from imagesearch.core.rerank import Reranker
 from imagesearch.domain import Box, Query, SearchHit
 from imagesearch.errors import ModelUnavailable, QueryError
 from imagesearch.services.local_search import MIN_PHOTOS, LocalIndexService
@@ -167,9 +167,9 @@ class SearchService:
                 notes.append(f"the image cannot be re-ranked: {exc}")
         if vector is None and not local:
             notes.append("nothing indexed for object search yet")
-        candidates = _merge(list(zip(global_ids, global_scores, strict=True))[:k], local)
         first = list(zip(global_ids, global_scores, strict=True)) if vector is not None \
             else local
+        candidates = _candidates(first[:k], local)
         scores = dict(zip(global_ids, global_scores, strict=True))
         search_round = SearchRound(
             query=query, hits=self._hits(first[:query.top_k], scores), notes=notes,
@@ -306,17 +306,13 @@ class SearchService:
         return hits
 
 
-def _merge(first: list[tuple[int, float]], second: list[tuple[int, float]]
-           ) -> list[tuple[int, float]]:
-    """Two shortlists as one: each photo's best rank-normalised score, best first."""
-    best: dict[int, float] = {}
-    for part in (first, second):
-        if not part:
-            continue
-        norm = normalise_prior(np.asarray([s for _, s in part], dtype=np.float32))
-        for (pid, _), value in zip(part, norm.tolist(), strict=True):
-            best[pid] = max(best.get(pid, 0.0), value)
-    return sorted(best.items(), key=lambda item: -item[1])
+def _candidates(first: list[tuple[int, float]], local: list[tuple[int, float]]
+                ) -> list[tuple[int, float]]:
+    """What the re-ranker sees: the first order's shortlist, then the local shortlist's
+    other photos; scored by that position, so photos left unverified keep their order."""
+    ids = list(dict.fromkeys([pid for pid, _ in first] + [pid for pid, _ in local]))
+    n = max(len(ids), 1)
+    return [(pid, 1.0 - i / n) for i, pid in enumerate(ids)]
 
 
 def _mtime(path: Path) -> float | None:
