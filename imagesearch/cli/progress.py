@@ -27,9 +27,9 @@ class IndexProgressBar:
             self._phase = p.phase
             if p.phase == "scanning":
                 self._bar = tqdm(desc="Scanning", unit=" files", file=sys.stderr)
-            elif p.phase == "embedding":
-                self._bar = tqdm(desc="Indexing", total=p.total, unit=" photos",
-                                 file=sys.stderr)
+            elif p.phase in ("embedding", "local features"):
+                desc = "Indexing" if p.phase == "embedding" else "Finding photo details"
+                self._bar = tqdm(desc=desc, total=p.total, unit=" photos", file=sys.stderr)
         if self._bar is not None:
             self._bar.n = p.done
             if p.failed:

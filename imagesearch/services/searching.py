@@ -158,15 +158,15 @@ class SearchService:
         # The local shortlist needs the query's SIFT keypoints whatever re-ranks it.
         keypoints = self._keypoints(query, notes, vector is None) \
             if (reranker is not None or vector is None) else None
-        local = self._local(keypoints, k, allowed) if keypoints is not None else []
+        local = self._local(keypoints, k, allowed, notes) if keypoints is not None else []
         prepared = keypoints if reranker is not None and reranker.name == "sp" else None
         if reranker is not None and reranker.name != "sp" and query.image is not None:
             try:
                 prepared = self.rerank.prepare(reranker, query.image)
             except ValueError as exc:
                 notes.append(f"the image cannot be re-ranked: {exc}")
-        if vector is None and not local:
-            notes.append("nothing indexed for object search yet")
+        if vector is None and not local and not notes:
+            notes.append("no photo has been indexed for search by image yet")
         first = list(zip(global_ids, global_scores, strict=True)) if vector is not None \
             else local
         candidates = _candidates(first[:k], local)
@@ -249,7 +249,7 @@ class SearchService:
             return None
         return keypoints
 
-    def _local(self, prepared: Any, k: int, allowed: np.ndarray | None
+    def _local(self, prepared: Any, k: int, allowed: np.ndarray | None, notes: list[str]
                ) -> list[tuple[int, float]]:
         """The weight-free shortlist: ASMK, or every photo of a small library."""
         result = self.local.shortlist(prepared.plain, k, allowed)
@@ -264,6 +264,8 @@ class SearchService:
             have = np.intersect1d(have, allowed)
         if len(have) > 4 * MIN_PHOTOS:
             self.local.refresh_later()  # the index is missing or being built
+            notes.append("the index of photo details is still being built; until it is "
+                         "ready, only the overall look finds candidates")
             return []
         return [(int(i), 0.0) for i in have]
 
