@@ -45,7 +45,8 @@ class StageResult:
     name: str
     summary: Summary | None = None
     text_summary: Summary | None = None  # text-to-image queries (global stages only)
-    bytes_per_photo: float | None = None
+    bytes_per_photo: float | None = None  # stored in the catalog
+    index_bytes_per_photo: float | None = None  # in derived index files
     note: str = ""  # why it was skipped
 
 
@@ -84,7 +85,8 @@ def evaluate(ctx: AppContext, bench: Benchmark, stages: Sequence[str], top_k: in
         say(f"{name}: {len(bench.qimlist)} image queries"
             + (f", {len(bench.texts)} text queries" if runner.takes_text and bench.texts
                else ""))
-        stage = StageResult(name, bytes_per_photo=runner.bytes_per_photo())
+        stage = StageResult(name, bytes_per_photo=runner.bytes_per_photo(),
+                            index_bytes_per_photo=runner.index_bytes_per_photo())
         runs = [runner.image(bench.query_path(q), max(top_k, max(map_ks)))
                 for q in bench.qimlist]
         _write_results(out_dir / f"results.{name}.json", bench, bench.qimlist, runs, top_k)

@@ -48,6 +48,11 @@ class Runner(abc.ABC):
         return None
 
     def bytes_per_photo(self) -> float | None:
+        """What the stage keeps a photo in the catalog (the truth)."""
+        return None
+
+    def index_bytes_per_photo(self) -> float | None:
+        """What its derived index files add a photo (rebuilt from the catalog if lost)."""
         return None
 
     def _run(self, pairs: Sequence[tuple[int, float]], started: float,
@@ -72,8 +77,17 @@ class Runner(abc.ABC):
         if extractor is None:
             return None
         n, total = self.ctx.catalog.feature_bytes(extractor)
-        cache = self.ctx.local.path.stat().st_size if self.ctx.local.path.exists() else 0
-        return (total + cache) / max(n, 1)
+        return total / max(n, 1)
+
+    def _local_index_bytes(self) -> float | None:
+        path = self.ctx.local.path
+        photos = self.ctx.local.status().photos
+        return path.stat().st_size / photos if path.exists() and photos else None
+
+    def _faiss_bytes(self) -> float | None:
+        path = self.ctx.vectors.path
+        index = self.ctx.vectors.index()
+        return path.stat().st_size / len(index) if path.exists() and index else None
 
 
 class GlobalRunner(Runner):
@@ -91,6 +105,9 @@ class GlobalRunner(Runner):
 
     def bytes_per_photo(self) -> float | None:
         return self._global_bytes()
+
+    def index_bytes_per_photo(self) -> float | None:
+        return self._faiss_bytes()
 
 
 class AnnoyRunner(GlobalRunner):
@@ -131,6 +148,9 @@ class AnnoyRunner(GlobalRunner):
         return self._search(self.ctx.search.query_vector(Query(text=query)), k, started)
 
     def bytes_per_photo(self) -> float | None:
+        return self._global_bytes()
+
+    def index_bytes_per_photo(self) -> float | None:
         return self._size
 
 
@@ -155,6 +175,9 @@ class LocalRunner(Runner):
     def bytes_per_photo(self) -> float | None:
         return self._feature_bytes()
 
+    def index_bytes_per_photo(self) -> float | None:
+        return self._local_index_bytes()
+
 
 class RerankRunner(Runner):
     """The app's own search: the best shortlist, then a re-ranker (sp or ames)."""
@@ -171,6 +194,10 @@ class RerankRunner(Runner):
 
     def bytes_per_photo(self) -> float | None:
         parts = [b for b in (self._global_bytes(), self._feature_bytes()) if b is not None]
+        return sum(parts) if parts else None
+
+    def index_bytes_per_photo(self) -> float | None:
+        parts = [b for b in (self._faiss_bytes(), self._local_index_bytes()) if b]
         return sum(parts) if parts else None
 
 
