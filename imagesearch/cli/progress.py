@@ -30,6 +30,9 @@ class IndexProgressBar:
             elif p.phase == "embedding":
                 self._bar = tqdm(desc="Indexing", total=p.total, unit=" photos",
                                  file=sys.stderr)
+            elif p.phase == "ames features":
+                self._bar = tqdm(desc="AMES descriptors", total=p.total, unit=" photos",
+                                 file=sys.stderr)
         if self._bar is not None:
             self._bar.n = p.done
             if p.failed:

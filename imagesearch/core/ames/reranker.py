@@ -34,9 +34,20 @@ class AmesSettings:
     extractor_id: str
     lam: float  # weight of the global similarity
     gamma: float  # temperature of the matcher's logit
-    query_n: int = 600
-    photo_n: int = 100
-    batch: int = 256  # pairs per forward pass
+    photo_n: int = 80  # descriptors stored per photo (all are used on a GPU)
+    query_n: int = 600  # on a GPU; the query's are computed at query time
+    batch: int = 256  # pairs per forward pass on a GPU
+    # The CPU does a tenth of the work per pair (attention grows with the square of the
+    # tokens), in batches small enough that a time budget is checked every ~0.1 s.
+    cpu_query_n: int = 200
+    cpu_photo_n: int = 50
+    cpu_batch: int = 16
+
+    def for_device(self, device: str) -> tuple[int, int, int]:
+        """(query descriptors, photo descriptors, batch) on this device."""
+        if device == "cuda":
+            return self.query_n, self.photo_n, self.batch
+        return self.cpu_query_n, self.cpu_photo_n, self.cpu_batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +71,8 @@ class AmesReranker:
         """The query's descriptors (many: it is computed once). Raises ValueError."""
         models = self._load()
         pixels, size = open_upright(image, models.max_side)
-        features = models.extract([pixels], self.settings.query_n, [size])[0]
+        query_n, _, _ = self.settings.for_device(models.device)
+        features = models.extract([pixels], query_n, [size])[0]
         return AmesQuery(features, models.query_set(features))
 
     def fuse(self, prior: np.ndarray, match: np.ndarray) -> np.ndarray:
@@ -70,6 +82,7 @@ class AmesReranker:
     def score(self, query: AmesQuery, records: Mapping[int, bytes],
               cancel: threading.Event, deadline: float | None = None) -> RerankOutcome:
         models = self._load()
+        _, photo_n, step = self.settings.for_device(models.device)
         outcome = RerankOutcome()
         photos: list[tuple[int, PreparedSet]] = []
         for photo_id, blob in records.items():
@@ -81,8 +94,7 @@ class AmesReranker:
             if not models.compatible(record):
                 outcome.damaged.append(photo_id)  # made for another checkpoint
                 continue
-            photos.append((photo_id, models.photo_set(record, self.settings.photo_n)))
-        step = max(1, self.settings.batch)
+            photos.append((photo_id, models.photo_set(record, photo_n)))
         for start in range(0, len(photos), step):
             if cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
                 outcome.complete = False
