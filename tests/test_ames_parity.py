@@ -2,7 +2,7 @@
 matcher (pavelsuma/ames) were run once, outside this project, on seeded random weights
 (tests/ames_random.py) and the inputs below; their outputs are tests/data/ames_parity.npz.
 Here the same weights go through our key mapping into our modules, which must agree to
-1e-4. The script that ran the official code is described in the README (AMES section).
+1e-4. tools/make_ames_parity.py is the script that ran the official code.
 """
 
 from __future__ import annotations
