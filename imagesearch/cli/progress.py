@@ -8,6 +8,10 @@ from typing import Any
 
 from imagesearch.domain import IndexProgress
 
+# Progress phases with a bar of their own: the label for each.
+_BARS = {"embedding": "Indexing", "local features": "Finding photo details",
+         "ames features": "AMES descriptors"}
+
 
 class IndexProgressBar:
     """A tqdm bar driven by IndexingService progress reports (quiet when not a terminal)."""
@@ -27,9 +31,9 @@ class IndexProgressBar:
             self._phase = p.phase
             if p.phase == "scanning":
                 self._bar = tqdm(desc="Scanning", unit=" files", file=sys.stderr)
-            elif p.phase in ("embedding", "local features"):
-                desc = "Indexing" if p.phase == "embedding" else "Finding photo details"
-                self._bar = tqdm(desc=desc, total=p.total, unit=" photos", file=sys.stderr)
+            elif p.phase in _BARS:
+                self._bar = tqdm(desc=_BARS[p.phase], total=p.total, unit=" photos",
+                                 file=sys.stderr)
         if self._bar is not None:
             self._bar.n = p.done
             if p.failed:

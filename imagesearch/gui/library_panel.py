@@ -181,8 +181,9 @@ class LibraryPanel(QWidget):
         rate = f", {p.images_per_second:.1f} photos/s" if p.images_per_second else ""
         failed = f", {p.failed} failed" if p.failed else ""
         paused = " (paused)" if self.pause_button.isChecked() else ""
-        # The backfill of an existing library has a phase of its own.
-        what = "Details found for" if p.phase == "local features" else "Indexed"
+        # Backfills of an existing library have phases of their own.
+        what = {"local features": "Details found for",
+                "ames features": "AMES descriptors for"}.get(p.phase, "Indexed")
         self.progress_label.setText(f"{what} {p.done} of {p.total}{failed}{rate}{paused}")
 
     def selected_folder(self) -> Path | None:
