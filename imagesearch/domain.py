@@ -112,6 +112,10 @@ class Query:
         return not self.text.strip() and self.image is None
 
 
+# The progress phase of bringing the local-feature index up to date.
+LOCAL_INDEX_PHASE = "local index"
+
+
 @dataclass(frozen=True, slots=True)
 class IndexProgress:
     """A progress report from indexing: counts so far out of the planned total."""

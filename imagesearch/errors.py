@@ -53,3 +53,7 @@ class QueryError(ImageSearchError):
 
 class FeatureDataError(ImageSearchError):
     """A stored local-feature record is damaged or unusable; it is recomputed."""
+
+
+class InstallationError(ImageSearchError):
+    """A file that ships with imagesearch is missing or damaged: reinstall it."""

@@ -107,3 +107,30 @@ def test_no_such_benchmark(tmp_path: Path, models_dir: Path, monkeypatch: pytest
                            capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_eval(tmp_path / "nowhere", tmp_path, models_dir, monkeypatch, capsys)
     assert code == 1 and "is not a folder" in err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--stages", "local,bogus"), "unknown stage 'bogus'"),
+    (("--stages", ","), "no stage given"),
+    (("--top-k", "0"), "--top-k must be at least 1"),
+])
+def test_bad_arguments_are_refused_before_anything_is_indexed(
+        tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], extra: tuple[str, ...], message: str) -> None:
+    # The benchmark does not even exist: the arguments are checked before it is read (and
+    # so before minutes of indexing), in one line.
+    code, out, err = run_eval(tmp_path / "nowhere", tmp_path, models_dir, monkeypatch, capsys,
+                              *extra)
+    assert code in (1, 2) and out == ""
+    assert err.count("\n") == 1 and message in err
+
+
+def test_a_library_photo_outside_the_benchmark_counts_as_a_wrong_answer() -> None:
+    from imagesearch.services.stage_runners import LocalRunner, foreign_index
+
+    runner = LocalRunner.__new__(LocalRunner)
+    runner.ids = {7: 0, 9: 1}
+    run = runner._run([(7, 0.9), (42, 0.8), (9, 0.7)], 0.0, {42: (0, 0, 1, 1)})
+    assert run.ranking == [0, foreign_index(42), 1] and foreign_index(42) < 0
+    assert foreign_index(foreign_index(42)) == 42
+    assert run.boxes == {foreign_index(42): (0, 0, 1, 1)}

@@ -94,3 +94,20 @@ def test_window_geometry_panels_and_history_come_back(
     assert not second.library_dock.isVisible()
     assert second.splitter.sizes() == sizes
     assert second.search_bar.edit.history() == ["sunset over water", "red car"]
+
+
+def test_choosing_ames_reopens_the_library_and_other_matching_changes_do_not(
+        tmp_path: Path) -> None:
+    from imagesearch.gui.main_window import _reopen_needed
+
+    base = Settings(library_dir=tmp_path, model_id=TINY_MODEL_ID)
+    # AMES's re-ranker, descriptors and backfill are built when the library opens.
+    assert _reopen_needed(base, base.with_changes(rerank="ames"))
+    assert _reopen_needed(base.with_changes(rerank="ames"), base)
+    ames = base.with_changes(rerank="ames")
+    assert _reopen_needed(ames, ames.with_changes(ames_model="fp"))
+    assert _reopen_needed(base, base.with_changes(local_features="detailed"))
+    # Read at each search: no reopening.
+    assert not _reopen_needed(base, base.with_changes(rerank="off"))
+    assert not _reopen_needed(base, base.with_changes(ames_model="fp"))
+    assert not _reopen_needed(base, base.with_changes(shortlist=300, top_k=50))

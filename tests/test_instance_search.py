@@ -4,6 +4,7 @@ re-ranking with boxes, the backfill of an existing library, and damaged records.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -253,6 +254,22 @@ def test_the_backfill_is_killed_and_resumed(library_without_features: Library) -
     assert features() == 60
     assert lib.sql("SELECT count(DISTINCT photo_id) FROM local_features") == [(60,)]
     lib.check()
+    # The one-shot `index` built the index of photo details before it exited (a
+    # background refresh would have been cut short by the exit).
+    built = list((lib.dir / "index").glob("local-*.npz"))
+    assert len(built) == 1
+    built[0].unlink()  # lost (or made by an older version): `search` builds it first
+    env = dict(os.environ, IMAGESEARCH_MODELS=str(lib.models_dir), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-m", "imagesearch.cli.main", "--library", str(lib.dir), "--model",
+         TINY_MODEL_ID, "search", "--image", str(lib.photos / "p007.jpg"), "--json", "-k",
+         "3"], cwd=REPO, env=env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()
+    assert "photo details once" in out.stderr.decode()
+    hits = json.loads(out.stdout)
+    assert Path(hits[0]["path"]).name == "p007.jpg" and hits[0]["rerank_score"] > 0
+    assert built[0].exists()
 
 
 def test_cli_search_with_boxes_as_json(context: Any, scenes: Any, tmp_path: Path,
@@ -282,3 +299,44 @@ def test_cli_search_with_boxes_as_json(context: Any, scenes: Any, tmp_path: Path
         assert len(box) == 4 and iou(box, truth[name]) >= 0.6  # pixels of the photo
     assert all(h["box"] is None for h in search("--no-rerank"))
     assert len(search("--shortlist", "2")) == 8
+
+
+def test_a_read_error_while_completing_a_photo_keeps_what_it_had(
+        make_settings: Callable[..., Settings], shared_encoder: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backfill reads every indexed photo again; a passing read error (a slow share)
+    must not turn a good photo into a failed one and take its embedding away."""
+    from imagesearch.core.decode_pool import DecodePool
+    from imagesearch.core.imaging import DecodedImage
+
+    root = tmp_path / "photos"
+    for i in range(3):
+        noise_jpeg(root / f"p{i}.jpg", i, size=96)
+    ctx = open_ctx(make_settings(local_features="off"), shared_encoder)
+    try:
+        ctx.library.add_folder(root)
+        assert ctx.indexing.run().added == 3
+    finally:
+        ctx.close()
+    original = DecodePool.decode
+
+    def flaky(self: DecodePool, jobs: Any, *args: Any, **kwargs: Any) -> Any:
+        for decoded in original(self, jobs, *args, **kwargs):
+            if decoded.path.name == "p1.jpg":
+                decoded = DecodedImage(decoded.path, decoded.size, decoded.mtime,
+                                       error="cannot read the file: timed out")
+            yield decoded
+
+    monkeypatch.setattr(DecodePool, "decode", flaky)
+    ctx = open_ctx(make_settings(local_features="compact"), shared_encoder)
+    try:
+        report = ctx.indexing.run()
+        assert report.completed == 2 and report.failed == 0
+        photo = ctx.library.photo(root / "p1.jpg")
+        assert photo.status == "indexed"
+        assert ctx.catalog.vector(photo.id, ctx.models.model_id) is not None
+        assert len(ctx.vectors.index()) == 3  # type: ignore[arg-type]
+        monkeypatch.setattr(DecodePool, "decode", original)
+        assert ctx.indexing.run().completed == 1  # the next run completes it
+    finally:
+        ctx.close()

@@ -66,3 +66,13 @@ def test_summary_over_queries() -> None:
     assert s.recall[1] == pytest.approx(50.0) and s.recall[10] == pytest.approx(100.0)
     assert s.precision_k == pytest.approx(50.0) and s.box_iou50 is None
     assert s.latency_p50_ms == pytest.approx(200.0)
+
+
+def test_a_query_without_positives_is_left_out_of_the_means() -> None:
+    with_empty = summarise([[1, 2], [3, 4], [5]], [{1}, {4}, set()], [set()] * 3,
+                           [0.1, 0.3, 0.2], k=2, map_ks=[100])
+    without = summarise([[1, 2], [3, 4]], [{1}, {4}], [set()] * 2, [0.1, 0.3], k=2,
+                        map_ks=[100])
+    assert with_empty.queries == 3
+    assert with_empty.map_k == without.map_k and with_empty.recall == without.recall
+    assert with_empty.f1_k == pytest.approx(without.f1_k)

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from imagesearch.cli.evaluation import run_eval
 from imagesearch.cli.progress import DownloadBar, IndexProgressBar
-from imagesearch.domain import IndexReport, LibraryStatus, Query, SearchHit
+from imagesearch.domain import (
+    LOCAL_INDEX_PHASE,
+    IndexProgress,
+    IndexReport,
+    LibraryStatus,
+    Query,
+    SearchHit,
+)
 from imagesearch.errors import ImageSearchError, ModelUnavailable, QueryError
 from imagesearch.services.searching import split_negatives
 
@@ -54,6 +61,7 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
         raise ImageSearchError("The library has no folders yet: imagesearch index FOLDER")
     # Without the model, photos can still be indexed for search by image.
     _ensure_weights(ctx, optional=ctx.local.mode is not None)
+    ctx.indexing.local_index_inline = True  # this process ends with the run
     with IndexProgressBar(not args.no_progress) as bar:
         report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)
     print(_describe(report))
@@ -118,6 +126,13 @@ def _search(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) 
                   folder=args.folder.resolve() if args.folder else None)
     image_only = args.image is not None and not split_negatives(text)[0]
     _ensure_weights(ctx, optional=image_only and ctx.local.mode is not None)
+    if args.image is not None and args.rerank is not False and ctx.local.missing():
+        # Normally built by `index`; a library indexed by an older version, or whose index
+        # file was lost, gets it now rather than a search that finds nothing.
+        print("Indexing the library's photo details once before searching…", file=sys.stderr)
+        with IndexProgressBar(True) as bar:
+            ctx.local.refresh(progress=lambda done, total: bar(
+                IndexProgress(LOCAL_INDEX_PHASE, done, total)), cancel=cancel)
     search_round = ctx.search.begin(query, rerank=args.rerank, shortlist=args.shortlist)
     hits = search_round.refine(cancel)
     for note in search_round.notes:
@@ -190,6 +205,7 @@ def _status_json(st: LibraryStatus, weights: bool) -> dict[str, Any]:
 
 def _retry(_args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
     _ensure_weights(ctx)
+    ctx.indexing.local_index_inline = True  # this process ends with the run
     with IndexProgressBar() as bar:
         report = ctx.indexing.retry_failed(progress=bar, cancel=cancel)
     print(_describe(report))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagesearch.cli.progress import IndexProgressBar
+from imagesearch.errors import QueryError
 
 if TYPE_CHECKING:
     from imagesearch.core.metrics import Summary
@@ -39,12 +40,13 @@ def add_parser(sub: Any) -> None:
 
 def run_eval(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
     from imagesearch.services.benchmark import load_benchmark
-    from imagesearch.services.evaluation import evaluate, index_benchmark
+    from imagesearch.services.evaluation import check_stages, evaluate, index_benchmark
 
     if args.top_k < 1:
-        raise ValueError("--top-k must be at least 1")
-    bench = load_benchmark(args.bench.resolve())
+        raise QueryError("--top-k must be at least 1.")
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    check_stages(stages)  # before the benchmark is indexed, which takes minutes
+    bench = load_benchmark(args.bench.resolve())
 
     def say(message: str) -> None:
         if not args.json:

@@ -10,7 +10,7 @@ from imagesearch.domain import IndexProgress
 
 # Progress phases with a bar of their own: the label for each.
 _BARS = {"embedding": "Indexing", "local features": "Finding photo details",
-         "ames features": "AMES descriptors"}
+         "ames features": "AMES descriptors", "local index": "Indexing photo details"}
 
 
 class IndexProgressBar:

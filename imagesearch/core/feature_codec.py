@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from imagesearch.core.local_features import LocalFeatures, empty_features
-from imagesearch.errors import FeatureDataError
+from imagesearch.errors import FeatureDataError, InstallationError
 
 CODEBOOK_DIR = Path(__file__).with_name("data")
 # The committed codebooks (tools/train_feature_codebooks.py). Stored codes are only
@@ -46,13 +46,17 @@ def codebook_file(subquantizers: int) -> Path:
 @functools.lru_cache(maxsize=4)
 def _codebook(subquantizers: int) -> np.ndarray:
     path = codebook_file(subquantizers)
+    # Not FeatureDataError: that marks one photo's record as damaged (and so dropped);
+    # a broken codebook would make every record look damaged.
     try:
         centroids = np.load(path)
     except (OSError, ValueError) as exc:
-        raise FeatureDataError(f"the feature codebook {path.name} cannot be read: {exc}") \
-            from exc
+        raise InstallationError(
+            f"the feature codebook {path} cannot be read ({exc}); reinstall imagesearch"
+        ) from exc
     if centroids.shape != (subquantizers, 256, 128 // subquantizers):
-        raise FeatureDataError(f"the feature codebook {path.name} has shape {centroids.shape}")
+        raise InstallationError(f"the feature codebook {path} has shape {centroids.shape}; "
+                                "reinstall imagesearch")
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
 

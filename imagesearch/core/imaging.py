@@ -38,6 +38,7 @@ from imagesearch.core.local_features import (
     QUERY_MAX_SIDE,
     FeatureMode,
     LocalFeatures,
+    empty_features,
     extract,
 )
 
@@ -350,6 +351,12 @@ def decode_for_model(path: Path, spec: PreprocessSpec | None,
             blob, count = encode_features(found, features.pq_subquantizers), len(found)
         except Exception as exc:  # OpenCV raises cv2.error, among others
             log.warning("no local features for %s: %s", path, exc)
+            # Stored as a photo without details, so it is not decoded again every run.
+            try:
+                blob = encode_features(empty_features(facts.width, facts.height),
+                                       features.pq_subquantizers)
+            except Exception:
+                blob = None  # the codebook itself is broken: the next run tries again
     return DecodedImage(path, st.st_size, st.st_mtime, content_hash, facts.width,
                         facts.height, facts.format, facts.captured_at, pixels,
                         local_features=blob, feature_count=count)

@@ -114,16 +114,16 @@ def extract(image: Image.Image, max_side: int, count: int,
     to_original = width / (pixels.shape[1] or 1)
     if min(pixels.shape) < 16:
         return empty_features(width, height)
-    # Detect a generous pool, choose, then describe only the chosen (describing is the
-    # costly half of SIFT).
+    # Detect and describe a generous pool in one pass, then choose. (Describing only the
+    # chosen with a second call is slower: compute() builds the scale pyramid again. The
+    # descriptors are the same; bench/sift_extract.py measures both.)
     sift = cv2.SIFT.create(nfeatures=max(count, POOL))
-    keypoints = sift.detect(pixels, None)
-    if not keypoints:
+    found, described = sift.detectAndCompute(pixels, None)
+    if not found or described is None:
         return empty_features(width, height)
-    chosen = select(keypoints, count, pixels.shape[1], pixels.shape[0])
-    keypoints, raw = sift.compute(pixels, [keypoints[i] for i in chosen])
-    if raw is None or not keypoints:
-        return empty_features(width, height)
+    chosen = select(found, count, pixels.shape[1], pixels.shape[0])
+    keypoints = [found[i] for i in chosen]
+    raw = described[chosen]
     xy = np.array([k.pt for k in keypoints], dtype=np.float32) * to_original
     scale = np.fromiter((k.size for k in keypoints), np.float32, len(keypoints)) * to_original
     angle = np.fromiter((k.angle for k in keypoints), np.float32, len(keypoints))
@@ -163,7 +163,7 @@ def select(keypoints: Sequence[Any], count: int, width: int, height: int) -> np.
 
 # SIFT's 4x4 spatial cells by 8 orientation bins, seen in a mirror: the cell rows swap
 # and every orientation bin o becomes -o. (Worked out against SIFT run on mirrored images;
-# tests/test_local_features.py checks it.)
+# tests/test_spatial_verification.py matches mirrored scenes with it.)
 _MIRROR_ORDER = (np.arange(128).reshape(4, 4, 8)[::-1][..., (-np.arange(8)) % 8]).reshape(-1)
 
 

@@ -94,7 +94,7 @@ def box_hits(ranking: Sequence[int], predicted: Mapping[int, Box | None],
 class Summary:
     """One stage's figures over all queries (shares in percent)."""
 
-    queries: int
+    queries: int  # all of them; the means are over those with a positive
     map_k: dict[int, float]  # k -> mAP@k
     recall: dict[int, float]  # k -> recall@k
     precision_k: float
@@ -111,7 +111,11 @@ def summarise(rankings: Sequence[Sequence[int]], positives: Sequence[Collection[
               boxes: Sequence[tuple[Mapping[int, Box | None], Mapping[int, Box]]] = ()
               ) -> Summary:
     n = len(rankings)
-    rows = list(zip(rankings, positives, junk, strict=True))
+    # A query with no positive at all says nothing about the ranking: left out of the
+    # means, as the revisited Oxford/Paris evaluation does (counting it as 0 would
+    # lower every stage alike and hide the differences).
+    rows = [row for row in zip(rankings, positives, junk, strict=True) if row[1]]
+    boxes = [b for b, pos in zip(boxes, positives, strict=False) if pos]
 
     def mean(values: list[float]) -> float:
         return 100.0 * float(np.mean(values)) if values else 0.0

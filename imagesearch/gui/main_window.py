@@ -245,8 +245,7 @@ class MainWindow(QMainWindow):
         if new.thumbnail_size != old.thumbnail_size:
             self.grid.set_thumb_size(new.thumbnail_size)
             self.model.set_thumb_size(new.thumbnail_size)
-        if (new.model_id, new.device, new.local_features) != \
-                (old.model_id, old.device, old.local_features):
+        if _reopen_needed(old, new):
             self.library.reopen(new)
         elif self.library.ctx is not None:
             self.library.ctx.update_settings(new)
@@ -324,3 +323,12 @@ class MainWindow(QMainWindow):
 
     def library_dir(self) -> Path:
         return self.settings.library_dir
+
+
+def _reopen_needed(old: Settings, new: Settings) -> bool:
+    """Settings the library's services are built from: changing one reopens the library
+    (the re-ranker in use and AMES's descriptors and backfill come with it)."""
+    def key(s: Settings) -> tuple[object, ...]:
+        ames = s.rerank == "ames"
+        return (s.model_id, s.device, s.local_features, ames, s.ames_model if ames else None)
+    return key(old) != key(new)

@@ -53,6 +53,7 @@ class AmesService:
         self.enabled = settings.rerank == "ames"
         self._models: AmesModels | None = None
         self._lock = threading.Lock()
+        self._backfilling = threading.Lock()  # one backfill at a time, whoever asks
 
     @property
     def available(self) -> bool:
@@ -117,6 +118,17 @@ class AmesService:
         extractor = self.extractor
         if not self.available or extractor is None:
             return 0
+        # The app's indexer and its watcher both ask after each run. One backfill at a
+        # time: the one under way pages on by photo id, so it reaches the newcomers too.
+        if not self._backfilling.acquire(blocking=False):
+            return 0
+        try:
+            return self._backfill(extractor, progress, cancel)
+        finally:
+            self._backfilling.release()
+
+    def _backfill(self, extractor: str, progress: Progress | None,
+                  cancel: threading.Event | None) -> int:
         report = progress or (lambda _p: None)
         cancel = cancel or threading.Event()
         total = self.catalog.count_missing_features(extractor)

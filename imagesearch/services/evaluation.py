@@ -30,7 +30,7 @@ from imagesearch.core.metrics import Summary, summarise
 from imagesearch.errors import ImageSearchError
 from imagesearch.services.benchmark import Benchmark
 from imagesearch.services.context import AppContext
-from imagesearch.services.stage_runners import STAGES, StageRun, make_runner
+from imagesearch.services.stage_runners import STAGES, StageRun, foreign_index, make_runner
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,21 @@ class EvaluationReport:
     failed_photos: int = 0
 
 
+def check_stages(stages: Sequence[str]) -> None:
+    """Raises EvaluationError for an empty or unknown stage list (before any indexing)."""
+    if not stages:
+        raise EvaluationError(f"no stage given; known: {', '.join(STAGES)}")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise EvaluationError(f"unknown stage {unknown[0]!r}; known: {', '.join(STAGES)}")
+
+
 def evaluate(ctx: AppContext, bench: Benchmark, stages: Sequence[str], top_k: int,
              out_dir: Path, report: Report | None = None,
              cancel: threading.Event | None = None) -> EvaluationReport:
     """Run every query through each stage; write results.<stage>.json into ``out_dir``."""
     say = report or (lambda _: None)
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise EvaluationError(f"unknown stage {unknown[0]!r}; known: {', '.join(STAGES)}")
+    check_stages(stages)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = EvaluationReport(bench.root, len(bench.imlist), len(bench.qimlist), top_k)
     ids = bench.photo_ids(ctx)
@@ -117,13 +124,23 @@ def _write_results(path: Path, bench: Benchmark, names: Sequence[str],
                    runs: Sequence[StageRun], top_k: int) -> None:
     data: dict[str, list[dict[str, Any]]] = {}
     for name, run in zip(names, runs, strict=True):
-        data[name] = [{"path": bench.imlist[i], "score": round(s, 6),
-                       "box": None if run.boxes.get(i) is None
-                       else [round(v, 1) for v in run.boxes[i]]}  # type: ignore[union-attr]
+        data[name] = [_result(bench, i, s, run.boxes.get(i))
                       for i, s in zip(run.ranking[:top_k], run.scores[:top_k], strict=True)]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
+
+
+def _result(bench: Benchmark, index: int, score: float,
+            box: tuple[float, float, float, float] | None) -> dict[str, Any]:
+    """One result line; a library photo outside the benchmark has no benchmark path, only
+    its catalog id (it counted as a wrong answer)."""
+    out: dict[str, Any] = {"path": bench.imlist[index] if index >= 0 else None,
+                           "score": round(score, 6),
+                           "box": None if box is None else [round(v, 1) for v in box]}
+    if index < 0:
+        out["id"] = foreign_index(index)
+    return out
 
 
 def index_benchmark(ctx: AppContext, bench: Benchmark,

@@ -86,6 +86,18 @@ class LocalIndexService:
             return None
         return inv.search(features, k, allowed)
 
+    def missing(self) -> bool:
+        """True when the library has photo details enough for an index but none is built
+        (a one-shot process builds it before searching, rather than finding nothing)."""
+        if self.mode is None:
+            return False
+        with self._lock:
+            if not self._loaded:
+                self._load()
+            if self._inverted is not None:
+                return False
+        return len(self.catalog.feature_ids(self.mode.extractor_id)) >= MIN_PHOTOS
+
     def _load(self) -> None:
         self._loaded = True
         if self.mode is None or not self.path.exists():
@@ -110,8 +122,12 @@ class LocalIndexService:
                 inv = self._inverted
             have = self.catalog.feature_versions(extractor)
             if len(have) < MIN_PHOTOS:
-                return False
+                # Too few to be worth an index: every photo is verified instead, so an old
+                # index (of a library that shrank) must not stand in for the new photos.
+                return self._discard()
             if inv is None or len(have) >= 2 * max(inv.trained_photos, 1):
+                if progress is not None:
+                    progress(0, len(have))  # learning the vocabulary: about a minute at most
                 inv = self._train(len(have), cancel)
                 if inv is None:
                     return False
@@ -143,6 +159,16 @@ class LocalIndexService:
                 except IndexFileError as exc:
                     log.warning("%s; the local index is kept in memory", exc)
             return changed
+
+    def _discard(self) -> bool:
+        with self._lock:
+            had = self._inverted is not None
+            self._inverted = None
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove the old local-feature index %s: %s", self.path, exc)
+        return had
 
     def _train(self, photos: int, cancel: threading.Event | None) -> InvertedFile | None:
         """A vocabulary learned from a sample of the library's descriptors."""

@@ -17,7 +17,8 @@ from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
-# CPU time a re-rank may take before it returns what it has (the rest keep their order).
+# CPU time a re-rank may take before it returns what it has (the photos it did not reach
+# keep their order, after those it did).
 DEFAULT_BUDGET_S = 5.0
 
 
@@ -68,7 +69,9 @@ class RerankService:
         if reranker.prior_kind == "global" and global_scores is not None \
                 and all(i in global_scores for i in ids):
             fused_prior = np.asarray([global_scores[i] for i in ids], dtype=np.float32)
-        records = self.catalog.features(ids, reranker.data_kind)
+        found = self.catalog.features(ids, reranker.data_kind)
+        # In the shortlist's order: a run that stops early has seen its best part.
+        records = {i: found[i] for i in ids if i in found}
         deadline = time.monotonic() + budget_s if budget_s is not None else None
         outcome = reranker.score(query, records, cancel, deadline)
         if outcome.damaged:
@@ -78,6 +81,27 @@ class RerankService:
         match = np.asarray([outcome.evidence[i].match if i in outcome.evidence else 0.0
                             for i in ids], dtype=np.float32)
         final = reranker.fuse(fused_prior, match)
-        order = np.argsort(-final, kind="stable")
+        if outcome.complete:
+            order = np.argsort(-final, kind="stable")
+        else:
+            order = _seen_first(final, [i in outcome.evidence for i in ids])
         return Reranked([ids[i] for i in order], [float(final[i]) for i in order], prior,
                         outcome.evidence, outcome.complete, reranker.name)
+
+
+def _seen_first(final: np.ndarray, seen: list[bool]) -> np.ndarray:
+    """The order of a run that stopped early, writing the unseen photos' scores in place.
+
+    The photos up to the last one the re-ranker judged (a prefix of the shortlist, as it
+    walks it in order) are sorted by their fused scores; the rest keep the shortlist's
+    order after them, with scores no higher than the prefix's lowest, so a photo the
+    re-ranker never reached is neither promoted nor demoted below one it rejected.
+    """
+    reached = max((n + 1 for n, s in enumerate(seen) if s), default=0)
+    head = np.argsort(-final[:reached], kind="stable")
+    tail = np.arange(reached, len(final))
+    if len(tail):
+        if reached:
+            final[tail] = np.minimum(final[tail], float(final[:reached].min()))
+        final[tail] = np.minimum.accumulate(final[tail])  # scores never rise down the list
+    return np.concatenate([head, tail]).astype(np.int64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from imagesearch.domain import Box, Query, SearchHit
 from imagesearch.errors import ModelUnavailable, QueryError
 from imagesearch.services.local_search import MIN_PHOTOS, LocalIndexService
 from imagesearch.services.models import ModelManager
-from imagesearch.services.reranking import Reranked, RerankService
+from imagesearch.services.reranking import DEFAULT_BUDGET_S, Reranked, RerankService
 from imagesearch.services.vector_store import VectorStore
 from imagesearch.storage.catalog import Catalog
 
@@ -37,6 +38,9 @@ NEGATIVE_WEIGHT = 0.5
 _NEGATIVE = re.compile(r'(?:(?<=\s)|^)-(?:"([^"]+)"|(\S+))')
 
 RERANKER_FOR_SETTING = {"spatial": "sp", "ames": "ames"}
+# The re-rank itself always gets this long, however long the query side took.
+_MIN_BUDGET_S = 1.0
+_STOPPED_EARLY = "refinement stopped early: the photos it did not reach keep their first order"
 
 
 def split_negatives(text: str) -> tuple[str, list[str]]:
@@ -186,6 +190,10 @@ class SearchService:
     def refine(self, search_round: SearchRound, cancel: threading.Event | None = None
                ) -> list[SearchHit]:
         assert search_round.reranker is not None
+        if cancel is not None and cancel.is_set():
+            search_round.notes.append(_STOPPED_EARLY)
+            return search_round.hits
+        started = time.monotonic()
         if search_round.prepared is None:
             assert search_round.query.image is not None
             try:
@@ -195,11 +203,16 @@ class SearchService:
                 search_round.notes.append(f"the image cannot be re-ranked: {exc}")
                 search_round.prepare_later = False
                 return search_round.hits
+            if cancel is not None and cancel.is_set():  # while the query side was computed
+                search_round.notes.append(_STOPPED_EARLY)
+                return search_round.hits
+        # The query side's time (AMES: a DINOv2 pass) counts against the budget too.
+        budget = max(DEFAULT_BUDGET_S - (time.monotonic() - started), _MIN_BUDGET_S)
         reranked = self.rerank.rerank(search_round.reranker, search_round.prepared,
-                                      search_round.shortlist, cancel,
+                                      search_round.shortlist, cancel, budget_s=budget,
                                       global_scores=self._global_scores(search_round))
         if not reranked.complete:
-            search_round.notes.append("refinement stopped early; the rest keep their order")
+            search_round.notes.append(_STOPPED_EARLY)
         return self._reranked_hits(search_round, reranked)
 
     def more_like(self, photo_id: int, top_k: int, folder: Path | None = None
@@ -280,7 +293,10 @@ class SearchService:
         if len(have) > 4 * MIN_PHOTOS:
             self.local.refresh_later()  # the index is missing or being built
             notes.append("the index of photo details is still being built; until it is "
-                         "ready, only the overall look finds candidates")
+                         "ready, " + ("only the overall look finds candidates"
+                                      if self.models.weights_present() else
+                                      "search by image finds nothing (run imagesearch index, "
+                                      "or keep the app open until it is ready)"))
             return []
         return [(int(i), 0.0) for i in have]
 
@@ -320,9 +336,14 @@ class SearchService:
                        ) -> list[SearchHit]:
         top_k = search_round.query.top_k
         out: list[tuple[int, float]] = list(zip(reranked.ids, reranked.scores, strict=True))
-        # Beyond the shortlist the first order continues.
+        # Beyond the shortlist the first order continues, on the fused scale: below the
+        # shortlist's lowest, in proportion to the first scores (which are another scale).
         seen = set(reranked.ids)
-        out += [(h.photo_id, h.score) for h in search_round.hits if h.photo_id not in seen]
+        rest = [(h.photo_id, h.score) for h in search_round.hits if h.photo_id not in seen]
+        if rest:
+            floor = max(min(reranked.scores, default=0.0), 0.0)
+            top = max(rest[0][1], 1e-12)
+            out += [(pid, floor * min(max(score, 0.0) / top, 1.0)) for pid, score in rest]
         return self._hits(out[:top_k], search_round.global_scores, reranked)
 
     def _hits(self, found: Sequence[tuple[int, float]], global_scores: dict[int, float],

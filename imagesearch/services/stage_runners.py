@@ -33,6 +33,11 @@ class StageRun:
     boxes: dict[int, BoxT | None] = field(default_factory=dict)
 
 
+def foreign_index(photo_id: int) -> int:
+    """A library photo that is not in the benchmark: -1 - its catalog id (and back)."""
+    return -1 - photo_id
+
+
 class Runner(abc.ABC):
     takes_text = False
 
@@ -58,9 +63,15 @@ class Runner(abc.ABC):
     def _run(self, pairs: Sequence[tuple[int, float]], started: float,
              boxes: dict[int, BoxT | None] | None = None) -> StageRun:
         seconds = time.perf_counter() - started
-        kept = [(self.ids[p], s) for p, s in pairs if p in self.ids]
+        kept = [(self.index_of(p), s) for p, s in pairs]
         return StageRun([i for i, _ in kept], [s for _, s in kept], seconds,
-                        {self.ids[p]: b for p, b in (boxes or {}).items() if p in self.ids})
+                        {self.index_of(p): b for p, b in (boxes or {}).items()})
+
+    def index_of(self, photo_id: int) -> int:
+        """The photo's benchmark index; a photo outside the benchmark (a reused library,
+        a stray file in db/) gets a negative one of its own: it counts as a wrong answer,
+        never as junk."""
+        return self.ids.get(photo_id, foreign_index(photo_id))
 
     def _hits(self, hits: Sequence[SearchHit], started: float) -> StageRun:
         boxes: dict[int, BoxT | None] = {
