@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imagesearch.core.feature_codec import CODEBOOK_DIR, codebook_file  # noqa: E402
-from imagesearch.core.local_features import FEATURE_MODES, root_sift  # noqa: E402
+from imagesearch.core.feature_codec import CODEBOOK_DIR, codebook_file
+from imagesearch.core.local_features import FEATURE_MODES, root_sift
 
 TRAINING_PHOTOS = ("brick", "grass", "gravel", "cell", "clock", "colorwheel", "horse", "moon",
                    "text", "microaneurysms", "checkerboard", "lfw_subset")

@@ -6,7 +6,8 @@ import threading
 from pathlib import Path
 
 from imagesearch.config import DEFAULT_MODEL, Settings
-from imagesearch.core.encoder import ClipEncoder, Encoder
+from imagesearch.core.encoder import Encoder
+from imagesearch.core.encoder_loading import load_encoder
 from imagesearch.core.model_registry import KNOWN_MODELS, known_model, parse_model_id
 from imagesearch.core.weights import DownloadProgress, WeightStore
 from imagesearch.domain import ModelInfo
@@ -42,7 +43,7 @@ class ModelManager:
         """
         with self._lock:
             if self._encoder is None:
-                self._encoder = ClipEncoder.load(
+                self._encoder = load_encoder(
                     self.settings.model_id, self.store, device=self.settings.device,
                     precision=self.settings.precision, allow_download=allow_download,
                     progress=progress)
