@@ -160,8 +160,10 @@ def test_decisions_follow_the_thresholds() -> None:
     assert decide_visual(figures) == "fp32"  # bf16 is faithful but not faster by the margin
     figures["bf16"]["images_per_s"] = 10.0 * MIN_SPEEDUP
     assert decide_visual(figures) == "bf16"
-    text = {"text onnx-fp32": {"min_cosine": 1.0, "top10": 1.0, "cold_ms": 300.0},
-            "text onnx-int8": {"min_cosine": 0.998, "top10": 0.95, "cold_ms": 150.0}}
+    text = {"text onnx-fp32": {"min_cosine": 1.0, "top10": 1.0, "graph_mb": 153.0,
+                               "query_ms": 30.0},
+            "text onnx-int8": {"min_cosine": 0.998, "top10": 0.95, "graph_mb": 39.0,
+                               "query_ms": 20.0}}
     assert decide_text(text) == "onnx-int8"
     text["text onnx-int8"]["min_cosine"] = 0.9
     assert decide_text(text) == "onnx-fp32"
@@ -209,3 +211,32 @@ def test_cold_text_search_imports_no_torch(probed: WeightStore, tmp_path: Path,
         assert main(["index", str(photo_dir), "--no-progress"]) == 0
     code, heavy, out = run("search", "a", "cup", "of", "coffee", "-k", "3")
     assert code == 0 and heavy == [] and len(out.strip().splitlines()) == 4
+
+
+def test_models_list_and_status_bar_show_the_choice(probed: WeightStore, tmp_path: Path,
+                                                    qtbot) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from imagesearch.config import Settings
+    from imagesearch.domain import LibraryStatus
+    from imagesearch.gui.status import StatusBar
+    from imagesearch.services.models import ModelManager
+
+    models = ModelManager(Settings(library_dir=tmp_path, models_dir=probed.root,
+                                   model_id=TINY_MODEL_ID, precision="onnx-int8"))
+    info = next(m for m in models.models() if m.id == TINY_MODEL_ID)
+    assert info.runtime.startswith("images: onnx-int8") and "cos" in info.runtime
+    assert all(not m.runtime for m in models.models() if not m.installed)
+
+    models.preload(("textual",))  # loads in the background; encoder() waits for it
+    deadline = time.monotonic() + 30
+    encoder = models.encoder()
+    while "textual" not in encoder._towers and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    assert "textual" in encoder._towers and "visual" not in encoder._towers  # type: ignore[attr-defined]
+
+    bar = StatusBar()
+    qtbot.addWidget(bar)
+    bar.set_status(LibraryStatus(tmp_path, TINY_MODEL_ID, "cpu", 0, 0, 0, 0,
+                                 runtime=models.runtime_summary()))
+    assert "onnx-int8" in bar.device.toolTip() and "top-10" in bar.device.toolTip()

@@ -230,6 +230,8 @@ def _models(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
             mark = "*" if m.id == ctx.models.model_id else " "
             state = "installed" if m.installed else "not installed"
             print(f"{mark} {m.id:44s} {state:14s} {m.description}")
+            if m.runtime:
+                print(f"    runs here as {m.runtime}")
         print("\n* = active model (change with --model or the GUI settings)")
         return 0
     if args.models_command == "download":

@@ -16,7 +16,9 @@ from imagesearch import __version__
 from imagesearch.errors import ImageSearchError
 
 if TYPE_CHECKING:
+    from imagesearch.config import Settings
     from imagesearch.services.context import AppContext
+    from imagesearch.services.models import ModelManager
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -103,15 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _context(args: argparse.Namespace) -> AppContext:
+def _settings(args: argparse.Namespace) -> Settings:
     from imagesearch.config import Settings
+
+    return Settings.load(args.library, model_id=args.model, device=args.device)
+
+
+def _preload(args: argparse.Namespace) -> ModelManager | None:
+    """For a search, start loading the tower it needs while the rest is imported."""
+    if args.command != "search":
+        return None
+    from imagesearch.services.models import ModelManager
+
+    models = ModelManager(_settings(args))
+    towers = (("visual",) if args.image is not None else ()) + (
+        ("textual",) if any(t.strip() for t in args.text) else ())
+    models.preload(towers)
+    return models
+
+
+def _context(args: argparse.Namespace, models: ModelManager | None = None) -> AppContext:
     from imagesearch.services.context import build_context
 
-    settings = Settings.load(args.library, model_id=args.model, device=args.device)
+    settings = _settings(args)
     if args.command == "watch":
         return build_context(settings)  # long-lived: index file writes are debounced
     # One-shot: the index file is written as each command ends, and a failure is reported.
-    return build_context(settings, save_delay_s=0.0)
+    return build_context(settings, save_delay_s=0.0, models=models)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,9 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
+        models = _preload(args)
         from imagesearch.cli import commands
 
-        return commands.run(args, _context, cancel)
+        return commands.run(args, lambda a: _context(a, models), cancel)
     except ImageSearchError as exc:
         print(f"imagesearch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -48,22 +48,25 @@ def _clean(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def _tables(vocab_path: Path, specials: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Token ids, and merge ranks keyed by the merge's own line ("a b"): strings rather
+    than tuples, since building the tables is a sizeable part of a cold query."""
+    with gzip.open(vocab_path) as fh:
+        lines = fh.read().decode("utf-8").split("\n")[1:_MERGES + 1]
+    base = list(_bytes_to_unicode().values())
+    vocab = [*base, *(v + "</w>" for v in base), *(m.replace(" ", "") for m in lines),
+             *specials]
+    return {token: i for i, token in enumerate(vocab)}, {m: i for i, m in enumerate(lines)}
+
+
 class ClipTokenizer:
     """Text to fixed-length token ids, as open_clip's SimpleTokenizer(clean='lower')."""
 
     def __init__(self, vocab_path: Path, context_length: int = 77) -> None:
         import regex
 
-        with gzip.open(vocab_path) as fh:
-            lines = fh.read().decode("utf-8").split("\n")[1:_MERGES + 1]
-        merges = [tuple(line.split()) for line in lines]
-        vocab = list(_bytes_to_unicode().values())
-        vocab += [v + "</w>" for v in vocab]
-        vocab += ["".join(m) for m in merges]
         specials = ["<start_of_text>", "<end_of_text>"]
-        vocab += specials
-        self._encoder = {token: i for i, token in enumerate(vocab)}
-        self._ranks = {(m[0], m[1]): i for i, m in enumerate(merges) if len(m) == 2}
+        self._encoder, self._ranks = _tables(vocab_path, specials)
         self._cache: dict[str, str] = {t: t for t in specials}
         self._pattern = regex.compile(
             "|".join(specials)
@@ -79,11 +82,12 @@ class ClipTokenizer:
             return cached
         word: tuple[str, ...] = (*token[:-1], token[-1] + "</w>")
         while len(word) > 1:
-            pairs = set(itertools.pairwise(word))
-            best = min(pairs, key=lambda p: self._ranks.get(p, 1 << 30))
-            if best not in self._ranks:
+            ranked = [(self._ranks.get(f"{a} {b}", -1), a, b)
+                      for a, b in itertools.pairwise(word)]
+            known = [r for r in ranked if r[0] >= 0]
+            if not known:
                 break
-            first, second = best
+            _, first, second = min(known)
             merged: list[str] = []
             i = 0
             while i < len(word):

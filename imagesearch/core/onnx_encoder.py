@@ -81,6 +81,14 @@ class RuntimeEncoder:
                     self._towers[name] = self._torch_loader(choice)
             return self._towers[name]
 
+    def warm(self, towers: tuple[str, ...]) -> None:
+        """Load these towers now ("visual", "textual"), e.g. on a background thread."""
+        for name in towers:
+            self._tower(name)
+            if name == "textual" and self.text.startswith("onnx-"):
+                self._tokenizer()
+                self._token_table()
+
     def encode_images(self, pixels: np.ndarray, background: bool = False) -> np.ndarray:
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)

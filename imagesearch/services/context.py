@@ -45,20 +45,22 @@ class AppContext:
 
 
 def build_context(settings: Settings, encoder: Encoder | None = None,
-                  save_delay_s: float = SAVE_DELAY_S) -> AppContext:
+                  save_delay_s: float = SAVE_DELAY_S,
+                  models: ModelManager | None = None) -> AppContext:
     """Open the catalog (creating or migrating it) and wire the services.
 
     Args:
         encoder: an already loaded encoder to use instead of loading settings.model_id.
         save_delay_s: how long the index file waits for changes to settle before it is
             written; 0 writes it after each change (for one-shot commands).
+        models: a model manager made earlier (one already loading in the background).
 
     Raises:
         CatalogTooNew, CatalogError: the catalog cannot be used.
     """
     settings.library_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(open_catalog_engine(settings.catalog_path))
-    models = ModelManager(settings, encoder)
+    models = models or ModelManager(settings, encoder)
     vectors = VectorStore(catalog, settings.index_dir, models.model_id, save_delay_s)
     lane = WriteLane()
     local = LocalIndexService(settings, catalog)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from imagesearch.config import DEFAULT_MODEL, Settings
 from imagesearch.core.encoder import Encoder
-from imagesearch.core.encoder_loading import load_encoder
+from imagesearch.core.encoder_loading import known_choice, load_encoder
 from imagesearch.core.model_registry import KNOWN_MODELS, known_model, parse_model_id
 from imagesearch.core.weights import DownloadProgress, WeightStore
 from imagesearch.domain import ModelInfo
@@ -49,6 +49,27 @@ class ModelManager:
                     progress=progress)
             return self._encoder
 
+    def preload(self, towers: tuple[str, ...]) -> None:
+        """Load the encoder and the named towers ("visual", "textual") in the background.
+
+        A cold command-line query starts this before it opens the catalog, so loading
+        the model overlaps the imports and reads that come first. Errors are left to the
+        call that needs the encoder, which meets them again and reports them.
+        """
+        if not self.weights_present():
+            return
+
+        def run() -> None:
+            try:
+                encoder = self.encoder()
+                warm = getattr(encoder, "warm", None)
+                if warm is not None:
+                    warm(towers)
+            except Exception:  # reported by the foreground call
+                return
+
+        threading.Thread(target=run, name="imagesearch-preload", daemon=True).start()
+
     def download(self, model_id: str | None = None,
                  progress: DownloadProgress | None = None) -> Path:
         return self.store.download(model_id or self.model_id, progress).path
@@ -78,7 +99,17 @@ class ModelManager:
             desc = (f"ImageNet {km.imagenet_top1:.1%}, COCO text→image R@5 "
                     f"{km.coco_image_r5:.1%}; {km.note}")
         return ModelInfo(id=mid, arch=arch, tag=tag, installed=path is not None, path=path,
-                         size_bytes=size, description=desc, is_default=mid == DEFAULT_MODEL)
+                         size_bytes=size, description=desc, is_default=mid == DEFAULT_MODEL,
+                         runtime=self.runtime_summary(mid) if path is not None else "")
+
+    def runtime_summary(self, model_id: str | None = None) -> str:
+        """How the model runs on this machine and the probe's figures; "" if not probed."""
+        mid = model_id or self.model_id
+        encoder = self._encoder
+        if encoder is not None and encoder.model_id == mid and encoder.device != "cpu":
+            return f"{encoder.device}, torch {encoder.precision}"
+        choice = known_choice(self.store, mid)
+        return choice.summary() if choice is not None else ""
 
     def device(self) -> str:
         return self._encoder.device if self._encoder is not None else self.settings.device
