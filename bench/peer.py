@@ -45,16 +45,23 @@ def export_for_rclip(checkpoint: Path, datadir: Path) -> None:
     from open_clip.tokenizer import default_bpe
 
     model = open_clip.create_model("ViT-B-32-256", pretrained=str(checkpoint)).eval()
+    import warnings
+
+    warnings.filterwarnings("ignore")
     folder = datadir / RCLIP_SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
 
     class Visual(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return model.encode_image(x)
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-    class Textual(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model.encode_image(x)
+
+    class Textual(Visual):
         def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return model.encode_text(t)
+            return self.model.encode_text(t)
 
     examples = ((Visual(), torch.zeros(1, 3, 256, 256), "visual.onnx"),
                 (Textual(), open_clip.get_tokenizer("ViT-B-32-256")(["a"]), "textual.onnx"))

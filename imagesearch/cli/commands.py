@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from imagesearch.cli.evaluation import run_eval
 from imagesearch.cli.progress import DownloadBar, IndexProgressBar
-from imagesearch.domain import IndexReport, LibraryStatus, Query, SearchHit
+from imagesearch.cli.remote import print_hits
+from imagesearch.domain import IndexReport, LibraryStatus, Query
 from imagesearch.errors import ImageSearchError, ModelUnavailable, QueryError
+from imagesearch.services.query_server import hit_json
 from imagesearch.services.searching import split_negatives
 
 if TYPE_CHECKING:
@@ -116,28 +118,8 @@ def _search(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) 
     _ensure_weights(ctx, optional=image_only and ctx.local.mode is not None)
     search_round = ctx.search.begin(query, rerank=args.rerank, shortlist=args.shortlist)
     hits = search_round.refine(cancel)
-    for note in search_round.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if args.json:
-        json.dump([_hit_json(h) for h in hits], sys.stdout, ensure_ascii=False, indent=1)
-        sys.stdout.write("\n")
-    elif not hits:
-        print("no results (is the library indexed? see `imagesearch status`)", file=sys.stderr)
-    else:
-        for h in hits:
-            where = "" if h.box is None else \
-                "  [box " + " ".join(f"{v:.0f}" for v in h.box.as_list()) + "]"
-            print(f"{h.score:6.3f}  {h.path}{where}")
+    print_hits([hit_json(h) for h in hits], search_round.notes, args.json)
     return 0
-
-
-def _hit_json(h: SearchHit) -> dict[str, Any]:
-    return {"path": str(h.path), "score": round(h.score, 6), "id": h.photo_id,
-            "global_score": None if h.global_score is None else round(h.global_score, 6),
-            "rerank_score": h.rerank_score,
-            "width": h.width, "height": h.height, "size": h.size,
-            "captured_at": h.captured_at.isoformat() if h.captured_at else None,
-            "box": None if h.box is None else h.box.as_list()}
 
 
 def _status(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event) -> int:
@@ -209,6 +191,7 @@ def _watch(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
     _ensure_weights(ctx)
     watcher = FolderWatcher(ctx.indexing, ctx.library,
                             on_report=lambda r: print(_describe(r), flush=True))
+    ctx.serve_queries()  # `imagesearch search` in another terminal asks this process
     # Watch first, then reconcile: a change during the catch-up scan is not missed.
     watcher.start()
     try:

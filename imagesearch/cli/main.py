@@ -111,6 +111,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(args.library, model_id=args.model, device=args.device)
 
 
+def _answered_by_running_app(args: argparse.Namespace) -> bool:
+    """A search a running app (GUI or `imagesearch watch`) on this library answered."""
+    if args.command != "search" or (not " ".join(args.text).strip() and args.image is None):
+        return False
+    from imagesearch.cli.remote import ask_running_app, print_hits
+
+    settings = _settings(args)
+    weight = args.image_weight if args.image_weight is not None else settings.image_weight
+    if not 0.0 <= weight <= 1.0 or (args.shortlist is not None and args.shortlist < 1):
+        return False  # the in-process path says what is wrong
+    reply = ask_running_app(args, settings.library_dir, settings.model_id, weight,
+                            args.top_k or settings.top_k)
+    if reply is None:
+        return False
+    print_hits(reply["hits"], reply.get("notes", []), args.json)
+    return True
+
+
 def _preload(args: argparse.Namespace) -> ModelManager | None:
     """For a search, start loading the tower it needs while the rest is imported."""
     if args.command != "search":
@@ -153,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
+        if _answered_by_running_app(args):
+            return 0
         models = _preload(args)
         from imagesearch.cli import commands
 

@@ -71,6 +71,8 @@ class LibraryController(QObject):
             ctx = factory(settings)
             if runner.closing:  # the window closed meanwhile: nobody will close it later
                 ctx.close()
+            else:
+                ctx.serve_queries()  # `imagesearch search` in a terminal asks this window
             return ctx, ThumbnailCache(settings.thumbnails_dir,
                                        settings.thumbnail_cache_mb << 20)
 

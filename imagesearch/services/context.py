@@ -8,10 +8,12 @@ from imagesearch.config import Settings
 from imagesearch.core.encoder import Encoder
 from imagesearch.core.rerank import Reranker
 from imagesearch.core.spatial_rerank import SpatialReranker
+from imagesearch.domain import Query, SearchHit
 from imagesearch.services.indexing import IndexingService
 from imagesearch.services.library import LibraryService
 from imagesearch.services.local_search import LocalIndexService
 from imagesearch.services.models import ModelManager
+from imagesearch.services.query_server import QueryServer
 from imagesearch.services.reranking import RerankService
 from imagesearch.services.searching import SearchService
 from imagesearch.services.vector_store import SAVE_DELAY_S, VectorStore
@@ -34,9 +36,26 @@ class AppContext:
     search: SearchService
     local: LocalIndexService
     rerank: RerankService
+    server: QueryServer | None = None
+
+    def serve_queries(self) -> bool:
+        """Answer command-line searches for this library from this process until closed."""
+        if self.server is None:
+            def answer(query: Query, rerank: bool | None, shortlist: int | None
+                       ) -> tuple[list[SearchHit], list[str]]:
+                search_round = self.search.begin(query, rerank=rerank, shortlist=shortlist)
+                hits = search_round.refine()
+                return hits, search_round.notes
+
+            server = QueryServer(self.settings.library_dir, self.models.model_id, answer)
+            self.server = server if server.start() else None
+        return self.server is not None
 
     def close(self) -> tuple[str, ...]:
         """Stop the workers, write the unsaved index, close the catalog; returns warnings."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
         self.local.close()
         self.indexing.close()
         warnings = self.vectors.close()
