@@ -81,7 +81,8 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path | None = None
         proc = subprocess.run(["/usr/bin/time", "-o", out.name, "-f", "%e %M", *cmd],
                               env=env, cwd=cwd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): "
+                               f"{proc.stderr[-2000:]}")
         seconds, kb = out.read().split()[-2:]
     return float(seconds), int(kb) / 1024, proc.stdout
 

@@ -234,6 +234,8 @@ def test_models_list_and_status_bar_show_the_choice(probed: WeightStore, tmp_pat
     while "textual" not in encoder._towers and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.05)
     assert "textual" in encoder._towers and "visual" not in encoder._towers  # type: ignore[attr-defined]
+    models.close()
+    assert models._preloading is None
 
     bar = StatusBar()
     qtbot.addWidget(bar)

@@ -192,6 +192,7 @@ def _watch(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
     watcher = FolderWatcher(ctx.indexing, ctx.library,
                             on_report=lambda r: print(_describe(r), flush=True))
     ctx.serve_queries()  # `imagesearch search` in another terminal asks this process
+    ctx.models.preload(("textual",))  # so the first such query finds it loaded
     # Watch first, then reconcile: a change during the catch-up scan is not missed.
     watcher.start()
     try:

@@ -171,8 +171,14 @@ def _unit(feats: torch.Tensor) -> np.ndarray:
 
 def _embed_dim(model: Any) -> int:
     dim = getattr(getattr(model, "visual", None), "output_dim", None)
-    if dim is None:
+    if dim is None and getattr(model, "text_projection", None) is not None:
         dim = model.text_projection.shape[1]
+    if dim is None:  # towers from timm or Hugging Face say it nowhere: ask the model
+        import torch
+
+        with torch.inference_mode():
+            context = int(getattr(model, "context_length", 77) or 77)
+            dim = model.encode_text(torch.zeros(1, context, dtype=torch.long)).shape[-1]
     return int(dim)
 
 
@@ -211,6 +217,7 @@ def _build(model_id: str, weights: InstalledWeights) -> tuple[Any, PreprocessSpe
             from exc
     except Exception as exc:
         raise ModelLoadError(f"cannot load {model_id} from {weights.path}: {exc}") from exc
+    _reparameterize(model)
     cfg = model.visual.preprocess_cfg
     size = cfg["size"]
     spec = PreprocessSpec(
@@ -222,6 +229,19 @@ def _build(model_id: str, weights: InstalledWeights) -> tuple[Any, PreprocessSpe
         fill_color=int(cfg.get("fill_color", 0)),
     )
     return model, spec, tokenizer
+
+
+def _reparameterize(model: Any) -> None:
+    """Fold train-time branches into single convolutions (MobileCLIP's MobileOne blocks).
+
+    The published checkpoints keep the branches training needs; inference gives the
+    same outputs with them folded, at a fraction of the cost. Other models have no such
+    modules and are left as they are.
+    """
+    if any(callable(getattr(m, "reparameterize", None)) for m in model.modules()):
+        from timm.utils.model import reparameterize_model
+
+        reparameterize_model(model, inplace=True)
 
 
 def _config_preprocess(config: Path | None) -> dict[str, Any]:

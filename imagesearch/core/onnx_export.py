@@ -97,7 +97,7 @@ def export_model(model: Any, tokenizer: Any, spec: PreprocessSpec, dim: int,
 
     ours = _our_tokenizer(tokenizer, folder) if _plain_token_table(model) else None
     if ours is not None:
-        table = model.token_embedding.weight.detach().float().numpy()
+        table = _token_table_owner(model).token_embedding.weight.detach().float().numpy()
         np.save(folder / TOKEN_TABLE, table)
         tokens = torch.from_numpy(ours(["a photo"]))
         rows = torch.from_numpy(table[tokens.numpy()])
@@ -136,11 +136,18 @@ def _export(module: Any, example: tuple[Any, ...], inputs: tuple[str, ...], path
     tmp.replace(path)
 
 
+def _token_table_owner(model: Any) -> Any:
+    """The module holding the token table: the model (CLIP) or its text tower
+    (CustomTextCLIP, as MobileCLIP2's)."""
+    return model if hasattr(model, "token_embedding") else getattr(model, "text", None)
+
+
 def _plain_token_table(model: Any) -> bool:
-    """The model looks its tokens up in one plain table (open_clip's CLIP class)."""
+    """The model looks its tokens up in one plain table."""
     import torch
 
-    return isinstance(getattr(model, "token_embedding", None), torch.nn.Embedding)
+    owner = _token_table_owner(model)
+    return isinstance(getattr(owner, "token_embedding", None), torch.nn.Embedding)
 
 
 def _our_tokenizer(reference: Any, folder: Path) -> ClipTokenizer | None:
@@ -214,11 +221,12 @@ def _tower_modules() -> tuple[Any, Any]:
             self.model = model
 
         def forward(self, tokens: Any, rows: Any) -> Any:
-            table = self.model.token_embedding
-            self.model.token_embedding = Given(rows)
+            owner = _token_table_owner(self.model)
+            table = owner.token_embedding
+            owner.token_embedding = Given(rows)
             try:
                 return self.model.encode_text(tokens)
             finally:
-                self.model.token_embedding = table
+                owner.token_embedding = table
 
     return ImageTower, TextTower

@@ -46,12 +46,12 @@ def measure(weights: InstalledWeights, folder: Path, forced: str | None = None
     """
     import torch
 
-    from imagesearch.core.encoder import _build
+    from imagesearch.core.encoder import _build, _embed_dim
 
     torch.set_grad_enabled(False)
     model, spec, tokenizer = _build(weights.model_id, weights)
     model.eval()
-    dim = int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[1])
+    dim = _embed_dim(model)
     manifest = RuntimeManifest.load(folder)
     if manifest is None or manifest.weights_sha256 != weights.sha256 or not all(
             tower_file(folder, tower, v).is_file() for v in ("fp32", "int8")

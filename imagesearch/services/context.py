@@ -58,6 +58,7 @@ class AppContext:
             self.server = None
         self.local.close()
         self.indexing.close()
+        self.models.close()
         warnings = self.vectors.close()
         self.catalog.close()
         return warnings

@@ -21,6 +21,7 @@ class ModelManager:
         self.store = WeightStore(settings.models_dir)
         self._encoder = encoder
         self._lock = threading.Lock()
+        self._preloading: threading.Thread | None = None
 
     @property
     def model_id(self) -> str:
@@ -68,7 +69,16 @@ class ModelManager:
             except Exception:  # reported by the foreground call
                 return
 
-        threading.Thread(target=run, name="imagesearch-preload", daemon=True).start()
+        self._preloading = threading.Thread(target=run, name="imagesearch-preload",
+                                            daemon=True)
+        self._preloading.start()
+
+    def close(self) -> None:
+        """Wait for a background load still under way: a process must not end while a
+        runtime's threads are starting (ONNX Runtime aborts the process then)."""
+        thread, self._preloading = self._preloading, None
+        if thread is not None:
+            thread.join()
 
     def download(self, model_id: str | None = None,
                  progress: DownloadProgress | None = None) -> Path:
@@ -96,8 +106,8 @@ class ModelManager:
         km = known_model(mid)
         desc = ""
         if km is not None:
-            desc = (f"ImageNet {km.imagenet_top1:.1%}, COCO text→image R@5 "
-                    f"{km.coco_image_r5:.1%}; {km.note}")
+            coco = "n/a" if km.coco_image_r5 is None else f"{km.coco_image_r5:.1%}"
+            desc = f"ImageNet {km.imagenet_top1:.1%}, COCO text→image R@5 {coco}; {km.note}"
         return ModelInfo(id=mid, arch=arch, tag=tag, installed=path is not None, path=path,
                          size_bytes=size, description=desc, is_default=mid == DEFAULT_MODEL,
                          runtime=self.runtime_summary(mid) if path is not None else "")
