@@ -111,7 +111,7 @@ def test_new_weights_are_probed_again(probed: WeightStore, tmp_path: Path,
     assert known_choice(store, TINY_MODEL_ID) is None
     probes: list[str] = []
     monkeypatch.setattr(encoder_loading, "_probe_in_child",
-                        lambda w, f, forced: probes.append(w.sha256) or
+                        lambda w, f, forced, cancel: probes.append(w.sha256) or
                         encoder_loading._fallback("counted"))
     load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False)
     load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False)
@@ -133,7 +133,7 @@ def test_a_stale_export_is_probed_again(probed: WeightStore, tmp_path: Path,
     (folder / "runtime.json").write_text(json.dumps({**manifest, "format": 0}))
     probes: list[str] = []
     monkeypatch.setattr(encoder_loading, "_probe_in_child",
-                        lambda w, f, forced: probes.append(str(f)) or
+                        lambda w, f, forced, cancel: probes.append(str(f)) or
                         encoder_loading._fallback("counted"))
     encoder = load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False)
     assert probes == [str(folder)] and isinstance(encoder, ClipEncoder)
@@ -144,7 +144,7 @@ def test_a_failed_probe_falls_back_to_torch(tmp_path: Path, monkeypatch: pytest.
     store = WeightStore(tmp_path)
     store.install_file(TINY_MODEL_ID, *tiny_checkpoint)
     monkeypatch.setattr(encoder_loading, "_probe_in_child",
-                        lambda w, f, forced: encoder_loading._fallback("no runtime here"))
+                        lambda w, f, forced, cancel: encoder_loading._fallback("no runtime here"))
     encoder = load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False)
     assert isinstance(encoder, ClipEncoder) and encoder.precision == "fp32"
     choice = known_choice(store, TINY_MODEL_ID)
@@ -174,8 +174,16 @@ def test_decisions_follow_the_thresholds() -> None:
 def test_top10_overlap() -> None:
     rng = np.random.default_rng(0)
     g = rng.normal(size=(40, 8)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
     assert top10_overlap(g, g, g, g, True) == 1.0
     assert top10_overlap(g, g, g, rng.permutation(g), True) < 0.5
+    # Nearly identical embeddings: any order is a tie, so rounding noise is no failure...
+    flat = np.ones((40, 8), np.float32) + 1e-5 * g
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+    noisy = flat + 1e-6 * rng.normal(size=flat.shape).astype(np.float32)
+    assert top10_overlap(flat, flat, noisy, noisy, True) == 1.0
+    # ...while a real reordering of well-separated neighbours is.
+    assert top10_overlap(g, g, rng.permutation(g), g, True) < 0.5
 
 
 def test_cold_text_search_imports_no_torch(probed: WeightStore, tmp_path: Path,
@@ -242,3 +250,23 @@ def test_models_list_and_status_bar_show_the_choice(probed: WeightStore, tmp_pat
     bar.set_status(LibraryStatus(tmp_path, TINY_MODEL_ID, "cpu", 0, 0, 0, 0,
                                  runtime=models.runtime_summary()))
     assert "onnx-int8" in bar.device.toolTip() and "top-10" in bar.device.toolTip()
+
+
+def test_a_probe_is_cancelled_at_once(tmp_path: Path,
+                                      tiny_checkpoint: tuple[Path, Path]) -> None:
+    """Closing the app during a first-time probe kills it rather than waiting for it."""
+    import threading
+    import time
+
+    from imagesearch.errors import ModelLoadError
+
+    store = WeightStore(tmp_path)
+    store.install_file(TINY_MODEL_ID, *tiny_checkpoint)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match="cancelled"):
+        load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False,
+                     cancel=cancel)
+    assert time.monotonic() - start < 5.0
+    assert known_choice(store, TINY_MODEL_ID) is None  # nothing half-measured is kept

@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from imagesearch.core.runtime_probe import (
     store_choice,
 )
 from imagesearch.core.weights import DownloadProgress, InstalledWeights, WeightStore
-from imagesearch.errors import ModelUnavailable
+from imagesearch.errors import ModelLoadError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,16 @@ def likely_device(requested: str) -> str:
 
 def load_encoder(model_id: str, store: WeightStore, device: str = "auto",
                  precision: str = "auto", allow_download: bool = True,
-                 progress: DownloadProgress | None = None) -> Encoder:
+                 progress: DownloadProgress | None = None,
+                 cancel: threading.Event | None = None) -> Encoder:
     """The encoder for ``model_id``, on the runtime measured best for this machine.
+
+    Args:
+        cancel: set to stop a first-time probe (its process is killed, nothing cached).
 
     Raises:
         ModelUnavailable: weights missing and not downloadable now.
-        ModelLoadError: the weights exist but do not load.
+        ModelLoadError: the weights exist but do not load, or ``cancel`` was set.
     """
     dev = likely_device(device)
     if dev != "cpu" or precision in TORCH_PRECISIONS:
@@ -78,7 +83,7 @@ def load_encoder(model_id: str, store: WeightStore, device: str = "auto",
             raise ModelUnavailable(store._missing_message(model_id, "downloads are off"))
         weights = store.download(model_id, progress)
     forced = precision if precision in ONNX_PRECISIONS else None
-    choice = runtime_choice(store, weights, forced)
+    choice = runtime_choice(store, weights, forced, cancel)
     folder = store.model_dir(model_id) / RUNTIME_DIR
     torch_models: dict[str, ClipEncoder] = {}
 
@@ -110,7 +115,8 @@ def known_choice(store: WeightStore, model_id: str) -> RuntimeChoice | None:
 
 
 def runtime_choice(store: WeightStore, weights: InstalledWeights,
-                   forced: str | None = None) -> RuntimeChoice:
+                   forced: str | None = None, cancel: threading.Event | None = None
+                   ) -> RuntimeChoice:
     """The cached choice, or a fresh probe's (its graphs must still be on disk)."""
     key = choice_key(weights.model_id, weights.sha256)
     with _probe_lock:
@@ -118,7 +124,7 @@ def runtime_choice(store: WeightStore, weights: InstalledWeights,
         folder = store.model_dir(weights.model_id) / RUNTIME_DIR
         if choice is not None and _usable(choice, forced, weights.sha256, folder):
             return choice
-        choice = _probe_in_child(weights, folder, forced)
+        choice = _probe_in_child(weights, folder, forced, cancel)
         store_choice(store.root, key, choice)
         return choice
 
@@ -137,8 +143,8 @@ def _usable(choice: RuntimeChoice, forced: str | None, sha256: str, folder: Path
         tower_file(folder, t, p.removeprefix("onnx-")).is_file() for t, p in picks)
 
 
-def _probe_in_child(weights: InstalledWeights, folder: Path, forced: str | None
-                    ) -> RuntimeChoice:
+def _probe_in_child(weights: InstalledWeights, folder: Path, forced: str | None,
+                    cancel: threading.Event | None = None) -> RuntimeChoice:
     """Run the probe in a fresh process; torch fp32 when it cannot run (and say why)."""
     import multiprocessing
 
@@ -152,7 +158,13 @@ def _probe_in_child(weights: InstalledWeights, folder: Path, forced: str | None
         proc = ctx.Process(target=child_main, args=(weights, str(folder), forced,
                                                     str(result)), daemon=True)
         proc.start()
-        proc.join(_PROBE_TIMEOUT_S)
+        deadline = time.monotonic() + _PROBE_TIMEOUT_S
+        while proc.is_alive() and time.monotonic() < deadline:
+            proc.join(0.2)
+            if cancel is not None and cancel.is_set():
+                proc.kill()  # the app is closing: a probe must not hold it up
+                proc.join()
+                raise ModelLoadError("loading the model was cancelled")
         if proc.is_alive():
             proc.kill()
             proc.join()

@@ -133,6 +133,10 @@ class LibraryController(QObject):
         self.w.searches.set_context(None)
         self.w.indexer.set_context(None)
 
+    def cancel_model_load(self) -> None:
+        if self.ctx is not None:
+            self.ctx.models.cancel_loading()
+
     def stop_watching(self) -> bool:
         """Stop the folder watcher; False if a thread of it is still busy after the wait."""
         return self.watch.stop()

@@ -22,6 +22,7 @@ class ModelManager:
         self._encoder = encoder
         self._lock = threading.Lock()
         self._preloading: threading.Thread | None = None
+        self._cancel = threading.Event()  # stops a first-time runtime probe
 
     @property
     def model_id(self) -> str:
@@ -47,7 +48,7 @@ class ModelManager:
                 self._encoder = load_encoder(
                     self.settings.model_id, self.store, device=self.settings.device,
                     precision=self.settings.precision, allow_download=allow_download,
-                    progress=progress)
+                    progress=progress, cancel=self._cancel)
             return self._encoder
 
     def preload(self, towers: tuple[str, ...]) -> None:
@@ -73,9 +74,14 @@ class ModelManager:
                                             daemon=True)
         self._preloading.start()
 
+    def cancel_loading(self) -> None:
+        """Stop a first-time runtime probe now (closing); a later load probes again."""
+        self._cancel.set()
+
     def close(self) -> None:
-        """Wait for a background load still under way: a process must not end while a
-        runtime's threads are starting (ONNX Runtime aborts the process then)."""
+        """Stop a probe, and wait for a background load still under way: a process must
+        not end while a runtime's threads are starting (ONNX Runtime aborts it then)."""
+        self._cancel.set()
         thread, self._preloading = self._preloading, None
         if thread is not None:
             thread.join()
