@@ -2,11 +2,14 @@
 
     python bench/index_throughput.py                        # ../shared/data/photos/animals
     python bench/index_throughput.py --big 64               # plus 64 generated 12 MP JPEGs
+    python bench/index_throughput.py --features compact detailed   # local features' cost
 
 For each folder it prints photos/s of the whole pipeline (walk, decode in worker processes,
 batched inference, catalog commits, index save) next to the model's forward-only rate at
 the same batch size, and their ratio. For 12 MP photos, where decoding is a real share of
 the work on a small CPU, it also prints the bound of one decode plus one forward per photo.
+With --features it instead indexes the same photos with local features off and in each
+mode named, alternating, and prints each mode's rate and its ratio to "off".
 """
 
 from __future__ import annotations
@@ -55,10 +58,12 @@ def make_big_photos(folder: Path, count: int) -> None:
         Image.fromarray(big).save(folder / f"big_{i:03d}.jpg", quality=90)
 
 
-def index_rate(encoder, folder: Path, batch: int, workers: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def index_rate(encoder, folder: Path, batch: int, workers: int,  # type: ignore[no-untyped-def]
+               local_features: str = "off") -> dict[str, float]:
     with tempfile.TemporaryDirectory() as lib:
         settings = Settings(library_dir=Path(lib), model_id=encoder.model_id,
-                            batch_size=batch, decode_workers=workers)
+                            batch_size=batch, decode_workers=workers,
+                            local_features=local_features)
         ctx = build_context(settings, encoder=encoder)
         ctx.library.add_folder(folder)
         rates: list[float] = []
@@ -91,6 +96,22 @@ def compare(encoder, folder: Path, args: argparse.Namespace) -> dict[str, object
             "ratio_range": [round(ratios[0], 3), round(ratios[-1], 3)], "runs": len(runs)}
 
 
+def compare_features(encoder, folder: Path, args: argparse.Namespace  # type: ignore[no-untyped-def]
+                     ) -> dict[str, object]:
+    """Indexing with local features in each mode against without, runs alternating."""
+    modes = ["off", *args.features]
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(args.repeat):
+        for mode in modes:
+            r = index_rate(encoder, folder, args.batch, args.workers, mode)
+            rates[mode].append(r["end_to_end_photos_per_s"])
+    off = statistics.median(rates["off"])
+    return {"photos_per_s": {m: round(statistics.median(v), 1) for m, v in rates.items()},
+            "ratio_to_off": {m: round(statistics.median(v) / off, 3)
+                             for m, v in rates.items() if m != "off"},
+            "runs": args.repeat}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--photos", type=Path, default=SHARED)
@@ -99,11 +120,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0, help="decode processes (0: auto)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--features", nargs="+", choices=["compact", "detailed"],
+                    help="compare indexing with these local-feature modes against none")
     args = ap.parse_args()
 
     encoder, weights = load_encoder(args.model)
     common = {"model": args.model, "weights": weights, "precision": encoder.precision,
               "batch": args.batch}
+    if args.features:
+        emit({"folder": str(args.photos), **common,
+              **compare_features(encoder, args.photos, args)})
+        return
     if args.photos.is_dir():
         emit({"folder": str(args.photos), **common, **compare(encoder, args.photos, args)})
     else:

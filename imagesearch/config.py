@@ -55,6 +55,7 @@ class Settings:
     local_features: str = "compact"  # off | compact | detailed (core/local_features.py)
     rerank: str = "spatial"  # off | spatial | ames: how image queries are re-ranked
     shortlist: int = 100  # candidates re-ranked per image query
+    ames_model: str = "dist"  # dist | fp: which AMES checkpoint (core/ames/registry.py)
 
     @property
     def catalog_path(self) -> Path:
@@ -75,7 +76,7 @@ class Settings:
 
     _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers",
                   "decode_timeout_s", "top_k", "thumbnail_size", "thumbnail_cache_mb",
-                  "image_weight", "local_features", "rerank", "shortlist")
+                  "image_weight", "local_features", "rerank", "shortlist", "ames_model")
 
     def save(self) -> None:
         """Write the user-editable settings atomically to the library folder."""

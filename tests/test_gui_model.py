@@ -32,18 +32,27 @@ def test_missing_model_then_install_from_file(
     setup = window.model_setup
     assert setup.isVisible()
     assert "is not on this computer" in setup.text.text()
+    assert "searching by image works" in setup.text.text()
     assert setup.download_button.isEnabled() and setup.install_button.isEnabled()
 
-    # Searching explains itself; adding a folder still works.
+    # Searching by description explains itself; adding a folder indexes it by its
+    # details, so searching by image already works.
     window.search_bar.edit.setText("a cat")
     window.run_search()
     qtbot.waitUntil(lambda: window.results.empty.title.text() == "Cannot search",
                     timeout=20_000)
     assert "not installed" in window.results.empty.body.text()
     window.library.add_folders([photo_dir])
-    panel = window.library_panel
-    qtbot.waitUntil(lambda: panel.folders.topLevelItemCount() == 1, timeout=20_000)
-    assert not window.indexer.running
+    gui.wait_indexed(window, 6)
+    ctx = window.library.ctx
+    assert ctx.catalog.vector_ids(ctx.models.model_id).size == 0  # no model: no vectors
+    refined: list[list[Any]] = []
+    window.searches.refined.connect(lambda _rid, hits, _what: refined.append(hits))
+    window.search_bar.edit.clear()
+    window.search_bar.set_image(photo_dir / "trip" / "coffee.jpg")
+    qtbot.waitUntil(lambda: bool(refined), timeout=30_000)
+    assert refined[-1][0].path == photo_dir / "trip" / "coffee.jpg"
+    assert refined[-1][0].box is not None and refined[-1][0].global_score is None
 
     # Install from the file a user picked (checkpoint plus its open_clip config).
     checkpoint, config = tiny_checkpoint
@@ -52,10 +61,24 @@ def test_missing_model_then_install_from_file(
     setup.install([config, checkpoint])
     qtbot.waitUntil(lambda: bool(installed), timeout=30_000)
     assert not setup.isVisible()
-    gui.wait_indexed(window, 6)  # indexing starts by itself once the model is there
+    # Indexing starts by itself once the model is there, and fills in the vectors.
+    qtbot.waitUntil(lambda: ctx.catalog.vector_ids(ctx.models.model_id).size == 6,
+                    timeout=60_000)
+    window.search_bar.clear_image()
+    window.search_bar.edit.setText("a cat")
     window.run_search()
-    gui.wait_results(window)
-    assert window.model.rowCount() == 6
+    qtbot.waitUntil(lambda: window.model.rowCount() == 6, timeout=30_000)
+
+
+def test_without_model_or_local_features_nothing_is_indexed(
+        qtbot: Any, make_window: WindowFactory, no_weights: Settings, photo_dir: Path) -> None:
+    window = make_window(settings=no_weights.with_changes(local_features="off"),
+                         load_model=True)
+    assert "Searching and indexing need it" in window.model_setup.text.text()
+    window.library.add_folders([photo_dir])
+    panel = window.library_panel
+    qtbot.waitUntil(lambda: panel.folders.topLevelItemCount() == 1, timeout=20_000)
+    assert not window.indexer.running
 
 
 def test_install_refuses_a_pick_without_a_checkpoint(qtbot: Any, make_window: WindowFactory,

@@ -216,3 +216,28 @@ def test_keyboard_navigation_moves_the_preview(qtbot: Any, gui: GuiDriver,
     qtbot.keyClick(window.grid, Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier)
     assert QApplication.focusWidget() is window.search_bar.edit
     assert window.search_bar.edit.selectedText() == "anything"
+
+
+def test_a_newer_search_cancels_a_refinement_under_way(qtbot: Any, gui: GuiDriver,
+                                                       photo_dir: Path) -> None:
+    window = gui.indexed(photo_dir)
+    searches = window.searches
+    refined: list[int] = []
+    searches.refined.connect(lambda rid, _hits, _what: refined.append(rid))
+    started: list[int] = []
+
+    def supersede(rid: int, on: bool) -> None:
+        if on and not started:  # the first refinement has begun: ask something else now
+            started.append(rid)
+            window.search_bar.clear_image()
+            window.search_bar.edit.setText("rocket")
+            window.run_search()
+
+    searches.refining.connect(supersede)
+    window.search_bar.set_image(photo_dir / "trip" / "coffee.jpg")
+    qtbot.waitUntil(lambda: bool(started), timeout=20_000)
+    qtbot.waitUntil(lambda: not window.status.busy.isVisible(), timeout=20_000)
+    assert started[0] not in refined  # cancelled, or dropped as stale: never shown
+    assert searches.dropped >= 1
+    assert window.model.hits() and all(h.box is None for h in window.model.hits())
+    assert searches.latest_id > started[0]

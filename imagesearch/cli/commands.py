@@ -90,6 +90,10 @@ def _ensure_weights(ctx: AppContext, optional: bool = False) -> None:
 def _describe(r: IndexReport) -> str:
     parts = [f"{r.added} added", f"{r.updated} updated", f"{r.moved} moved",
              f"{r.removed} removed", f"{r.failed} failed", f"{r.unchanged} unchanged"]
+    if r.completed:
+        # Unchanged photos given what they lacked: local features (a backfill), or the
+        # vector once the model is installed.
+        parts.append(f"{r.completed} completed")
     text = ", ".join(parts) + f" in {r.seconds:.1f} s"
     if r.offline_folders:
         text += "\noffline (kept as they were): " + ", ".join(map(str, r.offline_folders))
@@ -210,22 +214,33 @@ def _watch(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
 
 def _models(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event) -> int:
     if args.models_command == "list":
+        variant = ctx.models.ames_variant()
+        ames_in_use = {w.id for w in variant.weights} \
+            if variant is not None and ctx.settings.rerank == "ames" else set()
         for m in ctx.models.models():
-            mark = "*" if m.id == ctx.models.model_id else " "
+            ames = m.id in ames_in_use
+            mark = "*" if m.id == ctx.models.model_id or ames else " "
             state = "installed" if m.installed else "not installed"
             print(f"{mark} {m.id:44s} {state:14s} {m.description}")
             if m.runtime:
                 print(f"    runs here as {m.runtime}")
-        print("\n* = active model (change with --model or the GUI settings)")
+        print("\n* = active model (change with --model or the GUI settings), and the AMES "
+              "checkpoints when AMES re-ranking is on\nAMES checkpoints publish no checksum: "
+              "the sha256 of the first download is recorded in its manifest.json")
         return 0
     if args.models_command == "download":
-        model_id = args.model_id or ctx.models.model_id
-        bar = DownloadBar(f"Downloading {model_id}")
-        try:
-            path = ctx.models.download(model_id, progress=bar)
-        finally:
-            bar.close()
-        print(f"installed {model_id} at {path}")
+        wanted = [args.model_id or ctx.models.model_id]
+        if wanted == ["ames"]:
+            wanted = ctx.models.ames_missing()
+            if not wanted:
+                print("the AMES checkpoints are installed")
+        for model_id in wanted:
+            bar = DownloadBar(f"Downloading {model_id}")
+            try:
+                path = ctx.models.download(model_id, progress=bar)
+            finally:
+                bar.close()
+            print(f"installed {model_id} at {path}")
         return 0
     info = ctx.models.install(args.file, args.install_model, args.config, args.sha256)
     print(f"installed {info.id} at {info.path}")

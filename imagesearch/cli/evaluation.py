@@ -14,7 +14,7 @@ from imagesearch.cli.progress import IndexProgressBar
 if TYPE_CHECKING:
     from imagesearch.core.metrics import Summary
     from imagesearch.services.context import AppContext
-    from imagesearch.services.evaluation import EvaluationReport
+    from imagesearch.services.evaluation import EvaluationReport, StageResult
 
 DEFAULT_STAGES = "global,annoy,bovw,bovw-sp,local,sp,ames"
 
@@ -64,13 +64,17 @@ def run_eval(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event)
     return 130 if cancel.is_set() else 0
 
 
-def _row(name: str, s: Summary, k: int, map_ks: list[int], size: float | None) -> list[str]:
+def _size(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _row(name: str, s: Summary, map_ks: list[int], stage: StageResult) -> list[str]:
     box = "-" if s.box_iou50 is None else f"{s.box_iou50:.1f}"
     return ([name] + [f"{s.map_k[m]:.1f}" for m in map_ks]
             + [f"{s.recall[r]:.1f}" for r in (1, 10, 100)]
             + [f"{s.precision_k:.1f}", f"{s.recall_k:.1f}", f"{s.f1_k:.1f}", box,
                f"{s.latency_p50_ms:.0f}", f"{s.latency_p95_ms:.0f}",
-               "-" if size is None else f"{size:,.0f}"])
+               _size(stage.bytes_per_photo), _size(stage.index_bytes_per_photo)])
 
 
 def format_table(report: EvaluationReport) -> str:
@@ -78,14 +82,14 @@ def format_table(report: EvaluationReport) -> str:
     ran = [st for st in report.stages if st.summary is not None]
     map_ks = sorted(ran[0].summary.map_k) if ran and ran[0].summary else [100]
     head = (["stage"] + [f"mAP@{m}" for m in map_ks] + ["R@1", "R@10", "R@100",
-            f"P@{k}", f"R@{k}", f"F1@{k}", "box IoU>=.5", "p50 ms", "p95 ms", "bytes/photo"])
+            f"P@{k}", f"R@{k}", f"F1@{k}", "box IoU>=.5", "p50 ms", "p95 ms",
+            "stored B/photo", "index B/photo"])
     rows = [head]
     for st in ran:
         assert st.summary is not None
-        rows.append(_row(st.name, st.summary, k, map_ks, st.bytes_per_photo))
+        rows.append(_row(st.name, st.summary, map_ks, st))
         if st.text_summary is not None:
-            rows.append(_row(f"{st.name} (text)", st.text_summary, k, map_ks,
-                             st.bytes_per_photo))
+            rows.append(_row(f"{st.name} (text)", st.text_summary, map_ks, st))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [f"{report.bench}: {report.photos} photos ({report.failed_photos} failed to "
              f"index), {report.queries} queries; indexed in {report.index_seconds:.0f} s"]
@@ -117,6 +121,8 @@ def report_json(report: EvaluationReport) -> dict[str, Any]:
             **_summary_json(st.summary),
             "bytes_per_photo": None if st.bytes_per_photo is None
             else round(st.bytes_per_photo, 1),
+            "index_bytes_per_photo": None if st.index_bytes_per_photo is None
+            else round(st.index_bytes_per_photo, 1),
             **({"text": _summary_json(st.text_summary)} if st.text_summary else {})})
             for st in report.stages},
     }

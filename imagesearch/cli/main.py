@@ -36,6 +36,11 @@ def _model_id(text: str) -> str:
     return text
 
 
+def _model_or_group(text: str) -> str:
+    """A model id, or the word `ames` (the AMES checkpoints the settings need)."""
+    return text if text == "ames" else _model_id(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagesearch",
@@ -90,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     msub.add_parser("list", help="known and installed models")
     d = msub.add_parser("download", help="download a model's published weights")
-    d.add_argument("model_id", nargs="?", metavar="ARCH/TAG", type=_model_id)
+    d.add_argument("model_id", nargs="?", metavar="ARCH/TAG", type=_model_or_group,
+                   help="a model id, or `ames` for every checkpoint AMES re-ranking needs")
     i = msub.add_parser("install", help="install a checkpoint file (offline)")
     i.add_argument("file", type=Path, help="open_clip checkpoint (.safetensors, .bin, .pt)")
     i.add_argument("--model", dest="install_model", metavar="ARCH/TAG", type=_model_id,

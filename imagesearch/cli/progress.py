@@ -8,6 +8,10 @@ from typing import Any
 
 from imagesearch.domain import IndexProgress
 
+# Progress phases with a bar of their own: the label for each.
+_BARS = {"embedding": "Indexing", "local features": "Finding photo details",
+         "ames features": "AMES descriptors"}
+
 
 class IndexProgressBar:
     """A tqdm bar driven by IndexingService progress reports (quiet when not a terminal)."""
@@ -27,8 +31,8 @@ class IndexProgressBar:
             self._phase = p.phase
             if p.phase == "scanning":
                 self._bar = tqdm(desc="Scanning", unit=" files", file=sys.stderr)
-            elif p.phase == "embedding":
-                self._bar = tqdm(desc="Indexing", total=p.total, unit=" photos",
+            elif p.phase in _BARS:
+                self._bar = tqdm(desc=_BARS[p.phase], total=p.total, unit=" photos",
                                  file=sys.stderr)
         if self._bar is not None:
             self._bar.n = p.done

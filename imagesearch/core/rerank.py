@@ -42,6 +42,9 @@ class Reranker(Protocol):
 
     name: str  # "sp", "ames": also the stage name in `imagesearch eval`
     data_kind: str  # which stored records it reads (an extractor id in the catalog)
+    # What ``fuse`` gets as ``prior``: "rank" (rank-normalised shortlist scores) or
+    # "global" (the global embedding's cosine, for re-rankers tuned against one).
+    prior_kind: str
 
     def prepare(self, image: Path | bytes) -> Any:
         """The query side, computed once per query. Raises ValueError for a bad image."""
@@ -54,8 +57,8 @@ class Reranker(Protocol):
         ...
 
     def fuse(self, prior: np.ndarray, match: np.ndarray) -> np.ndarray:
-        """Final scores from the shortlist's rank-normalised scores (``prior``, in [0, 1])
-        and this re-ranker's ``match`` confidences; ``fuse`` below is the default."""
+        """Final scores from the shortlist's ``prior`` (see ``prior_kind``) and this
+        re-ranker's ``match`` confidences; ``fuse`` below is the default."""
         ...
 
 

@@ -34,6 +34,7 @@ class SpatialReranker:
     """Matches the query's SIFT keypoints to each photo's stored ones and verifies geometry."""
 
     name = "sp"
+    prior_kind = "rank"
 
     def __init__(self, data_kind: str) -> None:
         self.data_kind = data_kind

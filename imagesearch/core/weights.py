@@ -177,6 +177,29 @@ class WeightStore:
                 break
         raise ModelUnavailable(self._missing_message(model_id, last_error))
 
+    def download_file(self, model_id: str, url: str, filename: str,
+                      progress: DownloadProgress | None = None) -> InstalledWeights:
+        """Fetch a checkpoint published at ``url`` (outside Hugging Face) into the store.
+
+        Where the host announces no checksum, the sha256 of what arrived is recorded in the
+        manifest, so a later copy can be checked against this one.
+
+        Raises:
+            ModelUnavailable: offline or unreachable.
+            ChecksumMismatch: fewer bytes arrived than announced.
+        """
+        if offline():
+            raise ModelUnavailable(self._missing_message(
+                model_id, "downloads are switched off (HF_HUB_OFFLINE / IMAGESEARCH_OFFLINE)"))
+        try:
+            return self._download_url(model_id, url, filename, progress)
+        except urllib.error.HTTPError as exc:
+            why = f"HTTP {exc.code} from {url}"
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+            why = f"cannot reach {urllib.parse.urlsplit(url).netloc} " \
+                  f"({getattr(exc, 'reason', exc)})"
+        raise ModelUnavailable(self._missing_message(model_id, why))
+
     def _hf_repo(self, model_id: str) -> str:
         known = known_model(model_id)
         if known is not None:

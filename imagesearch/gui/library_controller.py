@@ -89,9 +89,14 @@ class LibraryController(QObject):
         self.refresh(then=self._after_first_refresh)
         if self.ctx.models.weights_present():
             self.model_ready(index=False)
+        elif self.ctx.indexing.can_index():
+            # No model yet: photos are indexed by their details (search by image works),
+            # and watched; descriptions wait for the weights.
+            self.watch.start(self.ctx)
+        self.ctx.local.refresh_later()  # the local-feature index catches up off this thread
 
     def _after_first_refresh(self) -> None:
-        if self.folders and self.ctx is not None and self.ctx.models.weights_present():
+        if self.folders and self.ctx is not None and self.ctx.indexing.can_index():
             self.w.indexer.start()  # catch up with what changed while the app was closed
 
     def _open_failed(self, exc: BaseException) -> None:
@@ -250,9 +255,9 @@ class LibraryController(QObject):
             if len(problems) < len(paths):
                 self.refresh()
                 self.watch.refresh()
-                if ctx.models.weights_present():
+                if ctx.indexing.can_index():
                     self.w.indexer.start()
-                else:
+                if not ctx.models.weights_present():
                     self.w.model_setup.refresh()
 
         self.w.runner.submit("io", work, done=done, error=self._report)

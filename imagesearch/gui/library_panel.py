@@ -181,7 +181,10 @@ class LibraryPanel(QWidget):
         rate = f", {p.images_per_second:.1f} photos/s" if p.images_per_second else ""
         failed = f", {p.failed} failed" if p.failed else ""
         paused = " (paused)" if self.pause_button.isChecked() else ""
-        self.progress_label.setText(f"Indexed {p.done} of {p.total}{failed}{rate}{paused}")
+        # Backfills of an existing library have phases of their own.
+        what = {"local features": "Details found for",
+                "ames features": "AMES descriptors for"}.get(p.phase, "Indexed")
+        self.progress_label.setText(f"{what} {p.done} of {p.total}{failed}{rate}{paused}")
 
     def selected_folder(self) -> Path | None:
         items = self.folders.selectedItems()

@@ -245,10 +245,11 @@ class MainWindow(QMainWindow):
         if new.thumbnail_size != old.thumbnail_size:
             self.grid.set_thumb_size(new.thumbnail_size)
             self.model.set_thumb_size(new.thumbnail_size)
-        if (new.model_id, new.device) != (old.model_id, old.device):
+        if (new.model_id, new.device, new.local_features) != \
+                (old.model_id, old.device, old.local_features):
             self.library.reopen(new)
         elif self.library.ctx is not None:
-            self.library.ctx.settings = new
+            self.library.ctx.update_settings(new)
 
     def _restore_state(self) -> None:
         geometry = self.state.value("geometry")

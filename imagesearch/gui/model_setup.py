@@ -88,10 +88,14 @@ class ModelSetup(QFrame):
             return True
         info = next((m for m in ctx.models.models() if m.id == ctx.models.model_id), None)
         size = f" (about {info.size_bytes // 2**20} MB)" if info and info.size_bytes else ""
+        meanwhile = ("Until then photos are indexed by their details, so searching by "
+                     "image works; searching by description needs the model."
+                     if ctx.indexing.can_index() else
+                     "Searching and indexing need it; folders can be added meanwhile.")
         self.text.setText(
-            f"<b>The model {ctx.models.model_id} is not on this computer.</b> Searching and "
-            f"indexing need it; folders can be added meanwhile. Download it{size}, or install "
-            f"a checkpoint file you already have." + (f"<br>{reason}" if reason else ""))
+            f"<b>The model {ctx.models.model_id} is not on this computer.</b> {meanwhile} "
+            f"Download it{size}, or install a checkpoint file you already have."
+            + (f"<br>{reason}" if reason else ""))
         self.show()
         return False
 

@@ -1,4 +1,4 @@
-"""The settings dialog: model, device, results per query, thumbnail size."""
+"""The settings dialog: model, device, results per query, thumbnails, object matching."""
 
 from __future__ import annotations
 
@@ -19,6 +19,26 @@ from imagesearch.config import Settings
 from imagesearch.domain import ModelInfo
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# (setting value, label) for finding the same object in the results of an image query.
+OBJECT_MATCHING = (
+    ("spatial", "Match details (spatial verification; no download)"),
+    ("ames", "Match details with AMES (learned; needs its weights, best on a GPU)"),
+    ("off", "Off: overall look only"),
+)
+LOCAL_FEATURES = (
+    ("compact", "Compact: about 2 KB a photo"),
+    ("detailed", "Detailed: about 18 KB a photo, finds smaller objects"),
+    ("off", "Off: no search by details"),
+)
+
+
+def _combo(parent: QWidget, choices: Sequence[tuple[str, str]], current: str) -> QComboBox:
+    box = QComboBox(parent)
+    for value, label in choices:
+        box.addItem(label, value)
+    box.setCurrentIndex(max(box.findData(current), 0))
+    return box
 
 
 class SettingsDialog(QDialog):
@@ -54,20 +74,31 @@ class SettingsDialog(QDialog):
         self.thumb.setSingleStep(32)
         self.thumb.setSuffix(" px")
         self.thumb.setValue(settings.thumbnail_size)
+        self.matching = _combo(self, OBJECT_MATCHING, settings.rerank)
+        self.matching.setToolTip("After an image query's first results, check the best "
+                                 "of them for the very object in your image, move those "
+                                 "up and outline where it is.")
+        self.features = _combo(self, LOCAL_FEATURES, settings.local_features)
+        self.features.setToolTip("What the library keeps of each photo's details. "
+                                 "Changing it goes through the library once more.")
         form = QFormLayout()
         form.addRow("Model", self.model)
         form.addRow("", self.model_info)
         form.addRow("Device", self.device)
         form.addRow("Results per query", self.top_k)
         form.addRow("Thumbnail size", self.thumb)
+        form.addRow("Find the same object", self.matching)
+        form.addRow("Photo details kept", self.features)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
                                    | QDialogButtonBox.StandardButton.Cancel, self)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(QLabel("A different model or device reopens the library; "
-                                "a new model needs the library indexed again.", self))
+        note = QLabel("A different model, device or detail setting reopens the library; "
+                      "a new model or detail setting goes through the photos again.", self)
+        note.setWordWrap(True)
+        layout.addWidget(note)
         layout.addWidget(buttons)
         self._show_model_info()
 
@@ -79,4 +110,6 @@ class SettingsDialog(QDialog):
     def settings(self) -> Settings:
         return self._base.with_changes(
             model_id=str(self.model.currentData()), device=self.device.currentText(),
-            top_k=self.top_k.value(), thumbnail_size=self.thumb.value())
+            top_k=self.top_k.value(), thumbnail_size=self.thumb.value(),
+            rerank=str(self.matching.currentData()),
+            local_features=str(self.features.currentData()))

@@ -9,6 +9,7 @@ from imagesearch.core.encoder import Encoder
 from imagesearch.core.rerank import Reranker
 from imagesearch.core.spatial_rerank import SpatialReranker
 from imagesearch.domain import Query, SearchHit
+from imagesearch.services.ames import AmesService
 from imagesearch.services.indexing import IndexingService
 from imagesearch.services.library import LibraryService
 from imagesearch.services.local_search import LocalIndexService
@@ -36,6 +37,7 @@ class AppContext:
     search: SearchService
     local: LocalIndexService
     rerank: RerankService
+    ames: AmesService
     server: QueryServer | None = None
 
     def serve_queries(self) -> bool:
@@ -50,6 +52,12 @@ class AppContext:
             server = QueryServer(self.settings.library_dir, self.models.model_id, answer)
             self.server = server if server.start() else None
         return self.server is not None
+
+    def update_settings(self, settings: Settings) -> None:
+        """Settings that need no reopening (results per query, object matching, ...)."""
+        self.settings = settings
+        for service in (self.library, self.indexing, self.search):
+            service.settings = settings
 
     def close(self) -> tuple[str, ...]:
         """Stop the workers, write the unsaved index, close the catalog; returns warnings."""
@@ -87,7 +95,16 @@ def build_context(settings: Settings, encoder: Encoder | None = None,
     rerankers: list[Reranker] = []
     if local.mode is not None:
         rerankers.append(SpatialReranker(local.mode.extractor_id))
+    ames = AmesService(settings, catalog, models, lane)
+    if ames.available:
+        # Loaded lazily, on the first query or backfill, never here.
+        rerankers.append(ames.reranker())
     rerank = RerankService(catalog, rerankers)
+    indexing = IndexingService(settings, catalog, models, vectors, lane, local)
+    if ames.available:
+        indexing.followups.append(ames.backfill)
+    search = SearchService(settings, catalog, models, vectors, local, rerank)
+    search.rerank_note = ames.unavailable_reason()
     return AppContext(
         settings=settings,
         catalog=catalog,
@@ -95,8 +112,9 @@ def build_context(settings: Settings, encoder: Encoder | None = None,
         vectors=vectors,
         lane=lane,
         library=LibraryService(settings, catalog, models, vectors, lane),
-        indexing=IndexingService(settings, catalog, models, vectors, lane, local),
-        search=SearchService(settings, catalog, models, vectors, local, rerank),
+        indexing=indexing,
+        search=search,
         local=local,
         rerank=rerank,
+        ames=ames,
     )

@@ -10,7 +10,8 @@ A benchmark folder (ROxford/RParis and ILIAS ship their ground truth the same wa
 
 Stages: global (the open_clip embedding, FAISS), annoy (the same vectors in Annoy), bovw
 (tf-idf bag of words, the classic baseline), bovw-sp (+ spatial verification), local (the
-ASMK shortlist from local features), sp (the best shortlist + spatial verification) and
+ASMK shortlist from local features), sp (the best shortlist + spatial verification),
+sp-all (every photo verified, no shortlist: slow, to see what the shortlist costs) and
 ames (+ AMES). A stage whose model or package is missing is skipped with a note.
 """
 
@@ -45,7 +46,8 @@ class StageResult:
     name: str
     summary: Summary | None = None
     text_summary: Summary | None = None  # text-to-image queries (global stages only)
-    bytes_per_photo: float | None = None
+    bytes_per_photo: float | None = None  # stored in the catalog
+    index_bytes_per_photo: float | None = None  # in derived index files
     note: str = ""  # why it was skipped
 
 
@@ -84,7 +86,8 @@ def evaluate(ctx: AppContext, bench: Benchmark, stages: Sequence[str], top_k: in
         say(f"{name}: {len(bench.qimlist)} image queries"
             + (f", {len(bench.texts)} text queries" if runner.takes_text and bench.texts
                else ""))
-        stage = StageResult(name, bytes_per_photo=runner.bytes_per_photo())
+        stage = StageResult(name, bytes_per_photo=runner.bytes_per_photo(),
+                            index_bytes_per_photo=runner.index_bytes_per_photo())
         runs = [runner.image(bench.query_path(q), max(top_k, max(map_ks)))
                 for q in bench.qimlist]
         _write_results(out_dir / f"results.{name}.json", bench, bench.qimlist, runs, top_k)

@@ -19,6 +19,7 @@ from imagesearch.core.encoder import Encoder
 from imagesearch.core.imaging import DecodedImage, PreprocessSpec, is_image_name
 from imagesearch.core.local_features import FeatureMode
 from imagesearch.domain import FolderInfo, IndexProgress, IndexReport
+from imagesearch.errors import ImageSearchError
 from imagesearch.services.local_search import LocalIndexService
 from imagesearch.services.models import ModelManager
 from imagesearch.services.scanning import (
@@ -37,6 +38,8 @@ from imagesearch.storage.catalog import Catalog, CatalogEntry, PhotoUpdate, Subt
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[IndexProgress], None]
+# A stage run after the photos are indexed (AMES descriptors): (progress, cancel).
+FollowUp = Callable[[ProgressCallback, threading.Event], object]
 
 
 def _no_progress(_: IndexProgress) -> None:
@@ -57,6 +60,7 @@ class IndexingService:
         self.features: FeatureMode | None = local.mode
         self.warnings: list[str] = []  # those of the latest run; each report has its own
         self.excluded = own_data_folders(settings)
+        self.followups: list[FollowUp] = []  # composition adds stages (services/context.py)
         # Kept between runs: the watcher's small batches would otherwise pay for
         # starting decode processes every time.
         self._pool: DecodePool | None = None
@@ -117,6 +121,7 @@ class IndexingService:
                 self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
         warnings = self._save_index()
         self._after_changes(result, work)
+        warnings += self._follow_up(report, cancel)
         return IndexReport(
             added=result["added"], updated=result["updated"], moved=len(work.moves),
             removed=len(work.gone), failed=result["failed"], unchanged=work.unchanged,
@@ -217,6 +222,7 @@ class IndexingService:
                              cancel or threading.Event())
         warnings = self._save_index()
         self._after_changes({**result, "removed": removed}, work)
+        warnings += self._follow_up(progress or _no_progress, cancel or threading.Event())
         return IndexReport(added=result["added"], updated=result["updated"], removed=removed,
                            failed=result["failed"], completed=result["completed"],
                            seconds=time.perf_counter() - started, warnings=warnings)
@@ -419,6 +425,20 @@ class IndexingService:
         """Let the local-feature index catch up (in the background) with what changed."""
         if self.features is not None and (any(result.values()) or work.gone or work.moves):
             self.local.refresh_later()
+
+    def _follow_up(self, report: ProgressCallback, cancel: threading.Event
+                   ) -> tuple[str, ...]:
+        """Run the later stages; one that fails leaves what is indexed as it is."""
+        warnings: list[str] = []
+        for stage in self.followups:
+            if cancel.is_set():
+                break
+            try:
+                stage(report, cancel)
+            except ImageSearchError as exc:
+                log.warning("an indexing stage failed: %s", exc)
+                warnings.append(str(exc))
+        return tuple(warnings)
 
     def _model_warning(self) -> tuple[str, ...]:
         if self.models.weights_present():

@@ -20,15 +20,16 @@ import numpy as np
 from imagesearch.config import Settings
 from imagesearch.core.feature_codec import decode_features
 from imagesearch.core.local_features import FEATURE_MODES, FeatureMode, LocalFeatures
-from imagesearch.core.local_index import InvertedFile, Vocabulary
+from imagesearch.core.local_index import InvertedFile, Vocabulary, vocabulary_size
 from imagesearch.errors import FeatureDataError, IndexFileError
 from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
 MIN_PHOTOS = 50  # below this a vocabulary is not worth learning: every photo is verified
-_SAMPLE_PER_PHOTO = 64  # descriptors a photo contributes to vocabulary training at most
-_TRAIN_DESCRIPTORS = 150_000
+_SAMPLE_PER_PHOTO = 64  # descriptors each photo gives vocabulary training, at least
+_TRAIN_DESCRIPTORS = 150_000  # k-means sees at most this many (about a minute on 2 cores)
+_MIN_DESCRIPTORS = 500
 
 Report = Callable[[int, int], None]  # (done, total) while (re)building
 
@@ -107,34 +108,33 @@ class LocalIndexService:
                 if not self._loaded:
                     self._load()
                 inv = self._inverted
-            have = self.catalog.feature_ids(extractor)
+            have = self.catalog.feature_versions(extractor)
             if len(have) < MIN_PHOTOS:
                 return False
             if inv is None or len(have) >= 2 * max(inv.trained_photos, 1):
                 inv = self._train(len(have), cancel)
                 if inv is None:
                     return False
-            indexed = inv.ids()
-            gone = np.setdiff1d(indexed, have)
-            missing = set(np.setdiff1d(have, indexed).tolist())
-            inv.remove(gone.tolist())
-            done = 0
+            known = inv.versions()
+            gone = [pid for pid in known if pid not in have]
+            # New photos, and those whose record was made again for new bytes.
+            todo = [pid for pid, version in have.items() if known.get(pid) != version]
+            inv.remove(gone)
             damaged: list[int] = []
-            for chunk in self.catalog.iter_features(extractor):
+            for start in range(0, len(todo), 500):
                 if cancel is not None and cancel.is_set():
                     break
-                for photo_id, blob in chunk:
-                    if photo_id in missing:
-                        try:
-                            inv.add(photo_id, decode_features(blob))
-                        except FeatureDataError:
-                            damaged.append(photo_id)
-                        done += 1
+                part = todo[start:start + 500]
+                for photo_id, blob in self.catalog.features(part, extractor).items():
+                    try:
+                        inv.add(photo_id, decode_features(blob), have[photo_id])
+                    except FeatureDataError:
+                        damaged.append(photo_id)
                 if progress is not None:
-                    progress(done, len(missing))
+                    progress(min(start + 500, len(todo)), len(todo))
             if damaged:
                 self.catalog.drop_features(damaged, extractor)
-            changed = bool(missing or len(gone)) or inv is not self._inverted
+            changed = bool(todo or gone) or inv is not self._inverted
             with self._lock:
                 self._inverted = inv
             if changed:
@@ -148,7 +148,9 @@ class LocalIndexService:
         """A vocabulary learned from a sample of the library's descriptors."""
         assert self.mode is not None
         rng = np.random.default_rng(0)
-        keep = max(4, min(_SAMPLE_PER_PHOTO, _TRAIN_DESCRIPTORS // max(photos, 1)))
+        # A small library gives all its descriptors; a big one a sample from every photo.
+        keep = max(_SAMPLE_PER_PHOTO, _TRAIN_DESCRIPTORS // max(photos, 1))
+        total = 0
         sample: list[np.ndarray] = []
         for chunk in self.catalog.iter_features(self.mode.extractor_id):
             if cancel is not None and cancel.is_set():
@@ -158,15 +160,19 @@ class LocalIndexService:
                     d = decode_features(blob).descriptors
                 except FeatureDataError:
                     continue
+                total += len(d)
                 if len(d) > keep:
                     d = d[rng.choice(len(d), keep, replace=False)]
                 sample.append(d)
         data = np.concatenate(sample) if sample else np.zeros((0, 128), np.float32)
-        if len(data) < 1000:
+        if len(data) < _MIN_DESCRIPTORS:
             return None
-        log.info("learning a visual vocabulary from %d descriptors of %d photos", len(data),
-                 photos)
-        return InvertedFile(Vocabulary.train(data), photos)
+        if len(data) > _TRAIN_DESCRIPTORS:
+            data = data[rng.choice(len(data), _TRAIN_DESCRIPTORS, replace=False)]
+        k = vocabulary_size(total)
+        log.info("learning a visual vocabulary of %d words from %d descriptors of %d photos",
+                 k, len(data), photos)
+        return InvertedFile(Vocabulary.train(data, k), photos)
 
     def refresh_later(self) -> None:
         """Refresh on a background thread; calls made meanwhile fold into one more pass."""

@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 
 from imagesearch.config import DEFAULT_MODEL, Settings
+from imagesearch.core.ames.models import AmesPaths
+from imagesearch.core.ames.registry import AMES_WEIGHTS, VARIANTS, AmesVariant, known_weight
 from imagesearch.core.encoder import Encoder
 from imagesearch.core.encoder_loading import known_choice, load_encoder
 from imagesearch.core.model_registry import KNOWN_MODELS, known_model, parse_model_id
@@ -88,7 +90,35 @@ class ModelManager:
 
     def download(self, model_id: str | None = None,
                  progress: DownloadProgress | None = None) -> Path:
-        return self.store.download(model_id or self.model_id, progress).path
+        mid = model_id or self.model_id
+        ames = known_weight(mid)
+        if ames is not None:
+            return self.store.download_file(mid, ames.url, ames.filename, progress).path
+        return self.store.download(mid, progress).path
+
+    # AMES ---------------------------------------------------------------------------------
+
+    def ames_variant(self) -> AmesVariant | None:
+        """The AMES checkpoint the settings name (None for an unknown name)."""
+        return VARIANTS.get(self.settings.ames_model)
+
+    def ames_missing(self) -> list[str]:
+        """Ids of the AMES weights the configured variant needs and does not have."""
+        variant = self.ames_variant()
+        if variant is None:
+            return []
+        return [w.id for w in variant.weights if self.store.installed(w.id) is None]
+
+    def ames_paths(self) -> AmesPaths | None:
+        """Where the configured AMES variant's three checkpoints are, when all are here."""
+        variant = self.ames_variant()
+        if variant is None:
+            return None
+        found = [self.store.installed(w.id) for w in variant.weights]
+        if any(f is None for f in found):
+            return None
+        backbone, detector, matcher = (f.path for f in found if f is not None)
+        return AmesPaths(backbone, detector, matcher)
 
     def install(self, checkpoint: Path, model_id: str | None = None,
                 config: Path | None = None, sha256: str | None = None) -> ModelInfo:
@@ -99,7 +129,7 @@ class ModelManager:
 
     def models(self) -> list[ModelInfo]:
         """Known models plus any installed by hand, with what is on disk."""
-        ids = [m.id for m in KNOWN_MODELS]
+        ids = [m.id for m in KNOWN_MODELS] + [w.id for w in AMES_WEIGHTS]
         ids += [i for i in self.store.installed_ids() if i not in ids]
         out = []
         for mid in ids:
@@ -111,9 +141,12 @@ class ModelManager:
         arch, tag = parse_model_id(mid)
         km = known_model(mid)
         desc = ""
+        ames = known_weight(mid)
         if km is not None:
             coco = "n/a" if km.coco_image_r5 is None else f"{km.coco_image_r5:.1%}"
             desc = f"ImageNet {km.imagenet_top1:.1%}, COCO text→image R@5 {coco}; {km.note}"
+        elif ames is not None:
+            desc = f"{ames.note}; ~{ames.approx_mb} MB from {ames.url}"
         return ModelInfo(id=mid, arch=arch, tag=tag, installed=path is not None, path=path,
                          size_bytes=size, description=desc, is_default=mid == DEFAULT_MODEL,
                          runtime=self.runtime_summary(mid) if path is not None else "")

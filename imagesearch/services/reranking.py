@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,14 @@ class RerankService:
 
     def rerank(self, reranker: Reranker, query: Any, shortlist: Sequence[tuple[int, float]],
                cancel: threading.Event | None = None,
-               budget_s: float | None = DEFAULT_BUDGET_S) -> Reranked:
+               budget_s: float | None = DEFAULT_BUDGET_S,
+               global_scores: Mapping[int, float] | None = None) -> Reranked:
         """Re-order ``shortlist`` ((photo id, score) best first) by the re-ranker's verdicts.
+
+        Args:
+            global_scores: each shortlisted photo's global cosine with the query, for a
+                re-ranker whose ``prior_kind`` is "global"; without a score for every
+                photo, the rank-normalised shortlist stands in.
 
         A cancelled or over-budget run returns what it has, marked incomplete.
         """
@@ -58,6 +64,10 @@ class RerankService:
         ids = [pid for pid, _ in shortlist]
         prior_scores = np.asarray([s for _, s in shortlist], dtype=np.float32)
         prior = dict(zip(ids, prior_scores.tolist(), strict=True))
+        fused_prior = normalise_prior(prior_scores)
+        if reranker.prior_kind == "global" and global_scores is not None \
+                and all(i in global_scores for i in ids):
+            fused_prior = np.asarray([global_scores[i] for i in ids], dtype=np.float32)
         records = self.catalog.features(ids, reranker.data_kind)
         deadline = time.monotonic() + budget_s if budget_s is not None else None
         outcome = reranker.score(query, records, cancel, deadline)
@@ -67,7 +77,7 @@ class RerankService:
             self.catalog.drop_features(outcome.damaged, reranker.data_kind)
         match = np.asarray([outcome.evidence[i].match if i in outcome.evidence else 0.0
                             for i in ids], dtype=np.float32)
-        final = reranker.fuse(normalise_prior(prior_scores), match)
+        final = reranker.fuse(fused_prior, match)
         order = np.argsort(-final, kind="stable")
         return Reranked([ids[i] for i in order], [float(final[i]) for i in order], prior,
                         outcome.evidence, outcome.complete, reranker.name)

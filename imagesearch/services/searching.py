@@ -20,7 +20,7 @@ import numpy as np
 
 from imagesearch.config import Settings
 from imagesearch.core.imaging import load_query_image
-from imagesearch.core.rerank import Reranker, normalise_prior
+from imagesearch.core.rerank import Reranker
 from imagesearch.domain import Box, Query, SearchHit
 from imagesearch.errors import ModelUnavailable, QueryError
 from imagesearch.services.local_search import MIN_PHOTOS, LocalIndexService
@@ -57,11 +57,14 @@ class SearchRound:
     global_scores: dict[int, float] = field(default_factory=dict)
     reranker: Reranker | None = None
     prepared: Any = None  # the re-ranker's query side
+    prepare_later: bool = False  # a heavy query side (AMES): computed by refine(), not begin()
+    vector: np.ndarray | None = None  # the global query vector, when a model ran
     _service: SearchService | None = None
 
     @property
     def can_refine(self) -> bool:
-        return self.reranker is not None and self.prepared is not None and bool(self.shortlist)
+        return self.reranker is not None and bool(self.shortlist) and (
+            self.prepared is not None or self.prepare_later)
 
     def refine(self, cancel: threading.Event | None = None) -> list[SearchHit]:
         """The re-ranked hits (the first hits again when there is nothing to refine)."""
@@ -82,6 +85,10 @@ class SearchService:
         self.vectors = vectors
         self.local = local
         self.rerank = rerank
+        # Why the chosen re-ranker cannot run (AMES without weights): said once, then
+        # spatial verification stands in.
+        self.rerank_note: str | None = None
+        self._noted = False
 
     # The query vector ---------------------------------------------------------------------
 
@@ -154,35 +161,43 @@ class SearchService:
         allowed = self.catalog.ids_under(query.folder) if query.folder is not None else None
         vector = self._vector_or_none(query, notes)
         global_ids, global_scores = self._global(vector, max(k, query.top_k), allowed)
-        reranker = self._reranker(query, rerank, using)
+        reranker = self._reranker(query, rerank, using, notes)
         # The local shortlist needs the query's SIFT keypoints whatever re-ranks it.
         keypoints = self._keypoints(query, notes, vector is None) \
             if (reranker is not None or vector is None) else None
-        local = self._local(keypoints, k, allowed) if keypoints is not None else []
+        local = self._local(keypoints, k, allowed, notes) if keypoints is not None else []
         prepared = keypoints if reranker is not None and reranker.name == "sp" else None
-        if reranker is not None and reranker.name != "sp" and query.image is not None:
-            try:
-                prepared = self.rerank.prepare(reranker, query.image)
-            except ValueError as exc:
-                notes.append(f"the image cannot be re-ranked: {exc}")
-        if vector is None and not local:
-            notes.append("nothing indexed for object search yet")
-        candidates = _merge(list(zip(global_ids, global_scores, strict=True))[:k], local)
+        # Any other re-ranker's query side (DINOv2 for AMES: seconds on a CPU) waits for
+        # refine(), so the first hits are not held back by it.
+        later = reranker is not None and reranker.name != "sp" and query.image is not None
+        if vector is None and not local and not notes:
+            notes.append("no photo has been indexed for search by image yet")
         first = list(zip(global_ids, global_scores, strict=True)) if vector is not None \
             else local
+        candidates = _candidates(first[:k], local)
         scores = dict(zip(global_ids, global_scores, strict=True))
         search_round = SearchRound(
             query=query, hits=self._hits(first[:query.top_k], scores), notes=notes,
             shortlist=candidates, global_scores=scores,
-            reranker=reranker if prepared is not None else None, prepared=prepared,
-            _service=self)
+            reranker=reranker if prepared is not None or later else None, prepared=prepared,
+            prepare_later=later, vector=vector, _service=self)
         return search_round
 
     def refine(self, search_round: SearchRound, cancel: threading.Event | None = None
                ) -> list[SearchHit]:
         assert search_round.reranker is not None
+        if search_round.prepared is None:
+            assert search_round.query.image is not None
+            try:
+                search_round.prepared = self.rerank.prepare(search_round.reranker,
+                                                            search_round.query.image)
+            except ValueError as exc:
+                search_round.notes.append(f"the image cannot be re-ranked: {exc}")
+                search_round.prepare_later = False
+                return search_round.hits
         reranked = self.rerank.rerank(search_round.reranker, search_round.prepared,
-                                      search_round.shortlist, cancel)
+                                      search_round.shortlist, cancel,
+                                      global_scores=self._global_scores(search_round))
         if not reranked.complete:
             search_round.notes.append("refinement stopped early; the rest keep their order")
         return self._reranked_hits(search_round, reranked)
@@ -249,7 +264,7 @@ class SearchService:
             return None
         return keypoints
 
-    def _local(self, prepared: Any, k: int, allowed: np.ndarray | None
+    def _local(self, prepared: Any, k: int, allowed: np.ndarray | None, notes: list[str]
                ) -> list[tuple[int, float]]:
         """The weight-free shortlist: ASMK, or every photo of a small library."""
         result = self.local.shortlist(prepared.plain, k, allowed)
@@ -264,20 +279,42 @@ class SearchService:
             have = np.intersect1d(have, allowed)
         if len(have) > 4 * MIN_PHOTOS:
             self.local.refresh_later()  # the index is missing or being built
+            notes.append("the index of photo details is still being built; until it is "
+                         "ready, only the overall look finds candidates")
             return []
         return [(int(i), 0.0) for i in have]
 
-    def _reranker(self, query: Query, rerank: bool | None, using: str | None
-                  ) -> Reranker | None:
-        if query.image is None or rerank is False or self.local.mode is None:
+    def _global_scores(self, search_round: SearchRound) -> dict[int, float]:
+        """The global cosine of every shortlisted photo (those the local shortlist added
+        have none yet: their stored vectors give it); empty without a query vector."""
+        if search_round.vector is None:
+            return {}
+        scores = dict(search_round.global_scores)
+        query = search_round.vector.astype(np.float32)
+        # Few: the global shortlist already covers most of the merged one.
+        for pid in [p for p, _ in search_round.shortlist if p not in scores]:
+            stored = self.catalog.vector(pid, self.models.model_id)
+            if stored is not None:
+                scores[pid] = float(stored @ query) / max(float(np.linalg.norm(stored)), 1e-12)
+        return scores
+
+    def _reranker(self, query: Query, rerank: bool | None, using: str | None,
+                  notes: list[str]) -> Reranker | None:
+        if query.image is None or rerank is False:
             return None
         name = using or RERANKER_FOR_SETTING.get(self.settings.rerank)
         if name is None and rerank is None:
             return None  # re-ranking is off in the settings
         if using is not None:
             return self.rerank.get(using)
-        # AMES chosen but not available (no weights): spatial verification stands in.
-        return self.rerank.get(name or "sp") or self.rerank.get("sp")
+        chosen = self.rerank.get(name or "sp")
+        if chosen is None and name == "ames":
+            # AMES chosen but not available (no weights): spatial verification stands in.
+            if self.rerank_note and not self._noted:
+                self._noted = True
+                notes.append(f"{self.rerank_note}: using spatial verification instead")
+            chosen = self.rerank.get("sp")
+        return chosen
 
     def _reranked_hits(self, search_round: SearchRound, reranked: Reranked
                        ) -> list[SearchHit]:
@@ -306,17 +343,13 @@ class SearchService:
         return hits
 
 
-def _merge(first: list[tuple[int, float]], second: list[tuple[int, float]]
-           ) -> list[tuple[int, float]]:
-    """Two shortlists as one: each photo's best rank-normalised score, best first."""
-    best: dict[int, float] = {}
-    for part in (first, second):
-        if not part:
-            continue
-        norm = normalise_prior(np.asarray([s for _, s in part], dtype=np.float32))
-        for (pid, _), value in zip(part, norm.tolist(), strict=True):
-            best[pid] = max(best.get(pid, 0.0), value)
-    return sorted(best.items(), key=lambda item: -item[1])
+def _candidates(first: list[tuple[int, float]], local: list[tuple[int, float]]
+                ) -> list[tuple[int, float]]:
+    """What the re-ranker sees: the first order's shortlist, then the local shortlist's
+    other photos; scored by that position, so photos left unverified keep their order."""
+    ids = list(dict.fromkeys([pid for pid, _ in first] + [pid for pid, _ in local]))
+    n = max(len(ids), 1)
+    return [(pid, 1.0 - i / n) for i, pid in enumerate(ids)]
 
 
 def _mtime(path: Path) -> float | None:

@@ -19,7 +19,7 @@ from imagesearch.domain import Query, SearchHit
 from imagesearch.errors import FeatureDataError
 from imagesearch.services.context import AppContext
 
-STAGES = ("global", "annoy", "bovw", "bovw-sp", "local", "sp", "ames")
+STAGES = ("global", "annoy", "bovw", "bovw-sp", "local", "sp", "sp-all", "ames")
 BoxT = tuple[float, float, float, float]
 
 
@@ -48,6 +48,11 @@ class Runner(abc.ABC):
         return None
 
     def bytes_per_photo(self) -> float | None:
+        """What the stage keeps a photo in the catalog (the truth)."""
+        return None
+
+    def index_bytes_per_photo(self) -> float | None:
+        """What its derived index files add a photo (rebuilt from the catalog if lost)."""
         return None
 
     def _run(self, pairs: Sequence[tuple[int, float]], started: float,
@@ -72,8 +77,17 @@ class Runner(abc.ABC):
         if extractor is None:
             return None
         n, total = self.ctx.catalog.feature_bytes(extractor)
-        cache = self.ctx.local.path.stat().st_size if self.ctx.local.path.exists() else 0
-        return (total + cache) / max(n, 1)
+        return total / max(n, 1)
+
+    def _local_index_bytes(self) -> float | None:
+        path = self.ctx.local.path
+        photos = self.ctx.local.status().photos
+        return path.stat().st_size / photos if path.exists() and photos else None
+
+    def _faiss_bytes(self) -> float | None:
+        path = self.ctx.vectors.path
+        index = self.ctx.vectors.index()
+        return path.stat().st_size / len(index) if path.exists() and index else None
 
 
 class GlobalRunner(Runner):
@@ -91,6 +105,9 @@ class GlobalRunner(Runner):
 
     def bytes_per_photo(self) -> float | None:
         return self._global_bytes()
+
+    def index_bytes_per_photo(self) -> float | None:
+        return self._faiss_bytes()
 
 
 class AnnoyRunner(GlobalRunner):
@@ -131,6 +148,9 @@ class AnnoyRunner(GlobalRunner):
         return self._search(self.ctx.search.query_vector(Query(text=query)), k, started)
 
     def bytes_per_photo(self) -> float | None:
+        return self._global_bytes()
+
+    def index_bytes_per_photo(self) -> float | None:
         return self._size
 
 
@@ -155,6 +175,9 @@ class LocalRunner(Runner):
     def bytes_per_photo(self) -> float | None:
         return self._feature_bytes()
 
+    def index_bytes_per_photo(self) -> float | None:
+        return self._local_index_bytes()
+
 
 class RerankRunner(Runner):
     """The app's own search: the best shortlist, then a re-ranker (sp or ames)."""
@@ -171,6 +194,10 @@ class RerankRunner(Runner):
 
     def bytes_per_photo(self) -> float | None:
         parts = [b for b in (self._global_bytes(), self._feature_bytes()) if b is not None]
+        return sum(parts) if parts else None
+
+    def index_bytes_per_photo(self) -> float | None:
+        parts = [b for b in (self._faiss_bytes(), self._local_index_bytes()) if b]
         return sum(parts) if parts else None
 
 
@@ -209,6 +236,22 @@ class BagOfWordsRunner(LocalRunner):
         return self._run(order, started, boxes)
 
 
+class VerifyAllRunner(LocalRunner):
+    """Spatial verification of every photo, no shortlist: what the shortlist costs."""
+
+    def image(self, path: Path, k: int) -> StageRun:
+        started = time.perf_counter()
+        prepared = self._prepare(path)
+        reranker = self.ctx.rerank.get("sp")
+        assert reranker is not None and self.ctx.local.extractor is not None
+        everyone = [(int(i), 0.0) for i in self.ctx.catalog.feature_ids(self.ctx.local.extractor)]
+        reranked = self.ctx.rerank.rerank(reranker, prepared, everyone, threading.Event(),
+                                          budget_s=None)
+        boxes = {p: e.box for p, e in reranked.evidence.items()}
+        return self._run(list(zip(reranked.ids, reranked.scores, strict=True))[:k], started,
+                         boxes)
+
+
 def make_runner(name: str, ctx: AppContext, ids: dict[int, int]) -> Runner | str:
     """The runner for a stage, or why it cannot run here."""
     needs_model = name in ("global", "annoy")
@@ -230,6 +273,8 @@ def make_runner(name: str, ctx: AppContext, ids: dict[int, int]) -> Runner | str
         return LocalRunner(ctx, ids)
     if name in ("bovw", "bovw-sp"):
         return BagOfWordsRunner(ctx, ids, verify=name == "bovw-sp")
+    if name == "sp-all":
+        return VerifyAllRunner(ctx, ids)
     if name == "ames" and ctx.rerank.get("ames") is None:
         return "AMES weights are not installed (see `imagesearch models list`)"
     return RerankRunner(ctx, ids, name)

@@ -470,6 +470,16 @@ class Catalog:
                 .where(LocalFeatureRow.extractor == extractor, _same_hash()))
             return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
+    def feature_versions(self, extractor: str) -> dict[int, str]:
+        """Photo id -> the content hash its current record was made from (which changes
+        whenever the record is made again for new bytes)."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(LocalFeatureRow.photo_id, LocalFeatureRow.content_hash)
+                .join(PhotoRow, PhotoRow.id == LocalFeatureRow.photo_id)
+                .where(LocalFeatureRow.extractor == extractor, _same_hash()))
+            return {int(pid): h or "" for pid, h in rows}
+
     def iter_features(self, extractor: str, chunk: int = 2000
                       ) -> Iterator[list[tuple[int, bytes]]]:
         """Every current feature record, in chunks of (photo id, bytes), by photo id."""
@@ -495,6 +505,50 @@ class Catalog:
                                                    0))
                 .where(LocalFeatureRow.extractor == extractor)).one()
         return int(n), int(total)
+
+    def missing_features(self, extractor: str, after: int = -1, limit: int = 64
+                         ) -> list[tuple[int, Path, str]]:
+        """Indexed photos with no current record from ``extractor``: (id, path, content
+        hash) in id order, after ``after`` (a resumable walk)."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(PhotoRow.id, PhotoRow.path, PhotoRow.content_hash)
+                .where(PhotoRow.status == PhotoStatus.INDEXED.value,
+                       PhotoRow.content_hash.is_not(None), PhotoRow.id > after,
+                       ~_has_features(extractor))
+                .order_by(PhotoRow.id).limit(limit)).all()
+        return [(int(pid), path, str(h)) for pid, path, h in rows]
+
+    def count_missing_features(self, extractor: str) -> int:
+        with self._sessions() as s:
+            return int(s.scalar(
+                select(func.count()).select_from(PhotoRow)
+                .where(PhotoRow.status == PhotoStatus.INDEXED.value,
+                       PhotoRow.content_hash.is_not(None), ~_has_features(extractor)))
+                or 0)
+
+    def store_features(self, extractor: str,
+                       records: Sequence[tuple[int, str, int, bytes]]) -> int:
+        """Add or replace feature records (photo id, the content hash they describe,
+        count, bytes) without touching the photos; returns how many were stored.
+
+        A photo removed meanwhile is skipped; one whose bytes changed meanwhile gets a
+        record that never counts (its hash differs) and is computed again.
+        """
+        if not records:
+            return 0
+        with self._sessions.begin() as s:
+            ids = [int(r[0]) for r in records]
+            alive = set(s.scalars(select(PhotoRow.id).where(PhotoRow.id.in_(ids))))
+            rows = [{"photo_id": int(pid), "extractor": extractor, "content_hash": h,
+                     "count": int(n), "data": data}
+                    for pid, h, n, data in records if int(pid) in alive]
+            s.execute(delete(LocalFeatureRow).where(
+                LocalFeatureRow.photo_id.in_([r["photo_id"] for r in rows]),
+                LocalFeatureRow.extractor == extractor))
+            if rows:
+                s.execute(sqlite_insert(LocalFeatureRow), rows)
+            return len(rows)
 
     def drop_features(self, ids: Iterable[int], extractor: str) -> None:
         """Forget damaged records; the next indexing run computes them again."""

@@ -1,0 +1,68 @@
+"""Stored local features: compact, faithful, and damage is caught."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagesearch.core.feature_codec import (
+    CODEBOOK_SHA256,
+    codebook_file,
+    decode_features,
+    encode_features,
+    record_size,
+)
+from imagesearch.core.local_features import FEATURE_MODES, extract
+from imagesearch.errors import FeatureDataError
+from tests.conftest import skimage_photo
+
+
+@pytest.fixture(scope="module")
+def features():  # type: ignore[no-untyped-def]
+    return extract(Image.fromarray(skimage_photo("astronaut")), 384, 1000,
+                   original_size=(4096, 4096))  # a reduced decode of a big square photo
+
+
+def test_the_shipped_codebooks_are_the_ones_stored_codes_depend_on() -> None:
+    for m, digest in CODEBOOK_SHA256.items():
+        assert hashlib.sha256(codebook_file(m).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("mode", sorted(FEATURE_MODES))
+def test_round_trip_and_size(features, mode: str) -> None:  # type: ignore[no-untyped-def]
+    m = FEATURE_MODES[mode]
+    part = features.take(slice(0, m.count))
+    blob = encode_features(part, m.pq_subquantizers)
+    assert len(blob) == record_size(len(part), m.pq_subquantizers)
+    back = decode_features(blob)
+    assert (back.width, back.height) == (4096, 4096) and len(back) == len(part)
+    # Positions within a 1024th of the side, scale within a sixth of an octave,
+    # angle within 3 degrees, descriptors close to what was found.
+    assert np.abs(back.xy - part.xy).max() <= 4096 / 1023
+    assert np.abs(np.log2(back.scale / part.scale)).max() <= 12 / 63
+    assert np.abs((back.angle - part.angle + 180) % 360 - 180).max() <= 360 / 64
+    cosine = (back.descriptors * part.descriptors).sum(axis=1)
+    assert cosine.mean() > (0.93 if m.pq_subquantizers == 8 else 0.96)
+
+
+def test_the_compact_mode_keeps_within_2_kb_a_photo() -> None:
+    m = FEATURE_MODES["compact"]
+    assert record_size(m.count, m.pq_subquantizers) <= 2048
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "header", "empty"])
+def test_damaged_records_are_refused(features, damage: str) -> None:  # type: ignore[no-untyped-def]
+    blob = bytearray(encode_features(features.take(slice(0, 50)), 8))
+    if damage == "truncate":
+        blob = blob[:-3]
+    elif damage == "flip":
+        blob[40] ^= 0xFF
+    elif damage == "header":
+        blob[0:2] = b"XX"
+    else:
+        blob = bytearray()
+    with pytest.raises(FeatureDataError):
+        decode_features(bytes(blob))

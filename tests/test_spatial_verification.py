@@ -1,0 +1,130 @@
+"""Local features and spatial verification on generated pairs with known geometry."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagesearch.core.feature_codec import decode_features, encode_features
+from imagesearch.core.local_features import (
+    FEATURE_MODES,
+    QUERY_COUNT,
+    QUERY_MAX_SIDE,
+    extract,
+    mirrored,
+)
+from imagesearch.core.spatial_verification import QueryFeatures, verify
+from tests.conftest import skimage_photo
+from tests.instance_scenes import iou, scene, similarity
+
+OBJECT = skimage_photo("astronaut")  # 512 x 512
+CENTRE = (256.0, 256.0)
+
+
+def stored(pixels: np.ndarray, mode: str = "compact"):  # type: ignore[no-untyped-def]
+    """A library photo's features as search sees them: extracted, stored, read back."""
+    m = FEATURE_MODES[mode]
+    found = extract(Image.fromarray(pixels), m.max_side, m.count)
+    return decode_features(encode_features(found, m.pq_subquantizers))
+
+
+@pytest.fixture(scope="module")
+def query() -> QueryFeatures:
+    return QueryFeatures(extract(Image.fromarray(OBJECT), QUERY_MAX_SIDE, QUERY_COUNT))
+
+
+@pytest.mark.parametrize(("name", "matrix", "mirror"), [
+    ("half size, turned 30 degrees", similarity(0.5, 30, 400, 300, CENTRE), False),
+    ("upside down", similarity(0.6, 180, 380, 300, CENTRE), False),
+    ("a quarter of the size (4x scale change)", similarity(0.25, -15, 300, 250, CENTRE),
+     False),
+    ("perspective", np.array([[0.55, 0.08, 150], [-0.05, 0.5, 120], [2e-4, 1e-4, 1.0]]),
+     False),
+    ("mirrored", similarity(0.5, 10, 420, 280, CENTRE), True),
+    ("mirrored and turned", similarity(0.5, 120, 420, 300, CENTRE), True),
+])
+def test_the_object_is_verified_and_boxed(query: QueryFeatures, name: str,
+                                          matrix: np.ndarray, mirror: bool) -> None:
+    pixels, truth = scene(OBJECT, matrix, (800, 600), mirror=mirror)
+    (result,) = verify(query, [stored(pixels, "detailed" if "quarter" in name else "compact")])
+    assert result is not None and result.verified, name
+    assert result.mirrored == mirror
+    assert result.box is not None and iou(result.box, truth) >= 0.6, (name, result, truth)
+
+
+def test_an_object_at_15_percent_of_the_frame_height_in_detailed_mode(
+        query: QueryFeatures) -> None:
+    matrix = similarity(0.18, 25, 500, 380, CENTRE)  # ~92 px of a 600 px tall frame
+    pixels, truth = scene(OBJECT, matrix, (800, 600), seed=3)
+    (result,) = verify(query, [stored(pixels, "detailed")])
+    assert result is not None and result.verified
+    assert result.box is not None and iou(result.box, truth) >= 0.5
+
+
+def test_another_object_is_not_verified(query: QueryFeatures) -> None:
+    other = skimage_photo("coffee")
+    pixels, _ = scene(other, similarity(0.7, 0, 400, 300, (300, 200)), (800, 600))
+    (result,) = verify(query, [stored(pixels)])
+    assert result is not None and not result.verified and result.box is None
+
+
+def test_blur_and_heavy_compression(query: QueryFeatures, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import ImageFilter
+
+    pixels, truth = scene(OBJECT, similarity(0.55, -40, 400, 300, CENTRE), (800, 600))
+    degraded = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(1.5))
+    degraded.save(tmp_path / "q20.jpg", quality=20)
+    with Image.open(tmp_path / "q20.jpg") as img:
+        (result,) = verify(query, [stored(np.asarray(img.convert("RGB")))])
+    assert result is not None and result.verified
+    assert result.box is not None and iou(result.box, truth) >= 0.6
+
+
+def test_boxes_are_in_pixels_of_the_original_whatever_the_decode_size(
+        query: QueryFeatures) -> None:
+    pixels, truth = scene(OBJECT, similarity(0.5, 0, 400, 300, CENTRE), (800, 600))
+    small = Image.fromarray(pixels).resize((400, 300))  # a reduced decode of an 800 x 600
+    m = FEATURE_MODES["compact"]
+    found = extract(small, m.max_side, m.count, original_size=(800, 600))
+    assert found.width == 800 and found.xy[:, 0].max() > 400
+    (result,) = verify(query, [decode_features(encode_features(found, 8))])
+    assert result is not None and result.box is not None and iou(result.box, truth) >= 0.6
+
+
+def test_cancelled_verification_leaves_the_rest_undone(query: QueryFeatures) -> None:
+    pixels, _ = scene(OBJECT, similarity(0.5, 0, 400, 300, CENTRE), (800, 600))
+    photo = stored(pixels)
+    cancel = threading.Event()
+    cancel.set()
+    assert verify(query, [photo, photo], cancel) == [None, None]
+
+
+def test_mirrored_descriptors_match_extraction_on_the_mirror_image() -> None:
+    """The permutation that mirrors a SIFT descriptor, checked against SIFT itself."""
+    img = Image.fromarray(OBJECT)
+    plain = extract(img, 512, 400)
+    flipped = extract(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 512, 400)
+    predicted = mirrored(plain)
+    # Pair keypoints by position: the mirror's keypoint at x is the original's at w - x.
+    d = np.linalg.norm(predicted.xy[:, None] - flipped.xy[None], axis=2)
+    pairs = [(i, int(j)) for i, j in enumerate(d.argmin(axis=1)) if d[i, j] < 0.5]
+    assert len(pairs) > 50
+    i, j = np.array(pairs).T
+    same = (predicted.descriptors[i] * flipped.descriptors[j]).sum(axis=1)
+    unpermuted = (plain.descriptors[i] * flipped.descriptors[j]).sum(axis=1)
+    assert np.median(same) > 0.95 > np.median(unpermuted)
+    angle = np.abs((predicted.angle[i] - flipped.angle[j] + 180) % 360 - 180)
+    assert np.median(angle) < 5
+
+
+def test_a_textureless_image_has_no_features() -> None:
+    flat = Image.new("RGB", (300, 200), (120, 130, 140))
+    found = extract(flat, 384, 160)
+    assert len(found) == 0 and (found.width, found.height) == (300, 200)
+    back = decode_features(encode_features(found, 8))
+    assert len(back) == 0
+    (result,) = verify(QueryFeatures(found), [back])
+    assert result is not None and not result.verified
