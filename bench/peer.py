@@ -1,7 +1,7 @@
 """imagesearch beside rclip on the same photos and the same model weights, as two rows.
 
     python bench/peer.py --rclip /path/to/venv/bin/rclip          # ../shared/data/photos/animals
-    python bench/peer.py --rclip ... --local-features off         # indexing without SIFT
+    python bench/peer.py --rclip ... --local-features off compact # both imagesearch rows
 
 rclip (3.3.0) runs ONNX Runtime fp32 graphs of ViT-B-32-256; it runs offline when they sit
 in its data folder (RCLIP_DATADIR/ViT-B-32-256-datacomp_s34b_b86k/{visual,textual}.onnx and
@@ -138,7 +138,9 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=SHARED)
     ap.add_argument("--rclip", help="rclip executable (its own virtual environment)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--local-features", default="compact", choices=["off", "compact"])
+    ap.add_argument("--local-features", nargs="+", default=["compact"],
+                    choices=["off", "compact"],
+                    help="one imagesearch row each, in one run (e.g. off compact)")
     ap.add_argument("--skip-imagesearch", action="store_true")
     args = ap.parse_args()
     store, kind = weights_store(DEFAULT_MODEL)
@@ -152,10 +154,10 @@ def main() -> None:
             datadir = Path(tmp) / "rclip"
             export_for_rclip(weights.path, datadir)
             print(json.dumps(rclip_row(args.rclip, args.photos, datadir, image,
-                                       args.repeat)))
-        if not args.skip_imagesearch:
-            print(json.dumps(imagesearch_row(store.root, args.photos, Path(tmp) / "lib",
-                                             image, args.repeat, args.local_features)))
+                                       args.repeat)), flush=True)
+        for mode in [] if args.skip_imagesearch else args.local_features:
+            print(json.dumps(imagesearch_row(store.root, args.photos, Path(tmp) / f"lib-{mode}",
+                                             image, args.repeat, mode)), flush=True)
     print(f"# load after: {_load()}", file=sys.stderr)
 
 
