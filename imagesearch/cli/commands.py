@@ -58,10 +58,22 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
     _ensure_weights(ctx, optional=ctx.local.mode is not None)
     with IndexProgressBar(not args.no_progress) as bar:
         report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)
+    _refresh_local_index(ctx, report, cancel, quiet=args.no_progress)
     print(_describe(report))
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 130 if report.cancelled else 0
+
+
+def _refresh_local_index(ctx: AppContext, report: IndexReport, cancel: threading.Event,
+                         quiet: bool = False) -> None:
+    """Bring the index of photo details up to date before a one-shot command ends (its
+    context refreshes nothing in the background: the process is about to exit)."""
+    if ctx.local.mode is None or report.cancelled or cancel.is_set():
+        return
+    if not quiet:
+        print("updating the index of photo details...", file=sys.stderr, flush=True)
+    ctx.local.refresh(cancel=cancel)
 
 
 def _ensure_weights(ctx: AppContext, optional: bool = False) -> None:
@@ -174,6 +186,7 @@ def _retry(_args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) 
     _ensure_weights(ctx)
     with IndexProgressBar() as bar:
         report = ctx.indexing.retry_failed(progress=bar, cancel=cancel)
+    _refresh_local_index(ctx, report, cancel)
     print(_describe(report))
     return 0
 

@@ -155,7 +155,7 @@ def _context(args: argparse.Namespace, models: ModelManager | None = None) -> Ap
     if args.command == "watch":
         return build_context(settings)  # long-lived: index file writes are debounced
     # One-shot: the index file is written as each command ends, and a failure is reported.
-    return build_context(settings, save_delay_s=0.0, models=models)
+    return build_context(settings, save_delay_s=0.0, models=models, background=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,7 +74,8 @@ class AppContext:
 
 def build_context(settings: Settings, encoder: Encoder | None = None,
                   save_delay_s: float = SAVE_DELAY_S,
-                  models: ModelManager | None = None) -> AppContext:
+                  models: ModelManager | None = None, background: bool = True
+                  ) -> AppContext:
     """Open the catalog (creating or migrating it) and wire the services.
 
     Args:
@@ -82,6 +83,8 @@ def build_context(settings: Settings, encoder: Encoder | None = None,
         save_delay_s: how long the index file waits for changes to settle before it is
             written; 0 writes it after each change (for one-shot commands).
         models: a model manager made earlier (one already loading in the background).
+        background: the local-feature index catches up on a thread of its own; False for
+            a one-shot command, whose handler refreshes it in the foreground.
 
     Raises:
         CatalogTooNew, CatalogError: the catalog cannot be used.
@@ -91,7 +94,7 @@ def build_context(settings: Settings, encoder: Encoder | None = None,
     models = models or ModelManager(settings, encoder)
     vectors = VectorStore(catalog, settings.index_dir, models.model_id, save_delay_s)
     lane = WriteLane()
-    local = LocalIndexService(settings, catalog)
+    local = LocalIndexService(settings, catalog, background=background)
     rerankers: list[Reranker] = []
     if local.mode is not None:
         rerankers.append(SpatialReranker(local.mode.extractor_id))

@@ -278,9 +278,13 @@ class SearchService:
         if allowed is not None:
             have = np.intersect1d(have, allowed)
         if len(have) > 4 * MIN_PHOTOS:
-            self.local.refresh_later()  # the index is missing or being built
-            notes.append("the index of photo details is still being built; until it is "
-                         "ready, only the overall look finds candidates")
+            if self.local.refresh_later():  # the index is missing or being built
+                notes.append("the index of photo details is still being built; until it "
+                             "is ready, only the overall look finds candidates")
+            else:
+                notes.append("the index of photo details is not built yet (an "
+                             "`imagesearch index` run builds it); until then only the "
+                             "overall look finds candidates")
             return []
         return [(int(i), 0.0) for i in have]
 
