@@ -1,10 +1,12 @@
 """Encoder speed: images/s at batch 1 and 32, and text query latency, per model and precision.
 
-    python bench/encode.py                      # the default model, auto precision
-    python bench/encode.py --models ViT-B-32/laion2b_s34b_b79k ViT-B-16/datacomp_xl_s13b_b90k \
-        --precisions fp32 bf16
+    python bench/encode.py                      # the default model, as the probe chose
+    python bench/encode.py --models MobileCLIP2-S0/dfndr2b MobileCLIP2-S2/dfndr2b \
+        --precisions auto fp32 bf16 onnx-fp32 onnx-int8
 
 Weights: the real ones if installed, otherwise random weights of the same architecture.
+"auto" runs (once per model and machine) and then reuses the runtime probe's choice;
+fp32/bf16 are torch; onnx-fp32/onnx-int8 force that ONNX Runtime graph for images.
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ def main() -> None:
                 t = time.perf_counter()
                 encoder.encode_texts([q])
                 lat.append(time.perf_counter() - t)
+            choice = getattr(encoder, "choice", None)
             emit({"model": model_id, "weights": weights, "precision": encoder.precision,
+                  "runtime": getattr(encoder, "runtime", "torch"),
+                  "probe": choice.summary() if choice is not None else None,
                   "images_per_s_batch1": round(b1, 1), "images_per_s_batch32": round(b32, 1),
                   "text_query_ms_median": round(1000 * statistics.median(lat), 1)})
 

@@ -161,6 +161,7 @@ class ModelInfo:
     size_bytes: int | None = None
     description: str = ""
     is_default: bool = False
+    runtime: str = ""  # the runtime probe's choice and figures on this machine, if probed
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,3 +178,4 @@ class LibraryStatus:
     folders: tuple[FolderInfo, ...] = ()
     last_indexed: datetime | None = None
     failures: tuple[PhotoRecord, ...] = field(default_factory=tuple)
+    runtime: str = ""  # how the model runs here and the probe's figures ("" before a probe)

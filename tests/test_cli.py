@@ -82,3 +82,40 @@ def test_console_script_help_is_fast_and_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().endswith("[]")
+
+
+def test_a_one_shot_command_builds_the_local_index_in_the_foreground(
+        cli_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A command's process ends as soon as it returns: a vocabulary left training on a
+    # background thread was lost, and its thread cut off inside FAISS (exit code 139).
+    import threading
+
+    from imagesearch.services import local_search, searching
+    from tests.conftest import skimage_photo
+    from tests.instance_scenes import save, scene, similarity
+
+    monkeypatch.setattr(local_search, "MIN_PHOTOS", 2)
+    monkeypatch.setattr(searching, "MIN_PHOTOS", 2)
+    root = tmp_path / "photos"
+    for i in range(12):
+        pixels, _ = scene(skimage_photo("coffee"), similarity(0.4, 15 * i, 300, 200,
+                                                             (300, 200)), (640, 480), seed=i)
+        save(pixels, root / f"c{i}.jpg")
+    query = save(skimage_photo("coffee"), tmp_path / "q.jpg")
+
+    def background_refreshes() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "imagesearch-local-index"]
+
+    assert main(["index", str(root)]) == 0
+    built = list((cli_env / "index").glob("local-*.npz"))
+    assert len(built) == 1 and not background_refreshes()
+
+    built[0].unlink()  # lost, or a library indexed by an older version
+    assert main(["search", "--image", str(query), "-k", "3"]) == 0
+    err = capsys.readouterr().err
+    # Built first, in the foreground, rather than a search that finds nothing.
+    assert "photo details once" in err and "not built yet" not in err
+    assert built[0].exists() and not background_refreshes()
+    assert main(["search", "--image", str(query), "-k", "3"]) == 0
+    assert "photo details once" not in capsys.readouterr().err

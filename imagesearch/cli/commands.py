@@ -13,15 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from imagesearch.cli.evaluation import run_eval
 from imagesearch.cli.progress import DownloadBar, IndexProgressBar
-from imagesearch.domain import (
-    LOCAL_INDEX_PHASE,
-    IndexProgress,
-    IndexReport,
-    LibraryStatus,
-    Query,
-    SearchHit,
-)
+from imagesearch.cli.remote import print_hits
+from imagesearch.domain import LOCAL_INDEX_PHASE, IndexProgress, IndexReport, LibraryStatus, Query
 from imagesearch.errors import ImageSearchError, ModelUnavailable, QueryError
+from imagesearch.services.query_server import hit_json
 from imagesearch.services.searching import split_negatives
 
 if TYPE_CHECKING:
@@ -61,13 +56,28 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
         raise ImageSearchError("The library has no folders yet: imagesearch index FOLDER")
     # Without the model, photos can still be indexed for search by image.
     _ensure_weights(ctx, optional=ctx.local.mode is not None)
-    ctx.indexing.local_index_inline = True  # this process ends with the run
     with IndexProgressBar(not args.no_progress) as bar:
         report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)
+    _refresh_local_index(ctx, report, cancel, quiet=args.no_progress)
     print(_describe(report))
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 130 if report.cancelled else 0
+
+
+def _refresh_local_index(ctx: AppContext, report: IndexReport, cancel: threading.Event,
+                         quiet: bool = False) -> None:
+    """Bring the index of photo details up to date before a one-shot command ends (its
+    context refreshes nothing in the background: the process is about to exit)."""
+    if ctx.local.mode is None or report.cancelled or cancel.is_set():
+        return
+    _build_local_index(ctx, cancel, quiet)
+
+
+def _build_local_index(ctx: AppContext, cancel: threading.Event, quiet: bool = False) -> None:
+    with IndexProgressBar(not quiet) as bar:
+        ctx.local.refresh(progress=lambda done, total: bar(
+            IndexProgress(LOCAL_INDEX_PHASE, done, total)), cancel=cancel)
 
 
 def _ensure_weights(ctx: AppContext, optional: bool = False) -> None:
@@ -130,33 +140,11 @@ def _search(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) 
         # Normally built by `index`; a library indexed by an older version, or whose index
         # file was lost, gets it now rather than a search that finds nothing.
         print("Indexing the library's photo details once before searching…", file=sys.stderr)
-        with IndexProgressBar(True) as bar:
-            ctx.local.refresh(progress=lambda done, total: bar(
-                IndexProgress(LOCAL_INDEX_PHASE, done, total)), cancel=cancel)
+        _build_local_index(ctx, cancel)
     search_round = ctx.search.begin(query, rerank=args.rerank, shortlist=args.shortlist)
     hits = search_round.refine(cancel)
-    for note in search_round.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if args.json:
-        json.dump([_hit_json(h) for h in hits], sys.stdout, ensure_ascii=False, indent=1)
-        sys.stdout.write("\n")
-    elif not hits:
-        print("no results (is the library indexed? see `imagesearch status`)", file=sys.stderr)
-    else:
-        for h in hits:
-            where = "" if h.box is None else \
-                "  [box " + " ".join(f"{v:.0f}" for v in h.box.as_list()) + "]"
-            print(f"{h.score:6.3f}  {h.path}{where}")
+    print_hits([hit_json(h) for h in hits], search_round.notes, args.json)
     return 0
-
-
-def _hit_json(h: SearchHit) -> dict[str, Any]:
-    return {"path": str(h.path), "score": round(h.score, 6), "id": h.photo_id,
-            "global_score": None if h.global_score is None else round(h.global_score, 6),
-            "rerank_score": h.rerank_score,
-            "width": h.width, "height": h.height, "size": h.size,
-            "captured_at": h.captured_at.isoformat() if h.captured_at else None,
-            "box": None if h.box is None else h.box.as_list()}
 
 
 def _status(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event) -> int:
@@ -205,9 +193,9 @@ def _status_json(st: LibraryStatus, weights: bool) -> dict[str, Any]:
 
 def _retry(_args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
     _ensure_weights(ctx)
-    ctx.indexing.local_index_inline = True  # this process ends with the run
     with IndexProgressBar() as bar:
         report = ctx.indexing.retry_failed(progress=bar, cancel=cancel)
+    _refresh_local_index(ctx, report, cancel)
     print(_describe(report))
     return 0
 
@@ -229,6 +217,8 @@ def _watch(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
     _ensure_weights(ctx)
     watcher = FolderWatcher(ctx.indexing, ctx.library,
                             on_report=lambda r: print(_describe(r), flush=True))
+    ctx.serve_queries()  # `imagesearch search` in another terminal asks this process
+    ctx.models.preload(("textual",))  # so the first such query finds it loaded
     # Watch first, then reconcile: a change during the catch-up scan is not missed.
     watcher.start()
     try:
@@ -254,6 +244,8 @@ def _models(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
             mark = "*" if m.id == ctx.models.model_id or ames else " "
             state = "installed" if m.installed else "not installed"
             print(f"{mark} {m.id:44s} {state:14s} {m.description}")
+            if m.runtime:
+                print(f"    runs here as {m.runtime}")
         print("\n* = active model (change with --model or the GUI settings), and the AMES "
               "checkpoints when AMES re-ranking is on\nAMES checkpoints publish no checksum: "
               "the sha256 of the first download is recorded in its manifest.json")

@@ -16,7 +16,9 @@ from imagesearch import __version__
 from imagesearch.errors import ImageSearchError
 
 if TYPE_CHECKING:
+    from imagesearch.config import Settings
     from imagesearch.services.context import AppContext
+    from imagesearch.services.models import ModelManager
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -109,15 +111,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _context(args: argparse.Namespace) -> AppContext:
+def _settings(args: argparse.Namespace) -> Settings:
     from imagesearch.config import Settings
+
+    return Settings.load(args.library, model_id=args.model, device=args.device)
+
+
+def _answered_by_running_app(args: argparse.Namespace) -> bool:
+    """A search a running app (GUI or `imagesearch watch`) on this library answered."""
+    if args.command != "search" or (not " ".join(args.text).strip() and args.image is None):
+        return False
+    from imagesearch.cli.remote import ask_running_app, print_hits
+
+    settings = _settings(args)
+    weight = args.image_weight if args.image_weight is not None else settings.image_weight
+    if not 0.0 <= weight <= 1.0 or (args.shortlist is not None and args.shortlist < 1):
+        return False  # the in-process path says what is wrong
+    reply = ask_running_app(args, settings.library_dir, settings.model_id, weight,
+                            args.top_k or settings.top_k)
+    if reply is None:
+        return False
+    print_hits(reply["hits"], reply.get("notes", []), args.json)
+    return True
+
+
+def _preload(args: argparse.Namespace) -> ModelManager | None:
+    """For a search, start loading the tower it needs while the rest is imported."""
+    if args.command != "search":
+        return None
+    from imagesearch.services.models import ModelManager
+
+    models = ModelManager(_settings(args))
+    towers = (("visual",) if args.image is not None else ()) + (
+        ("textual",) if any(t.strip() for t in args.text) else ())
+    models.preload(towers)
+    return models
+
+
+def _context(args: argparse.Namespace, models: ModelManager | None = None) -> AppContext:
     from imagesearch.services.context import build_context
 
-    settings = Settings.load(args.library, model_id=args.model, device=args.device)
+    settings = _settings(args)
     if args.command == "watch":
         return build_context(settings)  # long-lived: index file writes are debounced
     # One-shot: the index file is written as each command ends, and a failure is reported.
-    return build_context(settings, save_delay_s=0.0)
+    return build_context(settings, save_delay_s=0.0, models=models, background=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,9 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
+        if _answered_by_running_app(args):
+            return 0
+        models = _preload(args)
         from imagesearch.cli import commands
 
-        return commands.run(args, _context, cancel)
+        return commands.run(args, lambda a: _context(a, models), cancel)
     except ImageSearchError as exc:
         print(f"imagesearch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -5,16 +5,18 @@ torch and open_clip are imported when a model is loaded, never at import time.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
-import platform
-import time
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from imagesearch.core.imaging import PreprocessSpec, normalize
+from imagesearch.core.imaging import PreprocessSpec
 from imagesearch.core.model_registry import parse_model_id
 from imagesearch.core.native_libs import guard_openmp
 from imagesearch.core.priority_gate import PriorityGate
@@ -26,10 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# bf16 is used on the CPU only if it stays this faithful to fp32 on a probe batch...
-_MIN_COSINE = 0.999
-# ...and is at least this much faster.
-_MIN_SPEEDUP = 1.2
+_BUILD_LOCK = threading.Lock()  # _weights_loaded_in_place patches torch for one build
 
 
 class Encoder(Protocol):
@@ -106,7 +105,7 @@ class ClipEncoder:
         model.to(dev)
         dim = int(_embed_dim(model))
         encoder = cls(model_id, model, tokenizer, spec, dev, "fp32", dim)
-        chosen = _choose_precision(encoder, precision, store.root)
+        chosen = _choose_precision(encoder, precision)
         if chosen != "fp32":
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[chosen]
             model.to(dtype)
@@ -172,8 +171,14 @@ def _unit(feats: torch.Tensor) -> np.ndarray:
 
 def _embed_dim(model: Any) -> int:
     dim = getattr(getattr(model, "visual", None), "output_dim", None)
-    if dim is None:
+    if dim is None and getattr(model, "text_projection", None) is not None:
         dim = model.text_projection.shape[1]
+    if dim is None:  # towers from timm or Hugging Face say it nowhere: ask the model
+        import torch
+
+        with torch.inference_mode():
+            context = int(getattr(model, "context_length", 77) or 77)
+            dim = model.encode_text(torch.zeros(1, context, dtype=torch.long)).shape[-1]
     return int(dim)
 
 
@@ -199,9 +204,10 @@ def _build(model_id: str, weights: InstalledWeights) -> tuple[Any, PreprocessSpe
         if pre.get(src) is not None:
             kwargs[dst] = pre[src]
     try:
-        model, _, _ = open_clip.create_model_and_transforms(
-            arch, pretrained=str(weights.path), force_quick_gelu=bool(pre.get("quick_gelu")),
-            **kwargs)
+        with _weights_loaded_in_place():
+            model, _, _ = open_clip.create_model_and_transforms(
+                arch, pretrained=str(weights.path),
+                force_quick_gelu=bool(pre.get("quick_gelu")), **kwargs)
         tokenizer = open_clip.get_tokenizer(arch)
     except ImportError as exc:
         raise ModelLoadError(f"{model_id} needs an extra package: {exc.name or exc} "
@@ -211,6 +217,7 @@ def _build(model_id: str, weights: InstalledWeights) -> tuple[Any, PreprocessSpe
             from exc
     except Exception as exc:
         raise ModelLoadError(f"cannot load {model_id} from {weights.path}: {exc}") from exc
+    _reparameterize(model)
     cfg = model.visual.preprocess_cfg
     size = cfg["size"]
     spec = PreprocessSpec(
@@ -222,6 +229,19 @@ def _build(model_id: str, weights: InstalledWeights) -> tuple[Any, PreprocessSpe
         fill_color=int(cfg.get("fill_color", 0)),
     )
     return model, spec, tokenizer
+
+
+def _reparameterize(model: Any) -> None:
+    """Fold train-time branches into single convolutions (MobileCLIP's MobileOne blocks).
+
+    The published checkpoints keep the branches training needs; inference gives the
+    same outputs with them folded, at a fraction of the cost. Other models have no such
+    modules and are left as they are.
+    """
+    if any(callable(getattr(m, "reparameterize", None)) for m in model.modules()):
+        from timm.utils.model import reparameterize_model
+
+        reparameterize_model(model, inplace=True)
 
 
 def _config_preprocess(config: Path | None) -> dict[str, Any]:
@@ -238,78 +258,53 @@ def _config_preprocess(config: Path | None) -> dict[str, Any]:
 # Precision -------------------------------------------------------------------------------
 
 
-def _choose_precision(encoder: ClipEncoder, requested: str, cache_root: Path) -> str:
-    """fp32, bf16 or fp16: what was asked, or on 'auto' what measures faithful and faster."""
+def _choose_precision(encoder: ClipEncoder, requested: str) -> str:
+    """What was asked; on 'auto' fp16 on CUDA and fp32 elsewhere.
+
+    On the CPU, "auto" is decided by the runtime probe (core/runtime_probe.py) before
+    this class is reached, and a torch rung it picked arrives here by name.
+    """
     if requested in ("fp32", "bf16", "fp16"):
         return requested
-    if encoder.device == "cuda":
-        return "fp16"
-    if encoder.device != "cpu":
-        return "fp32"
-    key = _probe_key(encoder.model_id)
-    cache = cache_root / "precision.json"
-    try:
-        known = json.loads(cache.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known, dict) and known.get(key) in ("fp32", "bf16"):
-        return str(known[key])
-    choice = _probe_bf16(encoder)
-    if not isinstance(known, dict):
-        known = {}
-    known[key] = choice
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
-        tmp.replace(cache)
-    except OSError:
-        pass  # the probe runs again next time
-    return choice
+    return "fp16" if encoder.device == "cuda" else "fp32"
 
 
-def _probe_key(model_id: str) -> str:
+@contextlib.contextmanager
+def _weights_loaded_in_place() -> Iterator[None]:
+    """Build a model without initialising weights that its checkpoint replaces.
+
+    open_clip initialises every parameter randomly (1.2 s for ViT-B-32 on a small CPU)
+    and then copies the checkpoint over it, holding both in memory for a moment. Here
+    torch's initialisers do nothing while the model is built (its parameters stay
+    untouched, never-paged memory), and the checkpoint's tensors are taken as the
+    parameters (``assign=True``) instead of being copied in. A parameter the
+    checkpoint lacks fails the strict load as before, so nothing stays uninitialised.
+    """
+    import open_clip.factory as factory
     import torch
 
-    cap = ""
-    try:
-        cap = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        cap = ""
-    return f"{model_id}|cpu|{platform.machine()}|{cap}|torch{torch.__version__}"
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved_init = {n: getattr(torch.nn.init, n) for n in names}
+    saved_load = factory.load_checkpoint
 
+    def keep(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        return tensor
 
-def _probe_bf16(encoder: ClipEncoder) -> str:
-    """Time and compare fp32 against bf16 on a small synthetic batch."""
-    import copy
+    def load_assigning(model: Any, *args: Any, **kwargs: Any) -> Any:
+        original = model.load_state_dict
+        model.load_state_dict = functools.partial(original, assign=True)
+        try:
+            return saved_load(model, *args, **kwargs)
+        finally:
+            del model.load_state_dict
 
-    import torch
-
-    rng = np.random.default_rng(0)
-    s = encoder.spec.size
-    # Smooth random images behave more like photos than white noise.
-    base = rng.integers(0, 256, size=(8, s // 8, s // 8, 3), dtype=np.uint8)
-    pixels = np.repeat(np.repeat(base, 8, axis=1), 8, axis=2)
-    x = torch.from_numpy(normalize(pixels, encoder.spec))
-    try:
-        with torch.inference_mode():
-            model = encoder._model
-            model.encode_image(x[:2])
-            t0 = time.perf_counter()
-            ref = model.encode_image(x).float()
-            t_fp32 = time.perf_counter() - t0
-            low = copy.deepcopy(model).to(torch.bfloat16)
-            xb = x.to(torch.bfloat16)
-            low.encode_image(xb[:2])
-            t0 = time.perf_counter()
-            out = low.encode_image(xb).float()
-            t_bf16 = time.perf_counter() - t0
-            del low
-            cos = torch.nn.functional.cosine_similarity(ref, out, dim=1).min().item()
-    except (RuntimeError, TypeError) as exc:
-        log.info("bf16 probe failed (%s); using fp32", exc)
-        return "fp32"
-    speedup = t_fp32 / max(t_bf16, 1e-9)
-    choice = "bf16" if cos >= _MIN_COSINE and speedup >= _MIN_SPEEDUP else "fp32"
-    log.info("precision probe: bf16 cosine %.5f, speedup %.2fx -> %s", cos, speedup, choice)
-    return choice
+    with _BUILD_LOCK:
+        for n in names:
+            setattr(torch.nn.init, n, keep)
+        factory.load_checkpoint = load_assigning
+        try:
+            yield
+        finally:
+            for n, fn in saved_init.items():
+                setattr(torch.nn.init, n, fn)
+            factory.load_checkpoint = saved_load

@@ -18,7 +18,7 @@ class KnownModel:
     tag: str
     hf_repo: str  # Hugging Face repository holding open_clip_model.safetensors
     imagenet_top1: float
-    coco_image_r5: float
+    coco_image_r5: float | None  # None where no figure is published
     note: str
     needs_hf_tokenizer: bool = False
 
@@ -40,6 +40,12 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("ViT-B-16-SigLIP", "webli", "timm/ViT-B-16-SigLIP",
                0.7604, 0.7244, "SigLIP: best text retrieval of the base models, ~4x slower",
                needs_hf_tokenizer=True),
+    # MobileCLIP2 (Apple, 2025): ImageNet figures from the model cards; no COCO retrieval
+    # figure is published for them. Speeds here: README "Choosing the default model".
+    KnownModel("MobileCLIP2-S0", "dfndr2b", "timm/MobileCLIP2-S0-OpenCLIP",
+               0.715, None, "fastest: a small image tower (11M parameters)"),
+    KnownModel("MobileCLIP2-S2", "dfndr2b", "timm/MobileCLIP2-S2-OpenCLIP",
+               0.772, None, "fast and accurate: ImageNet above ViT-B-16"),
     KnownModel("ViT-L-14", "datacomp_xl_s13b_b90k", "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K",
                0.7921, 0.7003, "large: for a GPU"),
 )

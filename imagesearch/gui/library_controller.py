@@ -71,6 +71,8 @@ class LibraryController(QObject):
             ctx = factory(settings)
             if runner.closing:  # the window closed meanwhile: nobody will close it later
                 ctx.close()
+            else:
+                ctx.serve_queries()  # `imagesearch search` in a terminal asks this window
             return ctx, ThumbnailCache(settings.thumbnails_dir,
                                        settings.thumbnail_cache_mb << 20)
 
@@ -135,6 +137,10 @@ class LibraryController(QObject):
         self.ctx = None
         self.w.searches.set_context(None)
         self.w.indexer.set_context(None)
+
+    def cancel_model_load(self) -> None:
+        if self.ctx is not None:
+            self.ctx.models.cancel_loading()
 
     def stop_watching(self) -> bool:
         """Stop the folder watcher; False if a thread of it is still busy after the wait."""

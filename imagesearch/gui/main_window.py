@@ -313,6 +313,7 @@ class MainWindow(QMainWindow):
         self.closed = True
         self.indexer.cancel()
         self.model_setup.cancel_event.set()
+        self.library.cancel_model_load()  # a first-time runtime probe is killed, not awaited
         self.searches.cancel()
         self.thumbs.reset()
         # First: a watcher start or refresh may be on the io pool.

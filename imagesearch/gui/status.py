@@ -60,6 +60,10 @@ class StatusBar(QStatusBar):
         self.photos.setText(f"{status.indexed_count} photos indexed{pending}{failed}")
         self.model.setText(f"Model: {status.model_id}")
         self.device.setText(f"Device: {status.device}")
+        # The runtime probe's choice and its figures (speed, cosine and top-10 agreement
+        # with fp32), so the decision can be checked, not taken on trust.
+        self.device.setToolTip(f"Model runs as {status.runtime}" if status.runtime else
+                               "The model's runtime is measured the first time it loads")
         self.last.setText(f"Last indexed: {when(status.last_indexed)}")
 
     def set_busy(self, busy: bool) -> None:

@@ -8,11 +8,13 @@ from imagesearch.config import Settings
 from imagesearch.core.encoder import Encoder
 from imagesearch.core.rerank import Reranker
 from imagesearch.core.spatial_rerank import SpatialReranker
+from imagesearch.domain import Query, SearchHit
 from imagesearch.services.ames import AmesService
 from imagesearch.services.indexing import IndexingService
 from imagesearch.services.library import LibraryService
 from imagesearch.services.local_search import LocalIndexService
 from imagesearch.services.models import ModelManager
+from imagesearch.services.query_server import QueryServer
 from imagesearch.services.reranking import RerankService
 from imagesearch.services.searching import SearchService
 from imagesearch.services.vector_store import SAVE_DELAY_S, VectorStore
@@ -36,6 +38,20 @@ class AppContext:
     local: LocalIndexService
     rerank: RerankService
     ames: AmesService
+    server: QueryServer | None = None
+
+    def serve_queries(self) -> bool:
+        """Answer command-line searches for this library from this process until closed."""
+        if self.server is None:
+            def answer(query: Query, rerank: bool | None, shortlist: int | None
+                       ) -> tuple[list[SearchHit], list[str]]:
+                search_round = self.search.begin(query, rerank=rerank, shortlist=shortlist)
+                hits = search_round.refine()
+                return hits, search_round.notes
+
+            server = QueryServer(self.settings.library_dir, self.models.model_id, answer)
+            self.server = server if server.start() else None
+        return self.server is not None
 
     def update_settings(self, settings: Settings) -> None:
         """Settings that need no reopening (results per query, object matching, ...)."""
@@ -45,31 +61,40 @@ class AppContext:
 
     def close(self) -> tuple[str, ...]:
         """Stop the workers, write the unsaved index, close the catalog; returns warnings."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
         self.local.close()
         self.indexing.close()
+        self.models.close()
         warnings = self.vectors.close()
         self.catalog.close()
         return warnings
 
 
 def build_context(settings: Settings, encoder: Encoder | None = None,
-                  save_delay_s: float = SAVE_DELAY_S) -> AppContext:
+                  save_delay_s: float = SAVE_DELAY_S,
+                  models: ModelManager | None = None, background: bool = True
+                  ) -> AppContext:
     """Open the catalog (creating or migrating it) and wire the services.
 
     Args:
         encoder: an already loaded encoder to use instead of loading settings.model_id.
         save_delay_s: how long the index file waits for changes to settle before it is
             written; 0 writes it after each change (for one-shot commands).
+        models: a model manager made earlier (one already loading in the background).
+        background: the local-feature index catches up on a thread of its own; False for
+            a one-shot command, whose handler refreshes it in the foreground.
 
     Raises:
         CatalogTooNew, CatalogError: the catalog cannot be used.
     """
     settings.library_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(open_catalog_engine(settings.catalog_path))
-    models = ModelManager(settings, encoder)
+    models = models or ModelManager(settings, encoder)
     vectors = VectorStore(catalog, settings.index_dir, models.model_id, save_delay_s)
     lane = WriteLane()
-    local = LocalIndexService(settings, catalog)
+    local = LocalIndexService(settings, catalog, background=background)
     rerankers: list[Reranker] = []
     if local.mode is not None:
         rerankers.append(SpatialReranker(local.mode.extractor_id))

@@ -18,7 +18,7 @@ from imagesearch.core.decode_pool import DecodeJob, DecodePool
 from imagesearch.core.encoder import Encoder
 from imagesearch.core.imaging import DecodedImage, PreprocessSpec, is_image_name
 from imagesearch.core.local_features import FeatureMode
-from imagesearch.domain import LOCAL_INDEX_PHASE, FolderInfo, IndexProgress, IndexReport
+from imagesearch.domain import FolderInfo, IndexProgress, IndexReport
 from imagesearch.errors import ImageSearchError
 from imagesearch.services.local_search import LocalIndexService
 from imagesearch.services.models import ModelManager
@@ -46,7 +46,6 @@ def _no_progress(_: IndexProgress) -> None:
     return None
 
 
-
 class IndexingService:
     """Brings the catalog and the index up to date with the library folders."""
 
@@ -62,9 +61,6 @@ class IndexingService:
         self.warnings: list[str] = []  # those of the latest run; each report has its own
         self.excluded = own_data_folders(settings)
         self.followups: list[FollowUp] = []  # composition adds stages (services/context.py)
-        # A one-shot process (the CLI) brings the local-feature index up to date before a
-        # run returns; the app lets it catch up in the background.
-        self.local_index_inline = False
         # Kept between runs: the watcher's small batches would otherwise pay for
         # starting decode processes every time.
         self._pool: DecodePool | None = None
@@ -124,7 +120,7 @@ class IndexingService:
             if folder.path not in scan.offline:
                 self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
         warnings = self._save_index()
-        self._after_changes(result, work, report, cancel)
+        self._after_changes(result, work)
         warnings += self._follow_up(report, cancel)
         return IndexReport(
             added=result["added"], updated=result["updated"], moved=len(work.moves),
@@ -225,8 +221,7 @@ class IndexingService:
         result = self._apply(work, folder_of, progress or _no_progress,
                              cancel or threading.Event())
         warnings = self._save_index()
-        self._after_changes({**result, "removed": removed}, work, progress or _no_progress,
-                            cancel or threading.Event())
+        self._after_changes({**result, "removed": removed}, work)
         warnings += self._follow_up(progress or _no_progress, cancel or threading.Event())
         return IndexReport(added=result["added"], updated=result["updated"], removed=removed,
                            failed=result["failed"], completed=result["completed"],
@@ -435,20 +430,10 @@ class IndexingService:
                 counts["completed"] += 1
         return handled
 
-    def _after_changes(self, result: dict[str, int], work: Plan, report: ProgressCallback,
-                       cancel: threading.Event) -> None:
-        """Let the local-feature index catch up with what changed: in the background in a
-        long-lived process, before returning in a one-shot one (``local_index_inline``),
-        whose exit would otherwise cut the background work short."""
-        if self.features is None or not (any(result.values()) or work.gone or work.moves):
-            return
-        if not self.local_index_inline:
+    def _after_changes(self, result: dict[str, int], work: Plan) -> None:
+        """Let the local-feature index catch up (in the background) with what changed."""
+        if self.features is not None and (any(result.values()) or work.gone or work.moves):
             self.local.refresh_later()
-            return
-
-        def step(done: int, total: int) -> None:
-            report(IndexProgress(LOCAL_INDEX_PHASE, done, total))
-        self.local.refresh(progress=step, cancel=cancel)
 
     def _follow_up(self, report: ProgressCallback, cancel: threading.Event
                    ) -> tuple[str, ...]:

@@ -105,6 +105,7 @@ class LibraryService:
             library_dir=self.settings.library_dir,
             model_id=self.models.model_id,
             device=self.models.device(),
+            runtime=self.models.runtime_summary(),
             photo_count=sum(counts.values()),
             indexed_count=counts[PhotoStatus.INDEXED],
             pending_count=counts[PhotoStatus.PENDING],

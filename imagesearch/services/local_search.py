@@ -49,8 +49,15 @@ class LocalIndexStatus:
 class LocalIndexService:
     """Owns the inverted file for the active feature mode."""
 
-    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, background: bool = True) -> None:
+        """Args:
+            background: refresh on a thread of its own when asked to (a long-lived app);
+                False for a one-shot command, which refreshes in the foreground instead:
+                a vocabulary still being learned when the process ends is lost, and the
+                thread is then cut off in the middle of FAISS or SQLite (a crash).
+        """
         self.catalog = catalog
+        self.background = background
         self.mode = feature_mode(settings)
         self.path = index_file(settings.index_dir, self.mode.extractor_id if self.mode else "")
         self._inverted: InvertedFile | None = None
@@ -200,17 +207,22 @@ class LocalIndexService:
                  k, len(data), photos)
         return InvertedFile(Vocabulary.train(data, k), photos)
 
-    def refresh_later(self) -> None:
-        """Refresh on a background thread; calls made meanwhile fold into one more pass."""
-        if self.mode is None or self._closing.is_set():
-            return
+    def refresh_later(self) -> bool:
+        """Refresh on a background thread; calls made meanwhile fold into one more pass.
+
+        Returns whether a refresh is under way (False: local features off, closing, or a
+        one-shot process that refreshes in the foreground).
+        """
+        if self.mode is None or self._closing.is_set() or not self.background:
+            return False
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 self._again = True
-                return
+                return True
             self._thread = threading.Thread(target=self._background, daemon=True,
                                             name="imagesearch-local-index")
             self._thread.start()
+        return True
 
     def _background(self) -> None:
         while True:

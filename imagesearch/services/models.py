@@ -8,7 +8,8 @@ from pathlib import Path
 from imagesearch.config import DEFAULT_MODEL, Settings
 from imagesearch.core.ames.models import AmesPaths
 from imagesearch.core.ames.registry import AMES_WEIGHTS, VARIANTS, AmesVariant, known_weight
-from imagesearch.core.encoder import ClipEncoder, Encoder
+from imagesearch.core.encoder import Encoder
+from imagesearch.core.encoder_loading import known_choice, load_encoder
 from imagesearch.core.model_registry import KNOWN_MODELS, known_model, parse_model_id
 from imagesearch.core.weights import DownloadProgress, WeightStore
 from imagesearch.domain import ModelInfo
@@ -22,6 +23,8 @@ class ModelManager:
         self.store = WeightStore(settings.models_dir)
         self._encoder = encoder
         self._lock = threading.Lock()
+        self._preloading: threading.Thread | None = None
+        self._cancel = threading.Event()  # stops a first-time runtime probe
 
     @property
     def model_id(self) -> str:
@@ -44,11 +47,46 @@ class ModelManager:
         """
         with self._lock:
             if self._encoder is None:
-                self._encoder = ClipEncoder.load(
+                self._encoder = load_encoder(
                     self.settings.model_id, self.store, device=self.settings.device,
                     precision=self.settings.precision, allow_download=allow_download,
-                    progress=progress)
+                    progress=progress, cancel=self._cancel)
             return self._encoder
+
+    def preload(self, towers: tuple[str, ...]) -> None:
+        """Load the encoder and the named towers ("visual", "textual") in the background.
+
+        A cold command-line query starts this before it opens the catalog, so loading
+        the model overlaps the imports and reads that come first. Errors are left to the
+        call that needs the encoder, which meets them again and reports them.
+        """
+        if not self.weights_present():
+            return
+
+        def run() -> None:
+            try:
+                encoder = self.encoder()
+                warm = getattr(encoder, "warm", None)
+                if warm is not None:
+                    warm(towers)
+            except Exception:  # reported by the foreground call
+                return
+
+        self._preloading = threading.Thread(target=run, name="imagesearch-preload",
+                                            daemon=True)
+        self._preloading.start()
+
+    def cancel_loading(self) -> None:
+        """Stop a first-time runtime probe now (closing); a later load probes again."""
+        self._cancel.set()
+
+    def close(self) -> None:
+        """Stop a probe, and wait for a background load still under way: a process must
+        not end while a runtime's threads are starting (ONNX Runtime aborts it then)."""
+        self._cancel.set()
+        thread, self._preloading = self._preloading, None
+        if thread is not None:
+            thread.join()
 
     def download(self, model_id: str | None = None,
                  progress: DownloadProgress | None = None) -> Path:
@@ -105,12 +143,22 @@ class ModelManager:
         desc = ""
         ames = known_weight(mid)
         if km is not None:
-            desc = (f"ImageNet {km.imagenet_top1:.1%}, COCO text→image R@5 "
-                    f"{km.coco_image_r5:.1%}; {km.note}")
+            coco = "n/a" if km.coco_image_r5 is None else f"{km.coco_image_r5:.1%}"
+            desc = f"ImageNet {km.imagenet_top1:.1%}, COCO text→image R@5 {coco}; {km.note}"
         elif ames is not None:
             desc = f"{ames.note}; ~{ames.approx_mb} MB from {ames.url}"
         return ModelInfo(id=mid, arch=arch, tag=tag, installed=path is not None, path=path,
-                         size_bytes=size, description=desc, is_default=mid == DEFAULT_MODEL)
+                         size_bytes=size, description=desc, is_default=mid == DEFAULT_MODEL,
+                         runtime=self.runtime_summary(mid) if path is not None else "")
+
+    def runtime_summary(self, model_id: str | None = None) -> str:
+        """How the model runs on this machine and the probe's figures; "" if not probed."""
+        mid = model_id or self.model_id
+        encoder = self._encoder
+        if encoder is not None and encoder.model_id == mid and encoder.device != "cpu":
+            return f"{encoder.device}, torch {encoder.precision}"
+        choice = known_choice(self.store, mid)
+        return choice.summary() if choice is not None else ""
 
     def device(self) -> str:
         return self._encoder.device if self._encoder is not None else self.settings.device

@@ -291,12 +291,14 @@ class SearchService:
         if allowed is not None:
             have = np.intersect1d(have, allowed)
         if len(have) > 4 * MIN_PHOTOS:
-            self.local.refresh_later()  # the index is missing or being built
-            notes.append("the index of photo details is still being built; until it is "
-                         "ready, " + ("only the overall look finds candidates"
-                                      if self.models.weights_present() else
-                                      "search by image finds nothing (run imagesearch index, "
-                                      "or keep the app open until it is ready)"))
+            building = self.local.refresh_later()  # the index is missing or being built
+            notes.append(("the index of photo details is still being built; until it is ready, "
+                          if building else
+                          "the index of photo details is not built yet (an `imagesearch "
+                          "index` run builds it); until then, ")
+                         + ("only the overall look finds candidates"
+                            if self.models.weights_present() else
+                            "search by image finds nothing"))
             return []
         return [(int(i), 0.0) for i in have]
 

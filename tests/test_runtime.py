@@ -1,0 +1,272 @@
+"""The runtime ladder: export, probe, cached choice, ONNX towers, and our tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagesearch.core import encoder_loading
+from imagesearch.core.clip_tokenizer import ClipTokenizer
+from imagesearch.core.encoder import ClipEncoder
+from imagesearch.core.encoder_loading import known_choice, load_encoder
+from imagesearch.core.onnx_encoder import RuntimeEncoder
+from imagesearch.core.runtime_probe import (
+    CHOICES_FILE,
+    MIN_SPEEDUP,
+    decide_text,
+    decide_visual,
+    probe_images,
+    top10_overlap,
+)
+from imagesearch.core.weights import WeightStore
+from tests.tiny_model import TINY_MODEL_ID
+
+TEXTS = ["a photo of a cat", "Red TRAM in the snow!!", "grandma's kitchen -dog",
+         "naïve café 東京 🚋 &amp; co", "", "  spaced   out ", "it's 2024, 12:30",
+         "word " * 100, "x" * 500, "l'été à Paris", "C++ & Rust: 1/2"]
+
+
+def test_tokenizer_matches_open_clip() -> None:
+    import open_clip
+    from open_clip.tokenizer import default_bpe
+
+    ours = ClipTokenizer(Path(default_bpe()), 77)
+    theirs = open_clip.get_tokenizer("ViT-B-32")
+    assert np.array_equal(ours(TEXTS), theirs(TEXTS).numpy())
+    # Cut at the context length with the end token kept, as open_clip does.
+    assert ours(["word " * 100])[0, -1] == ours.eot
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory: pytest.TempPathFactory,
+           tiny_checkpoint: tuple[Path, Path]) -> WeightStore:
+    """A models folder with the tiny model installed and probed once (a child process)."""
+    store = WeightStore(tmp_path_factory.mktemp("probed-models"))
+    store.install_file(TINY_MODEL_ID, *tiny_checkpoint)
+    load_encoder(TINY_MODEL_ID, store, device="cpu", precision="onnx-int8",
+                 allow_download=False)
+    return store
+
+
+def test_probe_records_figures_and_keeps_only_chosen_graphs(probed: WeightStore) -> None:
+    choice = known_choice(probed, TINY_MODEL_ID)
+    assert choice is not None and choice.figures
+    assert set(choice.figures) >= {"fp32", "onnx-fp32", "onnx-int8",
+                                   "text onnx-fp32", "text onnx-int8"}
+    assert choice.visual == "onnx-int8" and choice.note == "forced onnx-int8"
+    assert decide_visual(choice.figures) in ("fp32", "bf16", "onnx-fp32", "onnx-int8")
+    for name in ("onnx-fp32", "onnx-int8"):
+        assert choice.figures[name]["min_cosine"] > 0.99  # the tiny model exports faithfully
+    folder = probed.model_dir(TINY_MODEL_ID) / "runtime"
+    kept = sorted(p.name for p in folder.glob("*.onnx"))
+    expected = {f"visual.{choice.visual.removeprefix('onnx-')}.onnx"
+                if choice.visual.startswith("onnx-") else None,
+                f"textual.{choice.text.removeprefix('onnx-')}.onnx"
+                if choice.text.startswith("onnx-") else None} - {None}
+    assert set(kept) == expected
+    assert "images:" in choice.summary() and "top-10" in choice.summary()
+
+
+def test_onnx_towers_agree_with_torch(probed: WeightStore,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    precision = "onnx-int8"
+    encoder = load_encoder(TINY_MODEL_ID, probed, device="cpu", precision=precision,
+                           allow_download=False)
+    assert isinstance(encoder, RuntimeEncoder) and encoder.visual == precision
+    reference = ClipEncoder.load(TINY_MODEL_ID, probed, device="cpu", precision="fp32",
+                                 allow_download=False)
+    pixels = probe_images(encoder.spec.size, groups=4)
+    cos = np.sum(encoder.encode_images(pixels) * reference.encode_images(pixels), axis=1)
+    assert cos.min() > 0.99
+    texts = ["a cat", "red tram in the snow", "a bowl of soup"]
+    cos = np.sum(encoder.encode_texts(texts) * reference.encode_texts(texts), axis=1)
+    assert cos.min() > 0.99
+    assert encoder.encode_images(pixels[:0]).shape == (0, encoder.dim)
+
+    # The choice is cached: loading again runs no probe.
+    def no_probe(*_args: object) -> None:
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(encoder_loading, "_probe_in_child", no_probe)
+    again = load_encoder(TINY_MODEL_ID, probed, device="cpu", precision=precision,
+                         allow_download=False)
+    assert isinstance(again, RuntimeEncoder) and again.visual == precision
+
+
+def test_new_weights_are_probed_again(probed: WeightStore, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store = WeightStore(tmp_path / "models")
+    shutil.copytree(probed.root, store.root)
+    assert known_choice(store, TINY_MODEL_ID) is not None
+    from tests.tiny_model import write_tiny_checkpoint
+
+    checkpoint, config = write_tiny_checkpoint(tmp_path / "other", seed=1)
+    store.install_file(TINY_MODEL_ID, checkpoint, config)  # same id, other weights
+    assert known_choice(store, TINY_MODEL_ID) is None
+    probes: list[str] = []
+    monkeypatch.setattr(encoder_loading, "_probe_in_child",
+                        lambda w, f, forced, cancel: probes.append(w.sha256) or
+                        encoder_loading._fallback("counted"))
+    load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False)
+    load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False)
+    assert probes == [store.installed(TINY_MODEL_ID).sha256]  # type: ignore[union-attr]
+    before = json.loads((probed.root / CHOICES_FILE).read_text())
+    after = json.loads((store.root / CHOICES_FILE).read_text())
+    assert len(after) == len(before) + 1
+
+
+def test_a_stale_export_is_probed_again(probed: WeightStore, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached choice whose graphs are gone (or of an older format) is not trusted."""
+    store = WeightStore(tmp_path / "models")
+    shutil.copytree(probed.root, store.root)
+    choice = known_choice(store, TINY_MODEL_ID)
+    assert choice is not None
+    folder = store.model_dir(TINY_MODEL_ID) / "runtime"
+    manifest = json.loads((folder / "runtime.json").read_text())
+    (folder / "runtime.json").write_text(json.dumps({**manifest, "format": 0}))
+    probes: list[str] = []
+    monkeypatch.setattr(encoder_loading, "_probe_in_child",
+                        lambda w, f, forced, cancel: probes.append(str(f)) or
+                        encoder_loading._fallback("counted"))
+    encoder = load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False)
+    assert probes == [str(folder)] and isinstance(encoder, ClipEncoder)
+
+
+def test_a_failed_probe_falls_back_to_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            tiny_checkpoint: tuple[Path, Path]) -> None:
+    store = WeightStore(tmp_path)
+    store.install_file(TINY_MODEL_ID, *tiny_checkpoint)
+    monkeypatch.setattr(encoder_loading, "_probe_in_child",
+                        lambda w, f, forced, cancel: encoder_loading._fallback("no runtime here"))
+    encoder = load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False)
+    assert isinstance(encoder, ClipEncoder) and encoder.precision == "fp32"
+    choice = known_choice(store, TINY_MODEL_ID)
+    assert choice is not None and "no runtime here" in choice.note
+
+
+def test_decisions_follow_the_thresholds() -> None:
+    figures = {"fp32": {"min_cosine": 1.0, "top10": 1.0, "images_per_s": 10.0},
+               "bf16": {"min_cosine": 0.9999, "top10": 0.99, "images_per_s": 11.0},
+               "onnx-int8": {"min_cosine": 0.999, "top10": 0.95, "images_per_s": 25.0}}
+    assert decide_visual(figures) == "onnx-int8"
+    figures["onnx-int8"]["top10"] = 0.8  # rankings change too much
+    assert decide_visual(figures) == "fp32"  # bf16 is faithful but not faster by the margin
+    figures["bf16"]["images_per_s"] = 10.0 * MIN_SPEEDUP
+    assert decide_visual(figures) == "bf16"
+    text = {"text onnx-fp32": {"min_cosine": 1.0, "top10": 1.0, "graph_mb": 153.0,
+                               "query_ms": 30.0},
+            "text onnx-int8": {"min_cosine": 0.998, "top10": 0.95, "graph_mb": 39.0,
+                               "query_ms": 20.0}}
+    assert decide_text(text) == "onnx-int8"
+    text["text onnx-int8"]["min_cosine"] = 0.9
+    assert decide_text(text) == "onnx-fp32"
+    text["text onnx-fp32"]["top10"] = 0.5
+    assert decide_text(text) == "torch"
+
+
+def test_top10_overlap() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(40, 8)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    assert top10_overlap(g, g, g, g, True) == 1.0
+    assert top10_overlap(g, g, g, rng.permutation(g), True) < 0.5
+    # Nearly identical embeddings: any order is a tie, so rounding noise is no failure...
+    flat = np.ones((40, 8), np.float32) + 1e-5 * g
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+    noisy = flat + 1e-6 * rng.normal(size=flat.shape).astype(np.float32)
+    assert top10_overlap(flat, flat, noisy, noisy, True) == 1.0
+    # ...while a real reordering of well-separated neighbours is.
+    assert top10_overlap(g, g, rng.permutation(g), g, True) < 0.5
+
+
+def test_cold_text_search_imports_no_torch(probed: WeightStore, tmp_path: Path,
+                                           photo_dir: Path) -> None:
+    """With ONNX Runtime chosen, a search process never imports torch or open_clip."""
+    models = tmp_path / "models"
+    shutil.copytree(probed.root, models)
+    store = WeightStore(models)
+    load_encoder(TINY_MODEL_ID, store, device="cpu", precision="onnx-int8",
+                 allow_download=False)  # a cached choice whose towers are both ONNX
+    library = tmp_path / "lib"
+    library.mkdir()
+    (library / "settings.json").write_text(json.dumps(
+        {"model_id": TINY_MODEL_ID, "precision": "onnx-int8", "decode_workers": 1}))
+    env = {"IMAGESEARCH_HOME": str(library), "IMAGESEARCH_MODELS": str(models),
+           "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    script = ("import sys, json\nfrom imagesearch.cli.main import main\n"
+              "code = main(sys.argv[1:])\n"
+              "print(json.dumps([code, sorted(m for m in ('torch', 'open_clip', 'cv2')"
+              " if m in sys.modules)]))\n")
+
+    def run(*args: str) -> tuple[int, list[str], str]:
+        proc = subprocess.run([sys.executable, "-c", script, *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        code, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+        return code, heavy, proc.stdout
+
+    from imagesearch.cli.main import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGESEARCH_HOME", str(library))
+        mp.setenv("IMAGESEARCH_MODELS", str(models))
+        assert main(["index", str(photo_dir), "--no-progress"]) == 0
+    code, heavy, out = run("search", "a", "cup", "of", "coffee", "-k", "3")
+    assert code == 0 and heavy == [] and len(out.strip().splitlines()) == 4
+
+
+def test_models_list_and_status_bar_show_the_choice(probed: WeightStore, tmp_path: Path,
+                                                    qtbot) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from imagesearch.config import Settings
+    from imagesearch.domain import LibraryStatus
+    from imagesearch.gui.status import StatusBar
+    from imagesearch.services.models import ModelManager
+
+    models = ModelManager(Settings(library_dir=tmp_path, models_dir=probed.root,
+                                   model_id=TINY_MODEL_ID, precision="onnx-int8"))
+    info = next(m for m in models.models() if m.id == TINY_MODEL_ID)
+    assert info.runtime.startswith("images: onnx-int8") and "cos" in info.runtime
+    assert all(not m.runtime for m in models.models() if not m.installed)
+
+    models.preload(("textual",))  # loads in the background; encoder() waits for it
+    deadline = time.monotonic() + 30
+    encoder = models.encoder()
+    while "textual" not in encoder._towers and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    assert "textual" in encoder._towers and "visual" not in encoder._towers  # type: ignore[attr-defined]
+    models.close()
+    assert models._preloading is None
+
+    bar = StatusBar()
+    qtbot.addWidget(bar)
+    bar.set_status(LibraryStatus(tmp_path, TINY_MODEL_ID, "cpu", 0, 0, 0, 0,
+                                 runtime=models.runtime_summary()))
+    assert "onnx-int8" in bar.device.toolTip() and "top-10" in bar.device.toolTip()
+
+
+def test_a_probe_is_cancelled_at_once(tmp_path: Path,
+                                      tiny_checkpoint: tuple[Path, Path]) -> None:
+    """Closing the app during a first-time probe kills it rather than waiting for it."""
+    import threading
+    import time
+
+    from imagesearch.errors import ModelLoadError
+
+    store = WeightStore(tmp_path)
+    store.install_file(TINY_MODEL_ID, *tiny_checkpoint)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match="cancelled"):
+        load_encoder(TINY_MODEL_ID, store, device="cpu", allow_download=False,
+                     cancel=cancel)
+    assert time.monotonic() - start < 5.0
+    assert known_choice(store, TINY_MODEL_ID) is None  # nothing half-measured is kept
