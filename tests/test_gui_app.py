@@ -37,14 +37,17 @@ def test_run_opens_the_library_given_and_quits_cleanly(qtbot: Any, tmp_path: Pat
                                                        models_dir: Path) -> None:
     library = tmp_path / "my library"
     shown: list[MainWindow] = []
+    icon_sizes: set[int] = set()
 
     def on_shown(window: MainWindow) -> None:
         shown.append(window)
+        icon_sizes.update(s.width() for s in window.windowIcon().availableSizes())
         qtbot.waitUntil(lambda: window.library.status is not None, timeout=30_000)
         window.quit_action.trigger()
 
     assert run(["--library", str(library), "--models", str(models_dir)], on_shown) == 0
     window = shown[0]
+    assert {16, 256} <= icon_sizes  # the app's icon, read from the package
     assert window.settings.library_dir == library.resolve()
     assert (library / "catalog.sqlite3").is_file()
     assert (library / "window.ini").is_file()  # geometry saved on the way out

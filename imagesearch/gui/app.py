@@ -20,6 +20,7 @@ from PySide6.QtCore import (
 from PySide6.QtWidgets import QApplication
 
 from imagesearch.config import APP_NAME, Settings
+from imagesearch.gui.app_icon import DESKTOP_ID, app_icon
 from imagesearch.gui.main_window import ContextFactory, MainWindow
 from imagesearch.gui.platform_check import EXIT_NO_WINDOW, explain
 from imagesearch.gui.theme import apply_theme
@@ -103,6 +104,8 @@ def run(argv: Sequence[str] | None = None,
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(APP_NAME)
     app.setApplicationDisplayName("imagesearch")
+    app.setDesktopFileName(DESKTOP_ID)
+    app.setWindowIcon(app_icon())
     apply_theme(app)
     settings = load_settings(args)
     window = create_window(settings)
