@@ -82,3 +82,15 @@ def test_console_script_help_is_fast_and_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().endswith("[]")
+
+
+def test_the_cli_entry_point_calls_freeze_support_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the frozen app the decode pool spawns this executable: the child must not parse."""
+    import multiprocessing
+
+    calls: list[str] = []
+    monkeypatch.setattr(multiprocessing, "freeze_support", lambda: calls.append("freeze"))
+    with pytest.raises(SystemExit):
+        main(["--frozen-child-arguments-argparse-would-refuse"])
+    assert calls == ["freeze"]
