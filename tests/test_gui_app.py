@@ -60,3 +60,29 @@ def test_palette_darkness_is_detected() -> None:
     light = QPalette(QColor(Qt.GlobalColor.white))
     light.setColor(QPalette.ColorRole.WindowText, QColor(Qt.GlobalColor.black))
     assert not is_dark(light)
+
+
+def test_sigterm_closes_the_window_as_quit_does(tmp_path: Path, models_dir: Path) -> None:
+    """A logout or `kill` ends the app cleanly: exit status 0, window state written."""
+    import signal
+    import time
+
+    library = tmp_path / "library"
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--library", str(library), "--models", str(models_dir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    try:
+        deadline = time.monotonic() + 60
+        # The catalog is opened once the window is up (and the handler installed).
+        while not (library / "catalog.sqlite3").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert (library / "window.ini").is_file()
