@@ -38,13 +38,14 @@ def run_eval(bench: Path, tmp_path: Path, models_dir: Path, monkeypatch: pytest.
 def test_every_stage_is_measured_and_written(tiny_bench: Path, tmp_path: Path,
                                              models_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_eval(tiny_bench, tmp_path, models_dir, monkeypatch, capsys, "--json")
+    code, out, err = run_eval(tiny_bench, tmp_path, models_dir, monkeypatch, capsys, "--json",
+                              "--stages", "global,annoy,bovw,bovw-sp,local,sp,sp-all,ames")
     assert code == 0, err
     report: dict[str, Any] = json.loads(out)
     stages = report["stages"]
     assert report["photos"] == 10 and report["queries"] == 3 and report["failed_photos"] == 0
     assert "not installed" in stages["ames"]["skipped"]
-    for name in ("global", "annoy", "bovw", "bovw-sp", "local", "sp"):
+    for name in ("global", "annoy", "bovw", "bovw-sp", "local", "sp", "sp-all"):
         assert "map" in stages[name], name
         assert (tmp_path / "out" / f"results.{name}.json").is_file()
     # The random tiny model finds nothing in particular; matching details finds most
@@ -52,6 +53,7 @@ def test_every_stage_is_measured_and_written(tiny_bench: Path, tmp_path: Path,
     assert stages["sp"]["map"]["100"] >= 70.0
     assert stages["sp"]["box_iou50"] >= 60.0
     assert stages["sp"]["map"]["100"] > stages["global"]["map"]["100"]
+    assert stages["sp-all"]["map"]["100"] >= stages["sp"]["map"]["100"]
     assert stages["global"]["box_iou50"] == 0.0  # it draws no boxes
     assert stages["sp"]["bytes_per_photo"] > stages["global"]["bytes_per_photo"] > 0
     assert stages["local"]["index_bytes_per_photo"] > 0

@@ -183,9 +183,18 @@ def test_the_local_index_follows_the_library(make_settings: Callable[..., Settin
         ids, scores = ctx.local.shortlist(query, 5)  # type: ignore[misc]
         assert len(ids) == 5 and np.all(np.diff(scores) <= 0)
         (root / "c0.jpg").unlink()
+        edited = root / "c1.jpg"
+        before = ctx.library.photo(edited)
+        pixels, _ = scene(skimage_photo("rocket"), similarity(0.5, 0, 300, 200, (214, 213)),
+                          (640, 480), seed=99)
+        save(pixels, edited)  # new bytes: its details are found again and re-indexed
         ctx.indexing.run()
         ctx.local.refresh()
         assert ctx.local.status().photos == 11
+        after = ctx.library.photo(edited)
+        assert after.id == before.id and after.content_hash != before.content_hash
+        inverted = ctx.local._inverted
+        assert inverted is not None and inverted.versions()[after.id] == after.content_hash
     finally:
         ctx.close()
     # Opened again: the file is read back, not rebuilt.

@@ -43,8 +43,9 @@ FEATURE_MODES: dict[str, FeatureMode] = {
 }
 DEFAULT_FEATURE_MODE = "compact"
 
-# A query is extracted once per search, so it can afford more and finer features.
-QUERY_MAX_SIDE = 1024
+# A query is extracted once per search, so it can afford more and finer features. 800 px
+# scored as 1,024 px on the instance benchmark (mAP@100 62.1 both, compact), for less time.
+QUERY_MAX_SIDE = 800
 QUERY_COUNT = 1500
 POOL = 1000  # keypoints detected before choosing which to keep
 _GRID = 4

@@ -30,7 +30,7 @@ import numpy as np
 from imagesearch.core.local_features import LocalFeatures, mirrored
 from imagesearch.errors import IndexFileError
 
-_FORMAT = 2
+_FORMAT = 3
 ALPHA = 3.0  # selectivity of the kernel
 QUERY_ASSIGN = 3  # a query keypoint votes for its nearest few words (multiple assignment)
 # Finer vocabularies match more selectively (ASMK is at its best with tens of thousands of
@@ -134,6 +134,8 @@ class InvertedFile:
         self.vocabulary = vocabulary
         self.trained_photos = trained_photos  # photos whose features taught the vocabulary
         self._photos: dict[int, Aggregated] = {}
+        # Which version of each photo's features is in: a re-made record is re-added.
+        self._versions: dict[int, str] = {}
         self._lock = threading.RLock()
         self._packed: tuple[np.ndarray, ...] | None = None
 
@@ -144,21 +146,28 @@ class InvertedFile:
         with self._lock:
             return np.fromiter(self._photos, np.int64, len(self._photos))
 
-    def add(self, photo_id: int, features: LocalFeatures) -> None:
+    def add(self, photo_id: int, features: LocalFeatures, version: str = "") -> None:
         words = self.vocabulary.assign(features.descriptors)
-        self.add_aggregated(photo_id, aggregate(self.vocabulary, features.descriptors, words))
+        self.add_aggregated(photo_id, aggregate(self.vocabulary, features.descriptors, words),
+                            version)
 
-    def add_aggregated(self, photo_id: int, agg: Aggregated) -> None:
+    def add_aggregated(self, photo_id: int, agg: Aggregated, version: str = "") -> None:
         # Word ids fit 16 bits (MAX_WORDS): a quarter of the memory of int64.
         compact = Aggregated(agg.words.astype(np.uint16), agg.codes)
         with self._lock:
             self._photos[int(photo_id)] = compact
+            self._versions[int(photo_id)] = version
             self._packed = None
+
+    def versions(self) -> dict[int, str]:
+        with self._lock:
+            return dict(self._versions)
 
     def remove(self, ids: Iterable[int]) -> None:
         with self._lock:
             for i in ids:
                 self._photos.pop(int(i), None)
+                self._versions.pop(int(i), None)
             self._packed = None
 
     def _pack(self) -> tuple[np.ndarray, ...]:
@@ -230,11 +239,13 @@ class InvertedFile:
         with self._lock:
             ids = np.fromiter(self._photos, np.int64, len(self._photos))
             aggs = list(self._photos.values())
+            versions = np.array([self._versions.get(int(i), "") for i in ids], dtype="U32")
         counts = np.fromiter((len(a.words) for a in aggs), np.int64, len(aggs))
         buffer = io.BytesIO()
         np.savez(buffer, format=np.int64(_FORMAT), extractor=np.array(extractor),
                  centroids=self.vocabulary.centroids.astype(np.float16),
                  trained=np.int64(self.trained_photos), ids=ids, counts=counts,
+                 versions=versions,
                  words=np.concatenate([a.words for a in aggs]) if aggs
                  else np.zeros(0, np.uint16),
                  codes=np.concatenate([a.codes for a in aggs]) if aggs
@@ -262,16 +273,18 @@ class InvertedFile:
                     raise IndexFileError("the local-feature index is for other features")
                 centroids = data["centroids"].astype(np.float32)
                 inverted = cls(Vocabulary(centroids), int(data["trained"]))
-                ids, counts = data["ids"], data["counts"]
+                ids, counts, versions = data["ids"], data["counts"], data["versions"]
                 words, codes = data["words"], data["codes"]
         except (OSError, ValueError, KeyError, EOFError) as exc:
             raise IndexFileError(f"cannot read the local-feature index {path}: {exc}") \
                 from exc
         if int(counts.sum()) != len(words) or len(words) != len(codes) \
-                or len(ids) != len(counts) or (len(words) and int(words.max()) >= len(centroids)):
+                or len(ids) != len(counts) or len(versions) != len(ids) \
+                or (len(words) and int(words.max()) >= len(centroids)):
             raise IndexFileError("the local-feature index file is inconsistent")
         bounds = np.concatenate([[0], np.cumsum(counts)])
         for i, pid in enumerate(ids):
             inverted._photos[int(pid)] = Aggregated(words[bounds[i]:bounds[i + 1]],
                                                     codes[bounds[i]:bounds[i + 1]])
+            inverted._versions[int(pid)] = str(versions[i])
         return inverted

@@ -61,18 +61,17 @@ class QueryFeatures:
 
 
 def _nearest_two(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: index of the best column, best and second-best similarity.
+    """Per row and side: index of the best column, best and second-best similarity.
 
-    Two passes of argmax/max beat argpartition by an order of magnitude here. ``sims``
-    is scratch: the best entry of each row is overwritten.
+    ``sims`` is rows x sides x columns. Two passes of argmax/max beat argpartition by an
+    order of magnitude; ``sims`` is scratch: each best entry is overwritten.
     """
-    rows = np.arange(len(sims))
-    best = sims.argmax(axis=1)
-    s1 = sims[rows, best].copy()
-    if sims.shape[1] == 1:
-        return best, s1, np.full(len(sims), -1.0, np.float32)
-    sims[rows, best] = -2.0
-    return best, s1, sims.max(axis=1)
+    best = sims.argmax(axis=2)
+    s1 = np.take_along_axis(sims, best[..., None], axis=2)[..., 0]
+    if sims.shape[2] == 1:
+        return best, s1, np.full_like(s1, -1.0)
+    np.put_along_axis(sims, best[..., None], -2.0, axis=2)
+    return best, s1, sims.max(axis=2)
 
 
 def _ratio_keep(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
@@ -101,20 +100,22 @@ def match_candidates(query: QueryFeatures, photos: Sequence[LocalFeatures]
             stop += 1
         chunk = photos[start:stop]
         descriptors = [p.descriptors for p in chunk if len(p)]
-        sims = np.concatenate(descriptors) @ query.stacked if descriptors else \
-            np.zeros((0, 2 * query.n), np.float32)
+        if not descriptors:
+            out.extend((empty, empty) for _ in chunk)
+            start = stop
+            continue
+        # Every keypoint of the chunk against both orientations of the query at once.
+        sims = (np.concatenate(descriptors) @ query.stacked).reshape(-1, 2, query.n)
+        best, s1, s2 = _nearest_two(sims)
+        keep = _ratio_keep(s1, s2)
         offset = 0
         for p in chunk:
-            part = sims[offset:offset + len(p)]
+            rows_p = slice(offset, offset + len(p))
             offset += len(p)
             sides = []
-            for half in (np.array(part[:, :query.n]), np.array(part[:, query.n:])):
-                if len(p) == 0:
-                    sides.append(empty)
-                    continue
-                best, s1, s2 = _nearest_two(half)
-                keep = _ratio_keep(s1, s2)
-                sides.append((best[keep], np.nonzero(keep)[0], s1[keep]))
+            for side in (0, 1):
+                k = keep[rows_p, side]
+                sides.append((best[rows_p, side][k], np.nonzero(k)[0], s1[rows_p, side][k]))
             out.append((sides[0], sides[1]))
         start = stop
     return out

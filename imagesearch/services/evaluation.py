@@ -10,7 +10,8 @@ A benchmark folder (ROxford/RParis and ILIAS ship their ground truth the same wa
 
 Stages: global (the open_clip embedding, FAISS), annoy (the same vectors in Annoy), bovw
 (tf-idf bag of words, the classic baseline), bovw-sp (+ spatial verification), local (the
-ASMK shortlist from local features), sp (the best shortlist + spatial verification) and
+ASMK shortlist from local features), sp (the best shortlist + spatial verification),
+sp-all (every photo verified, no shortlist: slow, to see what the shortlist costs) and
 ames (+ AMES). A stage whose model or package is missing is skipped with a note.
 """
 

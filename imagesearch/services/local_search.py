@@ -108,34 +108,33 @@ class LocalIndexService:
                 if not self._loaded:
                     self._load()
                 inv = self._inverted
-            have = self.catalog.feature_ids(extractor)
+            have = self.catalog.feature_versions(extractor)
             if len(have) < MIN_PHOTOS:
                 return False
             if inv is None or len(have) >= 2 * max(inv.trained_photos, 1):
                 inv = self._train(len(have), cancel)
                 if inv is None:
                     return False
-            indexed = inv.ids()
-            gone = np.setdiff1d(indexed, have)
-            missing = set(np.setdiff1d(have, indexed).tolist())
-            inv.remove(gone.tolist())
-            done = 0
+            known = inv.versions()
+            gone = [pid for pid in known if pid not in have]
+            # New photos, and those whose record was made again for new bytes.
+            todo = [pid for pid, version in have.items() if known.get(pid) != version]
+            inv.remove(gone)
             damaged: list[int] = []
-            for chunk in self.catalog.iter_features(extractor):
+            for start in range(0, len(todo), 500):
                 if cancel is not None and cancel.is_set():
                     break
-                for photo_id, blob in chunk:
-                    if photo_id in missing:
-                        try:
-                            inv.add(photo_id, decode_features(blob))
-                        except FeatureDataError:
-                            damaged.append(photo_id)
-                        done += 1
+                part = todo[start:start + 500]
+                for photo_id, blob in self.catalog.features(part, extractor).items():
+                    try:
+                        inv.add(photo_id, decode_features(blob), have[photo_id])
+                    except FeatureDataError:
+                        damaged.append(photo_id)
                 if progress is not None:
-                    progress(done, len(missing))
+                    progress(min(start + 500, len(todo)), len(todo))
             if damaged:
                 self.catalog.drop_features(damaged, extractor)
-            changed = bool(missing or len(gone)) or inv is not self._inverted
+            changed = bool(todo or gone) or inv is not self._inverted
             with self._lock:
                 self._inverted = inv
             if changed:

@@ -19,7 +19,7 @@ from imagesearch.domain import Query, SearchHit
 from imagesearch.errors import FeatureDataError
 from imagesearch.services.context import AppContext
 
-STAGES = ("global", "annoy", "bovw", "bovw-sp", "local", "sp", "ames")
+STAGES = ("global", "annoy", "bovw", "bovw-sp", "local", "sp", "sp-all", "ames")
 BoxT = tuple[float, float, float, float]
 
 
@@ -236,6 +236,22 @@ class BagOfWordsRunner(LocalRunner):
         return self._run(order, started, boxes)
 
 
+class VerifyAllRunner(LocalRunner):
+    """Spatial verification of every photo, no shortlist: what the shortlist costs."""
+
+    def image(self, path: Path, k: int) -> StageRun:
+        started = time.perf_counter()
+        prepared = self._prepare(path)
+        reranker = self.ctx.rerank.get("sp")
+        assert reranker is not None and self.ctx.local.extractor is not None
+        everyone = [(int(i), 0.0) for i in self.ctx.catalog.feature_ids(self.ctx.local.extractor)]
+        reranked = self.ctx.rerank.rerank(reranker, prepared, everyone, threading.Event(),
+                                          budget_s=None)
+        boxes = {p: e.box for p, e in reranked.evidence.items()}
+        return self._run(list(zip(reranked.ids, reranked.scores, strict=True))[:k], started,
+                         boxes)
+
+
 def make_runner(name: str, ctx: AppContext, ids: dict[int, int]) -> Runner | str:
     """The runner for a stage, or why it cannot run here."""
     needs_model = name in ("global", "annoy")
@@ -257,6 +273,8 @@ def make_runner(name: str, ctx: AppContext, ids: dict[int, int]) -> Runner | str
         return LocalRunner(ctx, ids)
     if name in ("bovw", "bovw-sp"):
         return BagOfWordsRunner(ctx, ids, verify=name == "bovw-sp")
+    if name == "sp-all":
+        return VerifyAllRunner(ctx, ids)
     if name == "ames" and ctx.rerank.get("ames") is None:
         return "AMES weights are not installed (see `imagesearch models list`)"
     return RerankRunner(ctx, ids, name)

@@ -470,6 +470,16 @@ class Catalog:
                 .where(LocalFeatureRow.extractor == extractor, _same_hash()))
             return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
+    def feature_versions(self, extractor: str) -> dict[int, str]:
+        """Photo id -> the content hash its current record was made from (which changes
+        whenever the record is made again for new bytes)."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(LocalFeatureRow.photo_id, LocalFeatureRow.content_hash)
+                .join(PhotoRow, PhotoRow.id == LocalFeatureRow.photo_id)
+                .where(LocalFeatureRow.extractor == extractor, _same_hash()))
+            return {int(pid): h or "" for pid, h in rows}
+
     def iter_features(self, extractor: str, chunk: int = 2000
                       ) -> Iterator[list[tuple[int, bytes]]]:
         """Every current feature record, in chunks of (photo id, bytes), by photo id."""
