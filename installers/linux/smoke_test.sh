@@ -78,6 +78,11 @@ chroot "$CR" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     --no-install-recommends /tmp/imagesearch.deb > "$WORK/apt.log" 2>&1 \
     || { tail -20 "$WORK/apt.log"; fail "apt could not install the package"; }
 test -x "$CR/opt/imagesearch/imagesearch" || fail "nothing in /opt/imagesearch"
+# The window reads its icon from the package's data, which the spec must have collected.
+for size in 16 256; do
+    test -f "$CR/opt/imagesearch/_internal/imagesearch/gui/icons/imagesearch-$size.png" \
+        || fail "the window's icon is not in the bundle"
+done
 # Every library the bundle's Qt plugins and Python extensions load must be found: inside
 # the bundle, or on the system through the package's dependencies.
 chroot "$CR" sh -c 'cd /opt/imagesearch/_internal
@@ -184,7 +189,8 @@ leftover=$(app_processes "")
 [ -z "$leftover" ] || fail "processes left running: $leftover"
 
 step "uninstall: the program goes, the library and the models stay"
-chroot "$CR" env DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq imagesearch > /dev/null
+chroot "$CR" env DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq imagesearch \
+    > "$WORK/apt-remove.log" 2>&1 || { cat "$WORK/apt-remove.log"; fail "apt could not remove it"; }
 [ ! -e "$CR/opt/imagesearch" ] && [ ! -e "$CR/usr/bin/imagesearch" ] || fail "files left behind"
 test -f "$UHOME/.local/share/imagesearch/catalog.sqlite3" || fail "the library was removed"
 test -f "$UHOME/.cache/imagesearch/models/$TINY/manifest.json" || fail "the model was removed"
