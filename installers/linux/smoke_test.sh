@@ -40,7 +40,7 @@ cleanup() {
 app_processes() {
     local f cmd
     for f in /proc/[0-9]*/cmdline; do
-        cmd=$(tr '\0' ' ' < "$f" 2>/dev/null) || continue
+        cmd=$(tr '\0' ' ' 2>/dev/null < "$f") || continue  # it may have ended
         case "$cmd" in "/opt/imagesearch/"*"$1"*) echo "${f%/cmdline}" ;; esac
     done
 }
