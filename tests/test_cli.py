@@ -119,3 +119,15 @@ def test_a_one_shot_command_builds_the_local_index_in_the_foreground(
     assert built[0].exists() and not background_refreshes()
     assert main(["search", "--image", str(query), "-k", "3"]) == 0
     assert "photo details once" not in capsys.readouterr().err
+
+
+def test_the_cli_entry_point_calls_freeze_support_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the frozen app the decode pool spawns this executable: the child must not parse."""
+    import multiprocessing
+
+    calls: list[str] = []
+    monkeypatch.setattr(multiprocessing, "freeze_support", lambda: calls.append("freeze"))
+    with pytest.raises(SystemExit):
+        main(["--frozen-child-arguments-argparse-would-refuse"])
+    assert calls == ["freeze"]

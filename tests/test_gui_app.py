@@ -37,14 +37,17 @@ def test_run_opens_the_library_given_and_quits_cleanly(qtbot: Any, tmp_path: Pat
                                                        models_dir: Path) -> None:
     library = tmp_path / "my library"
     shown: list[MainWindow] = []
+    icon_sizes: set[int] = set()
 
     def on_shown(window: MainWindow) -> None:
         shown.append(window)
+        icon_sizes.update(s.width() for s in window.windowIcon().availableSizes())
         qtbot.waitUntil(lambda: window.library.status is not None, timeout=30_000)
         window.quit_action.trigger()
 
     assert run(["--library", str(library), "--models", str(models_dir)], on_shown) == 0
     window = shown[0]
+    assert {16, 256} <= icon_sizes  # the app's icon, read from the package
     assert window.settings.library_dir == library.resolve()
     assert (library / "catalog.sqlite3").is_file()
     assert (library / "window.ini").is_file()  # geometry saved on the way out
@@ -57,3 +60,29 @@ def test_palette_darkness_is_detected() -> None:
     light = QPalette(QColor(Qt.GlobalColor.white))
     light.setColor(QPalette.ColorRole.WindowText, QColor(Qt.GlobalColor.black))
     assert not is_dark(light)
+
+
+def test_sigterm_closes_the_window_as_quit_does(tmp_path: Path, models_dir: Path) -> None:
+    """A logout or `kill` ends the app cleanly: exit status 0, window state written."""
+    import signal
+    import time
+
+    library = tmp_path / "library"
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--library", str(library), "--models", str(models_dir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    try:
+        deadline = time.monotonic() + 60
+        # The catalog is opened once the window is up (and the handler installed).
+        while not (library / "catalog.sqlite3").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert (library / "window.ini").is_file()

@@ -264,7 +264,22 @@ def _models(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
                 bar.close()
             print(f"installed {model_id} at {path}")
         return 0
-    info = ctx.models.install(args.file, args.install_model, args.config, args.sha256)
+    if args.models_command == "pack":
+        bar = DownloadBar(f"Packing {args.pack_model}")
+        try:
+            packed = ctx.models.pack(args.pack_model, args.dest, progress=bar)
+        finally:
+            bar.close()
+        print(f"wrote {args.dest} ({args.dest.stat().st_size / 2**20:.1f} MB): "
+              f"{packed.model_id}, checkpoint sha256 {packed.checkpoint.sha256}\n"
+              f"on the other computer: imagesearch models install {args.dest.name}")
+        return 0
+    bar = DownloadBar(f"Installing {args.file.name}")
+    try:
+        info = ctx.models.install(args.file, args.install_model, args.config, args.sha256,
+                                  progress=bar)
+    finally:
+        bar.close()
     print(f"installed {info.id} at {info.path}")
     return 0
 

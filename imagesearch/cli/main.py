@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import signal
 import sys
 import threading
@@ -97,13 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = msub.add_parser("download", help="download a model's published weights")
     d.add_argument("model_id", nargs="?", metavar="ARCH/TAG", type=_model_or_group,
                    help="a model id, or `ames` for every checkpoint AMES re-ranking needs")
-    i = msub.add_parser("install", help="install a checkpoint file (offline)")
-    i.add_argument("file", type=Path, help="open_clip checkpoint (.safetensors, .bin, .pt)")
+    i = msub.add_parser("install", help="install a checkpoint file or a packed model (offline)")
+    i.add_argument("file", type=Path,
+                   help="open_clip checkpoint (.safetensors, .bin, .pt), or an archive "
+                        "written by `models pack`")
     i.add_argument("--model", dest="install_model", metavar="ARCH/TAG", type=_model_id,
-                   help="the model id it belongs to (default: the configured model)")
+                   help="the model id it belongs to (default: the configured model; an "
+                        "archive names its own)")
     i.add_argument("--config", type=Path, metavar="JSON",
                    help="architecture JSON for a model open_clip does not ship")
     i.add_argument("--sha256", help="expected checksum of the file")
+    k = msub.add_parser("pack", help="write an installed model to one file, for `models "
+                                     "install` on a computer without internet")
+    k.add_argument("pack_model", metavar="ARCH/TAG", type=_model_id,
+                   help="an installed model id (see `models list`)")
+    k.add_argument("dest", type=Path, metavar="FILE", help="the archive to write (a .tar)")
 
     from imagesearch.cli.evaluation import add_parser as add_eval_parser
 
@@ -159,6 +168,9 @@ def _context(args: argparse.Namespace, models: ModelManager | None = None) -> Ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # In a frozen build this executable is also what the decode pool spawns: a child
+    # must run its worker here, before argparse sees the arguments it was started with.
+    multiprocessing.freeze_support()
     args = build_parser().parse_args(argv)
     for stream in (sys.stdout, sys.stderr):
         # A Linux file name need not be UTF-8: print its bytes back as they are.

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from imagesearch.core.model_registry import WEIGHTS_FILES, known_model, parse_model_id
 from imagesearch.errors import ChecksumMismatch, ModelFileError, ModelUnavailable
@@ -29,8 +29,13 @@ from imagesearch.errors import ChecksumMismatch, ModelFileError, ModelUnavailabl
 DownloadProgress = Callable[[int, int], None]  # (bytes done, bytes total or 0)
 
 MANIFEST = "manifest.json"
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CHUNK = 1 << 20
 _TIMEOUT_S = 15.0
+
+
+class ByteSource(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +100,8 @@ class WeightStore:
     # Installing a file ---------------------------------------------------------------------
 
     def install_file(self, model_id: str, checkpoint: Path, config: Path | None = None,
-                     expected_sha256: str | None = None) -> InstalledWeights:
+                     expected_sha256: str | None = None,
+                     progress: DownloadProgress | None = None) -> InstalledWeights:
         """Copy a checkpoint (and optionally its architecture JSON) into the store.
 
         Raises:
@@ -105,32 +111,18 @@ class WeightStore:
         for given, what in ((checkpoint, "checkpoint"), (config, "config")):
             if given is not None and not given.is_file():
                 raise ModelFileError(f"no such {what} file: {given}")
-        arch, _ = parse_model_id(model_id)
-        folder = self.model_dir(model_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        name = checkpoint.name if checkpoint.suffix in (".safetensors", ".bin", ".pt", ".pth") \
+        name = checkpoint.name if checkpoint.suffix in CHECKPOINT_SUFFIXES \
             else checkpoint.name + ".bin"
-        with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".partial") as tmp:
-            digest = hashlib.sha256()
-            with open(checkpoint, "rb") as src:
-                while chunk := src.read(_CHUNK):
-                    digest.update(chunk)
-                    tmp.write(chunk)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        sha = digest.hexdigest()
-        if expected_sha256 and sha != expected_sha256.lower():
-            os.unlink(tmp.name)
-            raise ChecksumMismatch(f"{checkpoint} has sha256 {sha}, expected {expected_sha256}")
-        os.replace(tmp.name, folder / name)
-        if config is not None:
-            self.configs_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(config, self.configs_dir / f"{arch}.json")
-        self._write_manifest(folder, name, sha, (folder / name).stat().st_size,
-                             f"file:{checkpoint}")
-        result = self.installed(model_id)
-        assert result is not None
-        return result
+        with self.staging(model_id) as stage, open(checkpoint, "rb") as src:
+            stage.receive(name, src, expected_sha256, label=str(checkpoint),
+                          progress=progress, total=checkpoint.stat().st_size)
+            if config is not None:
+                stage.config = config.read_bytes()
+            return stage.commit(f"file:{checkpoint}")
+
+    def staging(self, model_id: str) -> Staging:
+        """Receive a checkpoint beside its final place; nothing changes until commit()."""
+        return Staging(self, model_id)
 
     def remove(self, model_id: str) -> bool:
         folder = self.model_dir(model_id)
@@ -140,7 +132,7 @@ class WeightStore:
         return True
 
     @staticmethod
-    def _write_manifest(folder: Path, name: str, sha: str, size: int, source: str) -> None:
+    def write_manifest(folder: Path, name: str, sha: str, size: int, source: str) -> None:
         data = {"file": name, "sha256": sha, "size": size, "source": source,
                 "installed_at": datetime.now(UTC).isoformat(timespec="seconds")}
         tmp = folder / (MANIFEST + ".tmp")
@@ -250,7 +242,7 @@ class WeightStore:
                 f"download of {url} is damaged (sha256 {sha}, expected {expected_sha or '?'}, "
                 f"{done} of {total} bytes); try again")
         os.replace(tmp.name, folder / filename)
-        self._write_manifest(folder, filename, sha, done, url)
+        self.write_manifest(folder, filename, sha, done, url)
         result = self.installed(model_id)
         assert result is not None
         return result
@@ -262,6 +254,92 @@ class WeightStore:
             f"fetch the checkpoint on another machine and run "
             f"`imagesearch models install FILE --model {model_id}`."
         )
+
+
+class Staging:
+    """A checkpoint (and its config) on its way into the store: all of it, or none of it.
+
+    The checkpoint is written to a temporary file in its model folder and checked there;
+    commit() moves it into place and writes the manifest; leaving the ``with`` block
+    without commit() removes what was written.
+    """
+
+    def __init__(self, store: WeightStore, model_id: str) -> None:
+        self.store = store
+        self.model_id = model_id
+        self.arch, _ = parse_model_id(model_id)
+        self.config: bytes | None = None  # an architecture JSON to install beside it
+        self._tmp: Path | None = None
+        self._created: list[Path] = []  # folders made for it, removed again if not committed
+        self._name = ""
+        self._sha = ""
+        self._size = 0
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+            for folder in self._created:  # innermost first; kept if anything else is there
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+    def receive(self, name: str, src: ByteSource, expected_sha256: str | None = None,
+                expected_size: int | None = None, label: str = "",
+                progress: DownloadProgress | None = None, total: int = 0) -> str:
+        """Copy ``src`` to a temporary file, hashing it; returns its sha256.
+
+        Raises:
+            ChecksumMismatch: the size or sha256 is not the expected one.
+        """
+        folder = self.store.model_dir(self.model_id)
+        if not self._created:
+            self._created = [f for f in (folder, folder.parent) if not f.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._tmp is not None:  # a second checkpoint replaces the first
+            self._tmp.unlink(missing_ok=True)
+        digest = hashlib.sha256()
+        done = 0
+        with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".partial") as tmp:
+            self._tmp = Path(tmp.name)
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                tmp.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, expected_size or total)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        sha = digest.hexdigest()
+        what = label or name
+        if expected_size is not None and done != expected_size:
+            raise ChecksumMismatch(f"{what} has {done} bytes, expected {expected_size}")
+        if expected_sha256 and sha != expected_sha256.lower():
+            raise ChecksumMismatch(f"{what} has sha256 {sha}, expected {expected_sha256}")
+        self._name, self._sha, self._size = name, sha, done
+        return sha
+
+    def commit(self, source: str) -> InstalledWeights:
+        """Put the received checkpoint (and config) in place and write the manifest."""
+        if self._tmp is None:
+            raise ModelFileError(f"no checkpoint was received for {self.model_id}")
+        folder = self.store.model_dir(self.model_id)
+        os.replace(self._tmp, folder / self._name)
+        self._tmp = None
+        if self.config is not None:
+            configs = self.store.configs_dir
+            configs.mkdir(parents=True, exist_ok=True)
+            tmp = configs / f"{self.arch}.json.tmp"
+            tmp.write_bytes(self.config)
+            os.replace(tmp, configs / f"{self.arch}.json")
+        self.store.write_manifest(folder, self._name, self._sha, self._size, source)
+        result = self.store.installed(self.model_id)
+        assert result is not None
+        return result
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

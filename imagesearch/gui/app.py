@@ -20,8 +20,10 @@ from PySide6.QtCore import (
 from PySide6.QtWidgets import QApplication
 
 from imagesearch.config import APP_NAME, Settings
+from imagesearch.gui.app_icon import DESKTOP_ID, app_icon
 from imagesearch.gui.main_window import ContextFactory, MainWindow
 from imagesearch.gui.platform_check import EXIT_NO_WINDOW, explain
+from imagesearch.gui.stop_signals import StopSignals
 from imagesearch.gui.theme import apply_theme
 
 
@@ -103,6 +105,8 @@ def run(argv: Sequence[str] | None = None,
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(APP_NAME)
     app.setApplicationDisplayName("imagesearch")
+    app.setDesktopFileName(DESKTOP_ID)
+    app.setWindowIcon(app_icon())
     apply_theme(app)
     settings = load_settings(args)
     window = create_window(settings)
@@ -111,7 +115,11 @@ def run(argv: Sequence[str] | None = None,
     if watcher is not None:
         window.installEventFilter(watcher)
     window.show()
-    code = int(app.exec())
+    stop = StopSignals(window.close)
+    try:
+        code = int(app.exec())
+    finally:
+        stop.restore()
     if window.unfinished:
         # Work stuck in a read from a stalled share would otherwise hold the process at
         # exit (Qt's pools wait for their threads). Everything committed is safe on disk:

@@ -10,9 +10,16 @@ from imagesearch.core.ames.models import AmesPaths
 from imagesearch.core.ames.registry import AMES_WEIGHTS, VARIANTS, AmesVariant, known_weight
 from imagesearch.core.encoder import Encoder
 from imagesearch.core.encoder_loading import known_choice, load_encoder
+from imagesearch.core.model_archive import (
+    ArchiveManifest,
+    install_archive,
+    is_model_archive,
+    pack_model,
+)
 from imagesearch.core.model_registry import KNOWN_MODELS, known_model, parse_model_id
 from imagesearch.core.weights import DownloadProgress, WeightStore
 from imagesearch.domain import ModelInfo
+from imagesearch.errors import ModelFileError
 
 
 class ModelManager:
@@ -121,11 +128,32 @@ class ModelManager:
         return AmesPaths(backbone, detector, matcher)
 
     def install(self, checkpoint: Path, model_id: str | None = None,
-                config: Path | None = None, sha256: str | None = None) -> ModelInfo:
+                config: Path | None = None, sha256: str | None = None,
+                progress: DownloadProgress | None = None) -> ModelInfo:
+        """Install a checkpoint file, or an archive written by pack() on another computer.
+
+        An archive names its model; ``model_id``, when given, must be that one.
+
+        Raises:
+            ModelFileError: unreadable file; an archive that is damaged, unsafe or for
+                another model; ``config`` or ``sha256`` given with an archive.
+            ChecksumMismatch: the file, or a file in the archive, is not what it should be.
+        """
+        if checkpoint.suffix.lower() == ".tar" or is_model_archive(checkpoint):
+            if config is not None or sha256 is not None:
+                raise ModelFileError("a model archive carries its own config and checksums; "
+                                     "install it without --config or --sha256")
+            weights = install_archive(self.store, checkpoint, model_id, progress)
+            return self._info(weights.model_id, weights.path, weights.size)
         mid = model_id or self.model_id
         parse_model_id(mid)
-        weights = self.store.install_file(mid, checkpoint, config, sha256)
+        weights = self.store.install_file(mid, checkpoint, config, sha256, progress)
         return self._info(mid, weights.path, weights.size)
+
+    def pack(self, model_id: str, dest: Path,
+             progress: DownloadProgress | None = None) -> ArchiveManifest:
+        """Write an installed model to an archive that install() accepts elsewhere."""
+        return pack_model(self.store, model_id, dest, progress)
 
     def models(self) -> list[ModelInfo]:
         """Known models plus any installed by hand, with what is on disk."""
