@@ -64,3 +64,11 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     from imagesearch.core.metrics import iou as box_iou
 
     return box_iou(a, b)
+
+
+def coffee_scenes(root: Path, count: int) -> None:
+    """``count`` photos of the same cup, turned 15 degrees more in each, in clutter."""
+    for i in range(count):
+        pixels, _ = scene(skimage_photo("coffee"), similarity(0.4, 15 * i, 300, 200,
+                                                             (300, 200)), (640, 480), seed=i)
+        save(pixels, root / f"c{i}.jpg")

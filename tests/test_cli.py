@@ -93,15 +93,12 @@ def test_a_one_shot_command_builds_the_local_index_in_the_foreground(
 
     from imagesearch.services import local_search, searching
     from tests.conftest import skimage_photo
-    from tests.instance_scenes import save, scene, similarity
+    from tests.instance_scenes import coffee_scenes, save
 
     monkeypatch.setattr(local_search, "MIN_PHOTOS", 2)
     monkeypatch.setattr(searching, "MIN_PHOTOS", 2)
     root = tmp_path / "photos"
-    for i in range(12):
-        pixels, _ = scene(skimage_photo("coffee"), similarity(0.4, 15 * i, 300, 200,
-                                                             (300, 200)), (640, 480), seed=i)
-        save(pixels, root / f"c{i}.jpg")
+    coffee_scenes(root, 12)
     query = save(skimage_photo("coffee"), tmp_path / "q.jpg")
 
     def background_refreshes() -> list[threading.Thread]:

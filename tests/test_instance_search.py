@@ -20,7 +20,7 @@ from imagesearch.config import Settings
 from imagesearch.domain import Query
 from imagesearch.errors import ModelUnavailable
 from tests.conftest import noise_jpeg, skimage_photo
-from tests.instance_scenes import iou, save, scene, similarity
+from tests.instance_scenes import coffee_scenes, iou, save, scene, similarity
 from tests.test_crash_safety import REPO, Library, kill, wait_until
 from tests.tiny_model import TINY_MODEL_ID
 
@@ -168,10 +168,7 @@ def test_the_local_index_follows_the_library(make_settings: Callable[..., Settin
     monkeypatch.setattr(local_search, "MIN_PHOTOS", 8)
     settings = make_settings()
     root = tmp_path / "photos"
-    for i in range(12):
-        pixels, _ = scene(skimage_photo("coffee"), similarity(0.4, 15 * i, 300, 200,
-                                                             (300, 200)), (640, 480), seed=i)
-        save(pixels, root / f"c{i}.jpg")
+    coffee_scenes(root, 12)
     ctx = open_ctx(settings, shared_encoder)
     try:
         ctx.library.add_folder(root)
@@ -202,6 +199,37 @@ def test_the_local_index_follows_the_library(make_settings: Callable[..., Settin
     ctx = open_ctx(settings, shared_encoder)
     try:
         assert not ctx.local.refresh() and ctx.local.status().photos == 11
+    finally:
+        ctx.close()
+
+
+def test_a_refresh_cancelled_after_learning_keeps_nothing_half_built(
+        make_settings: Callable[..., Settings], shared_encoder: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagesearch.services import local_search
+
+    monkeypatch.setattr(local_search, "MIN_PHOTOS", 8)
+    root = tmp_path / "photos"
+    coffee_scenes(root, 10)
+    ctx = open_ctx(make_settings(), shared_encoder)
+    try:
+        ctx.library.add_folder(root)
+        ctx.indexing.run()
+        ctx.local.close()  # the background refresh asked for by indexing: stopped at once
+        service = local_search.LocalIndexService(ctx.settings, ctx.catalog, background=False)
+        service.path.unlink(missing_ok=True)
+        learn = service._train
+        cancel = threading.Event()
+
+        def learn_then_quit(photos: int, stop: Any) -> Any:
+            inverted = learn(photos, None)
+            cancel.set()  # the app closes while the vocabulary was being learned
+            return inverted
+
+        monkeypatch.setattr(service, "_train", learn_then_quit)
+        assert not service.refresh(cancel=cancel)
+        assert not service.path.exists() and service.status().photos == 0
+        assert service.missing()  # so the next command builds it, rather than an empty one
     finally:
         ctx.close()
 

@@ -158,6 +158,20 @@ def test_a_manifest_naming_a_path_is_refused(
     assert "unsafe file name" in _refused(tmp_path, monkeypatch, capsys, evil)
 
 
+@pytest.mark.parametrize("model_id", ["evil/..", "..\\..\\Roaming/x", "C:\\x/y",
+                                      f"{TINY_ARCH}/../../outside"])
+def test_a_manifest_whose_model_id_leads_out_of_the_models_folder_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        packed: Path, model_id: str) -> None:
+    manifest, files = _read(packed)
+    manifest["model_id"] = model_id
+    evil = _archive(tmp_path / "evil.tar", [
+        (tarfile.TarInfo(ARCHIVE_MANIFEST), json.dumps(manifest).encode()),
+        *[(tarfile.TarInfo(n), d) for n, d in files.items()]])
+    assert "ARCH/TAG" in _refused(tmp_path, monkeypatch, capsys, evil)
+    assert not [p for p in tmp_path.rglob("manifest.json") if "here" not in p.parts]
+
+
 def test_links_and_unlisted_entries_are_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         packed: Path) -> None:

@@ -114,3 +114,47 @@ def test_cli_search_is_answered_by_a_running_context(context, photo_dir: Path,  
     assert code == 0
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 3 and hits[0]["path"] == str(target)
+
+
+def test_a_path_that_is_not_utf8_is_answered_and_the_server_lives_on(
+        tmp_path: Path) -> None:
+    import os
+
+    odd = tmp_path / os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name: a lone surrogate
+
+    def answer(query: Query, rerank: bool | None, shortlist: int | None
+               ) -> tuple[list[SearchHit], list[str]]:
+        return [SearchHit(3, odd, 0.5)], []
+
+    server = QueryServer(tmp_path, MODEL, answer)
+    assert server.start()
+    try:
+        for _ in range(2):  # the first answer did not stop the server
+            reply = ask_running_app(_args(), tmp_path, MODEL, 0.5, 7)
+            assert reply is not None and reply["hits"][0]["path"] == str(odd)
+    finally:
+        assert server.stop()
+
+
+def test_stopping_cancels_the_search_being_answered(tmp_path: Path) -> None:
+    import threading
+
+    server: QueryServer
+    entered = threading.Event()
+    seen: list[bool] = []
+
+    def answer(query: Query, rerank: bool | None, shortlist: int | None
+               ) -> tuple[list[SearchHit], list[str]]:
+        entered.set()
+        seen.append(server.stopping.wait(30))  # a long re-rank that watches its cancel
+        return [], []
+
+    server = QueryServer(tmp_path, MODEL, answer)
+    assert server.start()
+    client = threading.Thread(target=ask_running_app, args=(_args(), tmp_path, MODEL, 0.5, 7))
+    client.start()
+    assert entered.wait(10)
+    started = time.monotonic()
+    assert server.stop()  # ended within its wait, because the answer was cancelled
+    assert time.monotonic() - started < 5 and seen == [True]
+    client.join(10)

@@ -76,7 +76,12 @@ def _serve(hub: type[_Hub], name: str, data: bytes, announce: bytes | None = Non
 
 def test_parse_model_id() -> None:
     assert parse_model_id("ViT-B-32/laion2b_s34b_b79k") == ("ViT-B-32", "laion2b_s34b_b79k")
-    for bad in ("ViT-B-32", "/tag", "a/b/c", "../x"):
+    for model in ("MobileCLIP2-S0/dfndr2b", "ames/dinov2-vitb14-reg4", "ViT-L-14/openai+x.1"):
+        assert "/".join(parse_model_id(model)) == model
+    # Each part is a folder name under the models folder: nothing may lead out of it
+    # (an id can come from a model archive's manifest).
+    for bad in ("ViT-B-32", "/tag", "a/b/c", "../x", "evil/..", "x/.", "..\\x/y",
+                "C:\\x/y", "a/b\\..", "a/ b", "a/b\x00", ".hidden/x"):
         with pytest.raises(ValueError, match="ARCH/TAG"):
             parse_model_id(bad)
 

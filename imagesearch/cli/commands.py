@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -38,14 +39,25 @@ def run(args: argparse.Namespace, make_context: ContextFactory,
 def _run(args: argparse.Namespace, make_context: ContextFactory,
          cancel: threading.Event) -> int:
     ctx = make_context(args)
+    code = 1
     try:
         handler = _HANDLERS[args.command]
-        return handler(args, ctx, cancel)
+        code = handler(args, ctx, cancel)
+        return code
     finally:
         warnings = ctx.close()
         if args.command == "watch":  # the others reported theirs with each run
             for warning in warnings:
                 print(f"warning: {warning}", file=sys.stderr)
+        if ctx.unfinished:
+            # A thread still inside FAISS (a vocabulary being learned when `watch` was
+            # stopped) would crash the interpreter's exit; the catalog is closed and
+            # committed, so the process ends without waiting for it.
+            print("stopped without waiting for: " + ", ".join(ctx.unfinished),
+                  file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
 
 
 def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -> int:
@@ -136,7 +148,9 @@ def _search(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) 
                   folder=args.folder.resolve() if args.folder else None)
     image_only = args.image is not None and not split_negatives(text)[0]
     _ensure_weights(ctx, optional=image_only and ctx.local.mode is not None)
-    if args.image is not None and args.rerank is not False and ctx.local.missing():
+    uses_details = args.rerank is True or not ctx.models.weights_present() or (
+        args.rerank is None and ctx.settings.rerank != "off")
+    if args.image is not None and uses_details and ctx.local.missing():
         # Normally built by `index`; a library indexed by an older version, or whose index
         # file was lost, gets it now rather than a search that finds nothing.
         print("Indexing the library's photo details once before searching…", file=sys.stderr)

@@ -7,6 +7,7 @@ top-1 and MSCOCO text-to-image recall@5.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from imagesearch.errors import InvalidModelId
@@ -51,6 +52,7 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
 )
 
 WEIGHTS_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def parse_model_id(model_id: str) -> tuple[str, str]:
@@ -60,7 +62,10 @@ def parse_model_id(model_id: str) -> tuple[str, str]:
         InvalidModelId: the id is not of that form (a ValueError too).
     """
     arch, sep, tag = model_id.partition("/")
-    if not sep or not arch or not tag or "/" in tag or arch in (".", ".."):
+    # Each part becomes a folder name under the models folder (and a config file name):
+    # letters, digits and . _ + - only, starting with a letter or digit, so no id (from
+    # the command line or an archive's manifest) can name a path outside it.
+    if not sep or not _ID_PART.fullmatch(arch) or not _ID_PART.fullmatch(tag):
         raise InvalidModelId(f"model ids look like ARCH/TAG (e.g. ViT-B-32/laion2b_s34b_b79k), "
                          f"not {model_id!r}")
     return arch, tag

@@ -134,6 +134,7 @@ class LibraryController(QObject):
     def close(self) -> None:
         if self.ctx is not None:
             self.ctx.close()
+            self.w.unfinished.extend(self.ctx.unfinished)  # the process exits without them
         self.ctx = None
         self.w.searches.set_context(None)
         self.w.indexer.set_context(None)

@@ -54,6 +54,7 @@ class AmesService:
         self._models: AmesModels | None = None
         self._lock = threading.Lock()
         self._backfilling = threading.Lock()  # one backfill at a time, whoever asks
+        self._asked_again = False
 
     @property
     def available(self) -> bool:
@@ -119,13 +120,22 @@ class AmesService:
         if not self.available or extractor is None:
             return 0
         # The app's indexer and its watcher both ask after each run. One backfill at a
-        # time: the one under way pages on by photo id, so it reaches the newcomers too.
-        if not self._backfilling.acquire(blocking=False):
-            return 0
-        try:
-            return self._backfill(extractor, progress, cancel)
-        finally:
-            self._backfilling.release()
+        # time: a request made meanwhile has the one under way make one more pass from
+        # the start (it pages on by photo id, so a photo edited behind it would be missed).
+        stopped = cancel or threading.Event()
+        stored = 0
+        self._asked_again = True
+        while self._asked_again and not stopped.is_set():
+            if not self._backfilling.acquire(blocking=False):
+                return stored  # the one under way sees the request
+            try:
+                while self._asked_again and not stopped.is_set():
+                    self._asked_again = False
+                    stored += self._backfill(extractor, progress, stopped)
+            finally:
+                self._backfilling.release()
+            # A request made between the last check and the release: served here.
+        return stored
 
     def _backfill(self, extractor: str, progress: Progress | None,
                   cancel: threading.Event | None) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imagesearch.config import Settings
 from imagesearch.core.encoder import Encoder
@@ -39,6 +39,9 @@ class AppContext:
     rerank: RerankService
     ames: AmesService
     server: QueryServer | None = None
+    # Threads still running after close()'s bounded waits: a process should then exit
+    # without waiting for them (they may be inside FAISS or ONNX Runtime).
+    unfinished: list[str] = field(default_factory=list)
 
     def serve_queries(self) -> bool:
         """Answer command-line searches for this library from this process until closed."""
@@ -46,7 +49,7 @@ class AppContext:
             def answer(query: Query, rerank: bool | None, shortlist: int | None
                        ) -> tuple[list[SearchHit], list[str]]:
                 search_round = self.search.begin(query, rerank=rerank, shortlist=shortlist)
-                hits = search_round.refine()
+                hits = search_round.refine(server.stopping)  # closing cancels it
                 return hits, search_round.notes
 
             server = QueryServer(self.settings.library_dir, self.models.model_id, answer)
@@ -62,9 +65,11 @@ class AppContext:
     def close(self) -> tuple[str, ...]:
         """Stop the workers, write the unsaved index, close the catalog; returns warnings."""
         if self.server is not None:
-            self.server.stop()
+            if not self.server.stop():
+                self.unfinished.append("a command-line search")
             self.server = None
-        self.local.close()
+        if not self.local.close():
+            self.unfinished.append("the index of photo details")
         self.indexing.close()
         self.models.close()
         warnings = self.vectors.close()

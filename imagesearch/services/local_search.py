@@ -101,7 +101,7 @@ class LocalIndexService:
         with self._lock:
             if not self._loaded:
                 self._load()
-            if self._inverted is not None:
+            if self._inverted is not None and len(self._inverted) > 0:
                 return False
         return len(self.catalog.feature_ids(self.mode.extractor_id)) >= MIN_PHOTOS
 
@@ -136,7 +136,7 @@ class LocalIndexService:
                 if progress is not None:
                     progress(0, len(have))  # learning the vocabulary: about a minute at most
                 inv = self._train(len(have), cancel)
-                if inv is None:
+                if inv is None or (cancel is not None and cancel.is_set()):
                     return False
             known = inv.versions()
             gone = [pid for pid in known if pid not in have]
@@ -157,6 +157,10 @@ class LocalIndexService:
                     progress(min(start + 500, len(todo)), len(todo))
             if damaged:
                 self.catalog.drop_features(damaged, extractor)
+            if inv is not self._inverted and cancel is not None and cancel.is_set():
+                # A new vocabulary with only some photos in it must not replace the index
+                # (or its file) that holds them all; the next refresh starts again.
+                return False
             changed = bool(todo or gone) or inv is not self._inverted
             with self._lock:
                 self._inverted = inv
@@ -236,11 +240,15 @@ class LocalIndexService:
                     return
                 self._again = False
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 5.0) -> bool:
+        """Stop refreshing; False if a refresh (a vocabulary being learned: FAISS cannot be
+        interrupted) is still running after ``timeout``."""
         self._closing.set()
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
 
 def index_file(index_dir: Path, extractor: str) -> Path:

@@ -116,18 +116,27 @@ class QueryServer:
         sock.settimeout(0.25)  # stop() is noticed within this where shutdown does not wake it
         return sock
 
-    def stop(self) -> None:
+    @property
+    def stopping(self) -> threading.Event:
+        """Set by stop(): a search being answered is cancelled with it."""
+        return self._stopping
+
+    def stop(self) -> bool:
+        """Stop answering; False if the answer under way had not ended after the wait."""
         self._stopping.set()
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept() at once on Linux
+        ended = True
         if self._thread is not None:
             self._thread.join(5.0)
+            ended = not self._thread.is_alive()
         if self._sock is not None:
             self._sock.close()
             with contextlib.suppress(OSError):
                 self.address_file.unlink()
         self._sock = None
+        return ended
 
     def _serve(self) -> None:
         assert self._sock is not None
@@ -144,8 +153,14 @@ class QueryServer:
                     reply = self._handle(conn)
                 except Exception as exc:  # one bad request never stops the server
                     reply = {"v": PROTOCOL_VERSION, "ok": False, "error": str(exc)}
-                with contextlib.suppress(OSError):
-                    conn.sendall(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+                try:
+                    # ASCII escapes: a path that is not valid UTF-8 (lone surrogates from
+                    # os.fsdecode) travels as \udcxx and comes back as it was.
+                    conn.sendall(json.dumps(reply).encode("ascii") + b"\n")
+                except OSError:
+                    pass  # the client went away
+                except Exception:  # never let one answer stop the server
+                    log.exception("a command-line search could not be answered")
 
     def _handle(self, conn: socket.socket) -> dict[str, Any]:
         if self._unix and not _same_user(conn):
