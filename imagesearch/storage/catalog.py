@@ -242,8 +242,12 @@ class Catalog:
             "mounts": [[os.fsdecode(p), dev] for p, dev in sorted(memory.mounts.items())],
             "offline": [[os.fsdecode(p), why] for p, why in sorted(memory.offline.items())],
         })
+        # One statement (an upsert), not merge()'s read-then-insert: two processes scanning
+        # the same folder at once (the app and the CLI) would both insert the key.
+        upsert = sqlite_insert(MetaRow).values(key=_subtrees_key(folder_id), value=value)
         with self._sessions.begin() as s:
-            s.merge(MetaRow(key=_subtrees_key(folder_id), value=value))
+            s.execute(upsert.on_conflict_do_update(index_elements=[MetaRow.key],
+                                                   set_={"value": value}))
 
     # Photos --------------------------------------------------------------------------------
 
