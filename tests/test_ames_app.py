@@ -188,6 +188,10 @@ def test_without_weights_spatial_verification_stands_in(make_settings, shared_en
                    for n in first.notes)
         second = ctx.search.begin(Query(image=photo_dir / "trip" / "coffee.jpg", top_k=3))
         assert not any("AMES" in n for n in second.notes)  # said once
+        # A command-line search answered by this process sees only its own round.
+        remote = ctx.search.begin(Query(image=photo_dir / "trip" / "coffee.jpg", top_k=3),
+                                  every_note=True)
+        assert any("AMES weights are not installed" in n for n in remote.notes)
     finally:
         ctx.close()
 

@@ -48,7 +48,8 @@ class AppContext:
         if self.server is None:
             def answer(query: Query, rerank: bool | None, shortlist: int | None
                        ) -> tuple[list[SearchHit], list[str]]:
-                search_round = self.search.begin(query, rerank=rerank, shortlist=shortlist)
+                search_round = self.search.begin(query, rerank=rerank, shortlist=shortlist,
+                                                 every_note=True)
                 hits = search_round.refine(server.stopping)  # closing cancels it
                 return hits, search_round.notes
 

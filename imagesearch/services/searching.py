@@ -149,13 +149,16 @@ class SearchService:
         return search_round.refine(cancel)
 
     def begin(self, query: Query, rerank: bool | None = None,
-              shortlist: int | None = None, using: str | None = None) -> SearchRound:
+              shortlist: int | None = None, using: str | None = None,
+              every_note: bool = False) -> SearchRound:
         """Start a round: the shortlist and the first hits.
 
         Args:
             rerank: force the re-rank stage on or off (None: the settings decide).
             shortlist: candidates to re-rank (None: the settings' value).
             using: the re-ranker by name ("sp", "ames"; None: the settings decide).
+            every_note: repeat the notes a window shows once a session (AMES missing) for
+                a caller that sees only this round (a command-line search answered here).
 
         Raises:
             QueryError, ModelUnavailable: nothing can answer this query.
@@ -165,7 +168,7 @@ class SearchService:
         allowed = self.catalog.ids_under(query.folder) if query.folder is not None else None
         vector = self._vector_or_none(query, notes)
         global_ids, global_scores = self._global(vector, max(k, query.top_k), allowed)
-        reranker = self._reranker(query, rerank, using, notes)
+        reranker = self._reranker(query, rerank, using, notes, every_note)
         # The local shortlist needs the query's SIFT keypoints whatever re-ranks it.
         keypoints = self._keypoints(query, notes, vector is None) \
             if (reranker is not None or vector is None) else None
@@ -317,7 +320,7 @@ class SearchService:
         return scores
 
     def _reranker(self, query: Query, rerank: bool | None, using: str | None,
-                  notes: list[str]) -> Reranker | None:
+                  notes: list[str], every_note: bool = False) -> Reranker | None:
         if query.image is None or rerank is False:
             return None
         name = using or RERANKER_FOR_SETTING.get(self.settings.rerank)
@@ -328,8 +331,8 @@ class SearchService:
         chosen = self.rerank.get(name or "sp")
         if chosen is None and name == "ames":
             # AMES chosen but not available (no weights): spatial verification stands in.
-            if self.rerank_note and not self._noted:
-                self._noted = True
+            if self.rerank_note and (every_note or not self._noted):
+                self._noted = self._noted or not every_note
                 notes.append(f"{self.rerank_note}: using spatial verification instead")
             chosen = self.rerank.get("sp")
         return chosen
