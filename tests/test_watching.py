@@ -429,3 +429,23 @@ def test_odd_names_are_followed(rig: Rig) -> None:
     Path(os.fsdecode(raw)).rename(renamed)
     wait_for(lambda: rig.indexed(renamed), what="non-UTF-8 rename followed")
     assert rig.photo_count() == 1
+
+
+def test_a_late_event_for_an_unchanged_file_is_not_handed_over_again(rig: Rig) -> None:
+    import os
+
+    w = rig.start()
+    photo = jpeg(rig.root / "late.jpg", 31)
+    wait_for(lambda: rig.indexed(photo), what="late.jpg indexed")
+    assert w._not_handed_yet([photo]) == []  # a close-write arriving after its batch left
+    st = photo.stat()
+    os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a real change
+    assert w._not_handed_yet([photo]) == [photo]
+    assert w._not_handed_yet([photo]) == []
+    # Deleted, then back byte for byte with its old time (a restore): handed over again.
+    data, st = photo.read_bytes(), photo.stat()
+    photo.unlink()
+    wait_for(lambda: rig.photo(photo) is None, what="late.jpg removed")
+    photo.write_bytes(data)
+    os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
+    wait_for(lambda: rig.indexed(photo), what="late.jpg indexed again")

@@ -35,6 +35,7 @@ BATCH_PATHS = 512  # paths per update_paths call: a burst goes in batches, each 
 RESCAN_INTERVAL_S = 60.0  # folders watchdog cannot follow are re-scanned this often
 ROOT_CHECK_S = 2.0  # how often a vanished (or returned) library folder is noticed
 STOP_WAIT_S = 10.0  # stop() waits this long for the threads, then leaves them be
+HANDED_KEEP_S = 60.0  # how long a handed-over file's signature is remembered
 
 ReportCallback = Callable[[IndexReport], None]
 ErrorCallback = Callable[[Exception], None]
@@ -103,6 +104,10 @@ class FolderWatcher:
         self._polled: dict[int, float] = {}  # folder id -> when it is next re-scanned
         self._offline: set[int] = set()
         self._next_root_check = 0.0
+        # What each recently handed-over file looked like: a late event for the same bytes
+        # (inotify's close-write arriving after the batch left, on a busy machine) is not
+        # handed over again. Kept for a minute.
+        self._handed: dict[Path, tuple[tuple[int, int], float]] = {}
 
     # Life cycle ----------------------------------------------------------------------------
 
@@ -269,6 +274,14 @@ class FolderWatcher:
                 removals[path] = None
         if self._stop.is_set():
             return  # the next start-up's reconciliation scan settles the rest
+        for src, dst, is_dir in batch.moves:  # what was moved may come back as it was
+            self._handed.pop(src, None)
+            self._handed.pop(dst, None)
+            if is_dir:
+                self._handed = {p: v for p, v in self._handed.items()
+                                if not (p.is_relative_to(src) or p.is_relative_to(dst))}
+        for path in removals:
+            self._handed.pop(path, None)
         self._remove(list(removals), tally)
         if tally.moved or tally.removed:
             self._emit(tally.report())
@@ -343,6 +356,7 @@ class FolderWatcher:
                 stable.append(path)  # unchanged, or gone: update_paths forgets gone ones
         if growing:
             self._queue.requeue(growing)
+        stable = self._not_handed_yet(stable)
         for chunk in _chunks(stable, self.batch_paths):
             if self._stop.is_set():
                 return
@@ -350,6 +364,21 @@ class FolderWatcher:
                 self._emit(self.indexing.update_paths(chunk, cancel=self._stop))
             except Exception as exc:  # the next batch still gets its turn
                 self._error(exc)
+
+    def _not_handed_yet(self, paths: list[Path]) -> list[Path]:
+        """Drop the paths whose file is exactly as it was when last handed over."""
+        now = time.monotonic()
+        self._handed = {p: v for p, v in self._handed.items() if now - v[1] < HANDED_KEEP_S}
+        fresh: list[Path] = []
+        for path in paths:
+            sig = _stat_signature(path)
+            seen = self._handed.get(path)
+            if sig is not None and seen is not None and seen[0] == sig:
+                continue  # unchanged since update_paths saw it
+            fresh.append(path)
+            if sig is not None:
+                self._handed[path] = (sig, now)
+        return fresh
 
     # Folders that vanish, return, or cannot be watched --------------------------------------
 
