@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 MIN_PHOTOS = 50  # below this a vocabulary is not worth learning: every photo is verified
 _SAMPLE_PER_PHOTO = 64  # descriptors each photo gives vocabulary training, at least
-_TRAIN_DESCRIPTORS = 150_000  # k-means sees at most this many (about a minute on 2 cores)
+TRAIN_DESCRIPTORS = 150_000  # k-means sees at most this many (about a minute on 2 cores)
 _MIN_DESCRIPTORS = 500
 
 Report = Callable[[int, int], None]  # (done, total) while (re)building
@@ -186,7 +186,7 @@ class LocalIndexService:
         assert self.mode is not None
         rng = np.random.default_rng(0)
         # A small library gives all its descriptors; a big one a sample from every photo.
-        keep = max(_SAMPLE_PER_PHOTO, _TRAIN_DESCRIPTORS // max(photos, 1))
+        keep = max(_SAMPLE_PER_PHOTO, TRAIN_DESCRIPTORS // max(photos, 1))
         total = 0
         sample: list[np.ndarray] = []
         for chunk in self.catalog.iter_features(self.mode.extractor_id):
@@ -204,8 +204,8 @@ class LocalIndexService:
         data = np.concatenate(sample) if sample else np.zeros((0, 128), np.float32)
         if len(data) < _MIN_DESCRIPTORS:
             return None
-        if len(data) > _TRAIN_DESCRIPTORS:
-            data = data[rng.choice(len(data), _TRAIN_DESCRIPTORS, replace=False)]
+        if len(data) > TRAIN_DESCRIPTORS:
+            data = data[rng.choice(len(data), TRAIN_DESCRIPTORS, replace=False)]
         k = vocabulary_size(total)
         log.info("learning a visual vocabulary of %d words from %d descriptors of %d photos",
                  k, len(data), photos)
