@@ -1,7 +1,7 @@
 """What learning the visual vocabulary costs at the end of indexing a library.
 
     python bench/vocabulary.py                  # as for the 1,692 sample photos, compact
-    python bench/vocabulary.py --photos 10000 --per-photo 160
+    python bench/vocabulary.py --photos 10000 --per-photo 225
 
 The descriptors are random unit vectors in RootSIFT's shape and number (the k-means time
 depends on how many there are and on the vocabulary size, not on their values). It prints
@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import emit
+from imagesearch.core.local_features import FEATURE_MODES
 from imagesearch.core.local_index import TRAIN_SAMPLE, Vocabulary, vocabulary_size
 from imagesearch.services.local_search import TRAIN_DESCRIPTORS
 
@@ -30,7 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=1692)
-    ap.add_argument("--per-photo", type=int, default=160, help="keypoints a photo (compact)")
+    ap.add_argument("--per-photo", type=int, default=FEATURE_MODES["compact"].count,
+                    help="keypoints a photo (default: the compact mode's)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     n = args.photos * args.per_photo

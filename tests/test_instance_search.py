@@ -203,6 +203,38 @@ def test_the_local_index_follows_the_library(make_settings: Callable[..., Settin
         ctx.close()
 
 
+def test_details_of_earlier_versions_are_forgotten(
+        settings: Settings, shared_encoder: Any, scenes: Any) -> None:
+    root, _ = scenes
+    ctx = open_ctx(settings, shared_encoder)
+    try:
+        ctx.library.add_folder(root)
+        ctx.indexing.run()
+        photo = ctx.library.photo(root / "with-0.jpg")
+        current = ctx.local.extractor
+        for old in ("sift-compact-384-160-pq8-v1", "sift-detailed-384-1000-pq16-v1",
+                    "ames-dinov2-770-v1"):
+            ctx.catalog.store_features(old, [(photo.id, photo.content_hash, 1, b"x")])
+        index_dir = ctx.local.path.parent
+        index_dir.mkdir(parents=True, exist_ok=True)
+        (index_dir / "local-sift-compact-384-160-pq8-v1.npz").write_bytes(b"old")
+    finally:
+        ctx.close()
+    ctx = open_ctx(settings, shared_encoder)  # the next run of a newer version
+    try:
+        ctx.indexing.run()
+        with sqlite3.connect(settings.catalog_path) as conn:
+            kinds = {row[0] for row in conn.execute("SELECT DISTINCT extractor "
+                                                    "FROM local_features")}
+        # The other mode's are kept (switching back is instant); AMES's descriptors are
+        # another family, and cost far more to find again.
+        assert kinds == {current, "sift-detailed-384-1000-pq16-v1", "ames-dinov2-770-v1"}
+        assert not (index_dir / "local-sift-compact-384-160-pq8-v1.npz").exists()
+        assert len(ctx.catalog.feature_ids(current)) == 8
+    finally:
+        ctx.close()
+
+
 def test_a_refresh_cancelled_after_learning_keeps_nothing_half_built(
         make_settings: Callable[..., Settings], shared_encoder: Any, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,7 @@ def stored(pixels: np.ndarray, mode: str = "compact"):  # type: ignore[no-untype
     """A library photo's features as search sees them: extracted, stored, read back."""
     m = FEATURE_MODES[mode]
     found = extract(Image.fromarray(pixels), m.max_side, m.count)
-    return decode_features(encode_features(found, m.pq_subquantizers))
+    return decode_features(encode_features(found, m.codec))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_boxes_are_in_pixels_of_the_original_whatever_the_decode_size(
     m = FEATURE_MODES["compact"]
     found = extract(small, m.max_side, m.count, original_size=(800, 600))
     assert found.width == 800 and found.xy[:, 0].max() > 400
-    (result,) = verify(query, [decode_features(encode_features(found, 8))])
+    (result,) = verify(query, [decode_features(encode_features(found, m.codec))])
     assert result is not None and result.box is not None and iou(result.box, truth) >= 0.6
 
 
@@ -124,7 +124,7 @@ def test_a_textureless_image_has_no_features() -> None:
     flat = Image.new("RGB", (300, 200), (120, 130, 140))
     found = extract(flat, 384, 160)
     assert len(found) == 0 and (found.width, found.height) == (300, 200)
-    back = decode_features(encode_features(found, 8))
+    back = decode_features(encode_features(found, "rq5"))
     assert len(back) == 0
     (result,) = verify(QueryFeatures(found), [back])
     assert result is not None and not result.verified

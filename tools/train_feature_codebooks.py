@@ -1,6 +1,6 @@
-"""Train the product-quantisation codebooks that compress stored RootSIFT descriptors.
+"""Train the codebooks that compress stored RootSIFT descriptors.
 
-    python tools/train_feature_codebooks.py        # writes imagesearch/core/data/rootsift_pq*.npy
+    python tools/train_feature_codebooks.py [CODEC ...]  # writes core/data/rootsift_*.npy
 
 Run once; the files are committed. Stored features depend on them, so a codebook that
 changes must come with a new extractor id (core/local_features.py) and the new checksums
@@ -20,7 +20,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imagesearch.core.feature_codec import CODEBOOK_DIR, codebook_file
+from imagesearch.core.feature_codec import (
+    CODEBOOK_DIR,
+    CODECS,
+    _codebook,
+    _residual_quantizer,
+    codebook_digest,
+    codebook_file,
+    quantize,
+    reconstruct,
+)
 from imagesearch.core.local_features import FEATURE_MODES, root_sift
 
 TRAINING_PHOTOS = ("brick", "grass", "gravel", "cell", "clock", "colorwheel", "horse", "moon",
@@ -53,22 +62,50 @@ def training_descriptors() -> np.ndarray:
     return root_sift(np.concatenate(found))
 
 
-def main() -> None:
+def _train(name: str, data: np.ndarray) -> np.ndarray:
+    """The codebooks of codec ``name`` learned on ``data``; prints the reconstruction error."""
     import faiss
 
-    data = training_descriptors()
-    print(f"{len(data)} training descriptors")
-    CODEBOOK_DIR.mkdir(parents=True, exist_ok=True)
-    for m in sorted({mode.pq_subquantizers for mode in FEATURE_MODES.values()}):
-        pq = faiss.ProductQuantizer(128, m, 8)
+    codec = CODECS[name]
+    if codec.kind == "pq":
+        pq = faiss.ProductQuantizer(128, codec.parts, 8)
         pq.cp.seed = 1234
         pq.cp.niter = 40
-        pq.train(np.ascontiguousarray(data))
-        centroids = faiss.vector_to_array(pq.centroids).reshape(m, 256, 128 // m)
-        codes = pq.compute_codes(data)
-        error = float(np.mean(np.sum((pq.decode(codes) - data) ** 2, axis=1)))
-        np.save(codebook_file(m), centroids.astype(np.float32))
-        print(f"pq{m}: mean squared reconstruction error {error:.4f} -> {codebook_file(m)}")
+        pq.train(data)
+        centroids = faiss.vector_to_array(pq.centroids).reshape(codec.shape)
+    else:
+        rq = faiss.ResidualQuantizer(128, codec.parts, 8)
+        rq.cp.seed = 1234
+        rq.max_beam_size = 8
+        rq.train(data)
+        centroids = faiss.vector_to_array(rq.codebooks).reshape(codec.shape)
+    np.save(codebook_file(name), centroids.astype(np.float32))
+    return centroids
+
+
+def main() -> None:
+    data = np.ascontiguousarray(training_descriptors())
+    print(f"{len(data)} training descriptors")
+    CODEBOOK_DIR.mkdir(parents=True, exist_ok=True)
+    for name in sys.argv[1:] or sorted({mode.codec for mode in FEATURE_MODES.values()}):
+        _train(name, data)
+        _codebook.cache_clear()
+        _residual_quantizer.cache_clear()
+        back = reconstruct(quantize(data, name), name)
+        error = float(np.mean(np.sum((back - data) ** 2, axis=1)))
+        print(f"{name}: {CODECS[name].parts} bytes a descriptor, mean squared reconstruction "
+              f"error {error:.4f} -> {codebook_file(name)}")
+        print(f"  sha256 {codebook_digest(name)} (CODEBOOK_SHA256 in core/feature_codec.py)")
+    # For comparison: 8-byte product codes, what the compact mode stored before rq5.
+    import faiss
+
+    pq = faiss.ProductQuantizer(128, 8, 8)
+    pq.cp.seed = 1234
+    pq.train(data)
+    back = np.asarray(pq.decode(pq.compute_codes(data)))  # type: ignore[call-arg, func-returns-value]
+    back /= np.maximum(np.linalg.norm(back, axis=1, keepdims=True), 1e-9)
+    error = float(np.mean(np.sum((back - data) ** 2, axis=1)))
+    print(f"(pq8 for comparison: 8 bytes a descriptor, mean squared error {error:.4f})")
 
 
 if __name__ == "__main__":

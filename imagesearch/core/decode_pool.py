@@ -70,6 +70,9 @@ def _worker_main(conn: Connection, spec: PreprocessSpec | None,
     # OpenCV's own pool (a thread per core) doubled SIFT's CPU time per photo (measured
     # 93-107 ms against 49-54 ms on a 2-core EPYC) while slowing the model's threads.
     os.environ.setdefault("OPENCV_FOR_THREADS_NUM", "1")
+    # Likewise FAISS's OpenMP team, which encodes the stored descriptors (read when FAISS
+    # is first imported here, which is later).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
     conn.send(_READY)

@@ -1,8 +1,18 @@
 """Stored local features: a few bytes a keypoint, checked on the way back.
 
-A record is a small header, one product-quantisation code per descriptor (8 or 16 bytes,
-codebooks shipped in core/data and never retrained: the stored codes depend on them) and
-one 32-bit word of geometry per keypoint:
+A record is a small header, one code per descriptor and one 32-bit word of geometry per
+keypoint. Two codecs (codebooks shipped in core/data and never retrained: the stored codes
+depend on them):
+
+    rq5    residual quantisation, 5 bytes: five 256-word codebooks of the whole 128
+           dimensions, each coding what the previous ones left (beam search, FAISS)
+    pq16   product quantisation, 16 bytes: 16 slices of 8 dimensions, 256 words each
+
+Five bytes of residual codes reconstruct RootSIFT nearly as well as eight of product
+codes (tools/train_feature_codebooks.py prints both errors on its training descriptors),
+so the compact mode keeps 225 keypoints within 2 KB where it kept 160: on the
+instance benchmark the extra keypoints are worth far more than the small loss per
+descriptor. Geometry:
 
     x: 10 bits, y: 10 bits   position as a fraction of the upright width and height
     scale: 6 bits            log2 of the diameter over the longer side, -12..0
@@ -18,34 +28,64 @@ import functools
 import hashlib
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from imagesearch.core.local_features import LocalFeatures, empty_features
+from imagesearch.core.native_libs import guard_openmp
 from imagesearch.errors import FeatureDataError, InstallationError
 
 CODEBOOK_DIR = Path(__file__).with_name("data")
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """How a descriptor is stored: ``parts`` codes of one byte each."""
+
+    name: str
+    ident: int  # the record header's codec byte
+    kind: str  # "pq" or "rq"
+    parts: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.parts, 256, 128 // self.parts if self.kind == "pq" else 128)
+
+
+CODECS = {c.name: c for c in (Codec("pq16", 16, "pq", 16), Codec("rq5", 0x85, "rq", 5))}
+_BY_IDENT = {c.ident: c for c in CODECS.values()}
 # The committed codebooks (tools/train_feature_codebooks.py). Stored codes are only
 # meaningful with exactly these; a test compares the files against them.
 CODEBOOK_SHA256 = {
-    8: "d8c3473bd9a5c150c48f0f1d60de29a750a962df7dd14f7081d7328b7eb9622e",
-    16: "2b9ddd5267daa0125fdb04a31813c97e7fd52af5cbc4250e90b76f048618a6b7",
+    "pq16": "2b9ddd5267daa0125fdb04a31813c97e7fd52af5cbc4250e90b76f048618a6b7",
+    "rq5": "248e3a434622b8227a2755a81fbcbdfcfeb026d47cb8ed30f7fc15b757cb1387",
 }
+_RQ_BEAM = 8  # candidate encodings kept per step of the residual search
 
 _MAGIC = b"LF"
 _VERSION = 1
-_HEADER = struct.Struct("<2sBBIIII")  # magic, version, subquantizers, count, w, h, crc
+_HEADER = struct.Struct("<2sBBIIII")  # magic, version, codec, count, w, h, crc
 _SCALE_MIN, _SCALE_MAX = -12.0, 0.0
 
 
-def codebook_file(subquantizers: int) -> Path:
-    return CODEBOOK_DIR / f"rootsift_pq{subquantizers}.npy"
+def codebook_file(codec: str) -> Path:
+    return CODEBOOK_DIR / f"rootsift_{codec}.npy"
+
+
+def _codec(name: str) -> Codec:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise ValueError(f"unknown descriptor codec {name!r}") from None
 
 
 @functools.lru_cache(maxsize=4)
-def _codebook(subquantizers: int) -> np.ndarray:
-    path = codebook_file(subquantizers)
+def _codebook(name: str) -> np.ndarray:
+    codec = _codec(name)
+    path = codebook_file(name)
     # Not FeatureDataError: that marks one photo's record as damaged (and so dropped);
     # a broken codebook would make every record look damaged.
     try:
@@ -54,34 +94,59 @@ def _codebook(subquantizers: int) -> np.ndarray:
         raise InstallationError(
             f"the feature codebook {path} cannot be read ({exc}); reinstall imagesearch"
         ) from exc
-    if centroids.shape != (subquantizers, 256, 128 // subquantizers):
+    if centroids.shape != codec.shape:
         raise InstallationError(f"the feature codebook {path} has shape {centroids.shape}; "
                                 "reinstall imagesearch")
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
-def codebook_digest(subquantizers: int) -> str:
-    return hashlib.sha256(codebook_file(subquantizers).read_bytes()).hexdigest()
+@functools.lru_cache(maxsize=2)
+def _residual_quantizer(name: str) -> Any:
+    """FAISS's residual quantiser over the shipped codebooks (encoding only)."""
+    book = _codebook(name)
+    guard_openmp()
+    try:
+        import faiss
+
+        rq = faiss.ResidualQuantizer(128, len(book), 8)
+        faiss.copy_array_to_vector(book.ravel(), rq.codebooks)
+        rq.is_trained = True
+        rq.max_beam_size = _RQ_BEAM
+    except Exception as exc:  # ImportError, or a FAISS too old for residual codes
+        raise InstallationError(f"FAISS cannot encode photo details ({exc}); "
+                                "reinstall imagesearch") from exc
+    return rq
 
 
-def pq_encode(descriptors: np.ndarray, subquantizers: int) -> np.ndarray:
-    """N x 128 float32 to N x M uint8: the nearest centroid in each 128/M-dim slice."""
-    book = _codebook(subquantizers)
+def codebook_digest(name: str) -> str:
+    return hashlib.sha256(codebook_file(name).read_bytes()).hexdigest()
+
+
+def quantize(descriptors: np.ndarray, codec: str) -> np.ndarray:
+    """N x 128 float32 to N x parts uint8 codes."""
+    c = _codec(codec)
+    if c.kind == "rq":
+        if not len(descriptors):
+            return np.zeros((0, c.parts), np.uint8)
+        codes: np.ndarray = _residual_quantizer(codec).compute_codes(
+            np.ascontiguousarray(descriptors, dtype=np.float32))
+        return codes
+    book = _codebook(codec)
     n = len(descriptors)
-    parts = descriptors.reshape(n, subquantizers, -1).transpose(1, 0, 2)  # M x N x d
+    parts = descriptors.reshape(n, c.parts, -1).transpose(1, 0, 2)  # M x N x d
     # |x - c|^2 = |c|^2 - 2 x.c (+ |x|^2, the same for every c)
     cross = np.matmul(parts, book.transpose(0, 2, 1))  # M x N x 256
     dist = (book * book).sum(axis=2)[:, None, :] - 2.0 * cross
-    codes: np.ndarray = np.ascontiguousarray(dist.argmin(axis=2).T.astype(np.uint8))
-    return codes
+    return np.ascontiguousarray(dist.argmin(axis=2).T.astype(np.uint8))
 
 
-def pq_decode(codes: np.ndarray, subquantizers: int) -> np.ndarray:
-    """N x M uint8 to N x 128 float32, L2-normalised again."""
-    book = _codebook(subquantizers)
+def reconstruct(codes: np.ndarray, codec: str) -> np.ndarray:
+    """N x parts uint8 codes to N x 128 float32, L2-normalised again."""
+    c = _codec(codec)
+    book = _codebook(codec)
     n = len(codes)
-    out = book[np.arange(subquantizers)[None, :], codes.astype(np.intp)]  # N x M x d
-    out = out.reshape(n, 128)
+    words = book[np.arange(c.parts)[None, :], codes.astype(np.intp)]  # N x M x d
+    out = words.sum(axis=1) if c.kind == "rq" else words.reshape(n, 128)
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
     return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -108,12 +173,22 @@ def _unpack_geometry(words: np.ndarray, width: int, height: int
     return np.stack([x, y], axis=1), scale, angle
 
 
-def encode_features(features: LocalFeatures, subquantizers: int) -> bytes:
-    """The stored form of ``features`` (see the module docstring)."""
-    codes = pq_encode(features.descriptors, subquantizers) if len(features) \
-        else np.zeros((0, subquantizers), np.uint8)
+def encode_features(features: LocalFeatures, codec: str) -> bytes:
+    """The stored form of ``features`` (see the module docstring).
+
+    Raises:
+        InstallationError: the codec's codebook or FAISS is broken (checked even for a
+            photo without keypoints, so none is stored as featureless for that reason).
+    """
+    c = _codec(codec)
+    if c.kind == "rq":
+        _residual_quantizer(codec)
+    else:
+        _codebook(codec)
+    codes = quantize(features.descriptors, codec) if len(features) \
+        else np.zeros((0, c.parts), np.uint8)
     payload = codes.tobytes() + _pack_geometry(features).astype("<u4").tobytes()
-    header = _HEADER.pack(_MAGIC, _VERSION, subquantizers, len(features),
+    header = _HEADER.pack(_MAGIC, _VERSION, c.ident, len(features),
                           features.width, features.height, zlib.crc32(payload))
     return header + payload
 
@@ -126,10 +201,12 @@ def decode_features(blob: bytes) -> LocalFeatures:
     """
     if len(blob) < _HEADER.size:
         raise FeatureDataError("local-feature record too short")
-    magic, version, m, count, width, height, crc = _HEADER.unpack_from(blob)
-    if magic != _MAGIC or version != _VERSION or m not in CODEBOOK_SHA256:
+    magic, version, ident, count, width, height, crc = _HEADER.unpack_from(blob)
+    codec = _BY_IDENT.get(ident)
+    if magic != _MAGIC or version != _VERSION or codec is None:
         raise FeatureDataError("local-feature record of an unknown layout")
     payload = memoryview(blob)[_HEADER.size:]
+    m = codec.parts
     if len(payload) != count * (m + 4) or zlib.crc32(payload) != crc:
         raise FeatureDataError("local-feature record is damaged (checksum mismatch)")
     if count == 0:
@@ -137,9 +214,9 @@ def decode_features(blob: bytes) -> LocalFeatures:
     codes = np.frombuffer(payload[:count * m], dtype=np.uint8).reshape(count, m)
     words = np.frombuffer(payload[count * m:], dtype="<u4")
     xy, scale, angle = _unpack_geometry(words, width, height)
-    return LocalFeatures(pq_decode(codes, m), xy, scale, angle, width, height)
+    return LocalFeatures(reconstruct(codes, codec.name), xy, scale, angle, width, height)
 
 
-def record_size(count: int, subquantizers: int) -> int:
+def record_size(count: int, codec: str) -> int:
     """Bytes a record of ``count`` keypoints takes."""
-    return _HEADER.size + count * (subquantizers + 4)
+    return _HEADER.size + count * (_codec(codec).parts + 4)

@@ -41,6 +41,7 @@ from imagesearch.core.local_features import (
     empty_features,
     extract,
 )
+from imagesearch.errors import InstallationError
 
 log = logging.getLogger(__name__)
 
@@ -348,13 +349,16 @@ def decode_for_model(path: Path, spec: PreprocessSpec | None,
         try:
             found = extract(img, features.max_side, features.count,
                             (facts.width, facts.height))
-            blob, count = encode_features(found, features.pq_subquantizers), len(found)
+            blob, count = encode_features(found, features.codec), len(found)
+        except InstallationError as exc:
+            # Not the photo's fault: stored without details, it would never be retried.
+            log.warning("no local features for %s: %s", path, exc)
         except Exception as exc:  # OpenCV raises cv2.error, among others
             log.warning("no local features for %s: %s", path, exc)
             # Stored as a photo without details, so it is not decoded again every run.
             try:
                 blob = encode_features(empty_features(facts.width, facts.height),
-                                       features.pq_subquantizers)
+                                       features.codec)
             except Exception:
                 blob = None  # the codebook itself is broken: the next run tries again
     return DecodedImage(path, st.st_size, st.st_mtime, content_hash, facts.width,
@@ -391,7 +395,7 @@ def load_query_image(source: Path | bytes, spec: PreprocessSpec) -> np.ndarray:
 
 
 def load_query_features(source: Path | bytes) -> LocalFeatures:
-    """A query image's local features: many, found at a high resolution.
+    """A query image's local features: many, found at QUERY_MAX_SIDE.
 
     Raises:
         ValueError: the file cannot be read as an image, with the reason.

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+FEATURE_FAMILY = "sift-"  # how every extractor id of these modes begins
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureMode:
@@ -26,26 +28,30 @@ class FeatureMode:
     name: str
     max_side: int  # library photos are searched for keypoints at this longest side
     count: int  # the strongest this many are kept
-    pq_subquantizers: int  # bytes per stored descriptor (product quantisation)
+    codec: str  # how each descriptor is stored (core/feature_codec.CODECS)
 
     @property
     def extractor_id(self) -> str:
         """Names the stored data: a change to any of these makes old records stale."""
-        return f"sift-{self.name}-{self.max_side}-{self.count}-pq{self.pq_subquantizers}-v1"
+        return f"{FEATURE_FAMILY}{self.name}-{self.max_side}-{self.count}-{self.codec}-v1"
 
 
-# Chosen on the instance benchmark (README, "Finding this very object"): keypoints found at
-# 384 px score as well as at 512 px for about half the time; product quantisation with 8
-# bytes costs about 4 mAP points against raw descriptors, with 16 bytes nothing measurable.
+# Chosen on the instance benchmark (README, "Finding this very object"; bench/
+# feature_trial.py compares the choices): keypoints found at 384 px score as well as at
+# 512 px for about half the time; 225 keypoints of 5-byte residual codes beat 160 of
+# 8-byte product codes in the same 2 KB; 16-byte codes lose nothing measurable.
 FEATURE_MODES: dict[str, FeatureMode] = {
-    "compact": FeatureMode("compact", 384, 160, 8),  # ~1.9 KB a photo
-    "detailed": FeatureMode("detailed", 384, 1000, 16),  # ~20 KB a photo
+    "compact": FeatureMode("compact", 384, 225, "rq5"),  # 2,045 B a photo
+    "detailed": FeatureMode("detailed", 384, 1000, "pq16"),  # ~18 KB a photo
 }
 DEFAULT_FEATURE_MODE = "compact"
 
-# A query is extracted once per search, so it can afford more and finer features. 800 px
-# scored as 1,024 px on the instance benchmark (mAP@100 62.1 both, compact), for less time.
-QUERY_MAX_SIDE = 800
+# A query is extracted once per search, so it can afford many features. Found at 500 px
+# they match small objects in library photos better than at 800 px (bench/
+# feature_trial.py; 88.9 against 86.8 mAP@100 in its quick trial), and in less time.
+# Probably because a small object keeps only coarse keypoints in a library photo, while a
+# large query's 1,500 strongest are mostly fine ones.
+QUERY_MAX_SIDE = 500
 QUERY_COUNT = 1500
 POOL = 1000  # keypoints detected before choosing which to keep
 _GRID = 4
@@ -136,8 +142,8 @@ def select(keypoints: Sequence[Any], count: int, width: int, height: int) -> np.
     Keeping the strongest alone lets big textured areas (grass, gravel, fur) take the
     whole budget, and a small object gets none. So keypoints are ranked by response,
     favouring small ones (priority = rank weight x size^-1/2), then taken round-robin from
-    a 4x4 grid of the frame. On the instance benchmark this lifts the compact mode's
-    mAP@100 from 63 to 73 at the same bytes (bench figures in the README).
+    a 4x4 grid of the frame. bench/feature_trial.py compares it with keeping the
+    strongest alone: 88.9 against 82.1 mAP@100 in its quick trial.
     """
     n = len(keypoints)
     if n <= count:

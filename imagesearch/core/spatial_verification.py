@@ -27,6 +27,7 @@ MIN_INLIERS = 4  # fewer than this is no verified match
 HYPOTHESES = 96  # proposals scored per photo: the most distinctive correspondences
 HYPOTHESIS_TOL = 0.035  # reprojection tolerance, as a share of the photo's longer side
 REFINED_TOL = 0.02
+AFFINE_INLIERS = 8  # fewer inliers than this are fitted by a similarity, not an affine map
 MAX_LOG_SCALE = 0.8  # a correspondence's scale may disagree with the model's by ~2.2x
 _CHUNK_ROWS = 8192  # photo keypoints matched per matrix product (bounds memory)
 
@@ -150,7 +151,8 @@ def _distinct(qi: np.ndarray, di: np.ndarray, mask: np.ndarray) -> int:
 
 def _refine(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarray,
             mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Local optimisation: affine least squares on the inliers, then a homography."""
+    """Local optimisation: least squares on the inliers (a similarity while they are few, then
+    an affine map), then a homography."""
     import cv2
 
     side = float(max(d.width, d.height))
@@ -159,7 +161,11 @@ def _refine(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarray,
     for _ in range(2):
         if mask.sum() < 3:
             break
-        affine, _ = cv2.estimateAffine2D(src[mask], dst[mask], method=cv2.LMEDS)
+        # An affine map has 6 unknowns: from a handful of inliers it bends to fit their
+        # noise (squashed boxes); below AFFINE_INLIERS a similarity (4) is fitted instead.
+        fit = cv2.estimateAffine2D if mask.sum() >= AFFINE_INLIERS else \
+            cv2.estimateAffinePartial2D
+        affine, _ = fit(src[mask], dst[mask], method=cv2.LMEDS)
         if affine is None or not np.all(np.isfinite(affine)):
             break
         projected = src @ affine[:, :2].T + affine[:, 2]

@@ -65,6 +65,7 @@ class IndexingService:
         # starting decode processes every time.
         self._pool: DecodePool | None = None
         self._pool_lock = threading.Lock()
+        self._retired = False
 
     def close(self) -> None:
         """Stop the decode worker processes."""
@@ -106,6 +107,10 @@ class IndexingService:
         started = time.perf_counter()
         folders = [f for f in self.catalog.folders()
                    if folder_ids is None or f.id in folder_ids]
+        if not self._retired:  # once a process: details of earlier versions are dead weight
+            self._retired = True
+            with self.lane:
+                self.local.retire_old_extractors()
         scan = _Scan()
         for folder in folders:
             self._scan_folder(folder, scan, report, cancel)

@@ -19,9 +19,14 @@ import numpy as np
 
 from imagesearch.config import Settings
 from imagesearch.core.feature_codec import decode_features
-from imagesearch.core.local_features import FEATURE_MODES, FeatureMode, LocalFeatures
+from imagesearch.core.local_features import (
+    FEATURE_FAMILY,
+    FEATURE_MODES,
+    FeatureMode,
+    LocalFeatures,
+)
 from imagesearch.core.local_index import InvertedFile, Vocabulary, vocabulary_size
-from imagesearch.errors import FeatureDataError, IndexFileError
+from imagesearch.errors import CatalogError, FeatureDataError, IndexFileError
 from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -104,6 +109,31 @@ class LocalIndexService:
             if self._inverted is not None and len(self._inverted) > 0:
                 return False
         return len(self.catalog.feature_ids(self.mode.extractor_id)) >= MIN_PHOTOS
+
+    def retire_old_extractors(self) -> int:
+        """Forget photo details that no mode of this version can read (stored by an
+        earlier version, whose extractor has changed since) and their index files.
+
+        The details of the other current mode are kept, so switching back is instant,
+        and so is a process of this version running with the other mode. Returns the
+        records deleted; a busy catalog or an undeletable file is left for the next run.
+        """
+        current = {mode.extractor_id for mode in FEATURE_MODES.values()}
+        try:
+            dropped = self.catalog.drop_other_features(FEATURE_FAMILY, current)
+        except CatalogError as exc:
+            log.warning("%s; tried again next time", exc)
+            return 0
+        files = {index_file(self.path.parent, name).name for name in current}
+        for path in self.path.parent.glob(f"local-{FEATURE_FAMILY}*.npz"):
+            if path.name not in files:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("cannot delete the old index file %s: %s", path, exc)
+        if dropped:
+            log.info("forgot %d photo-detail records of earlier versions", dropped)
+        return dropped
 
     def _load(self) -> None:
         self._loaded = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +26,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from imagesearch.domain import FolderInfo, OfflineSubfolder, PhotoRecord, PhotoStatus
-from imagesearch.errors import FolderError
+from imagesearch.errors import CatalogError, FolderError
 from imagesearch.storage.schema import (
     EmbeddingRow,
     FolderRow,
@@ -553,6 +554,27 @@ class Catalog:
             if rows:
                 s.execute(sqlite_insert(LocalFeatureRow), rows)
             return len(rows)
+
+    def drop_other_features(self, family: str, keep: Collection[str]) -> int:
+        """Forget every record of extractors named ``family``* but those in ``keep``:
+        details no search will read again. Returns the records deleted.
+
+        Raises:
+            CatalogError: the catalog could not be written (busy past its timeout).
+        """
+        try:
+            with self._sessions.begin() as s:
+                # The distinct names come from the extractor index; the delete then
+                # touches only the rows it removes (a LIKE would scan the whole table).
+                names = [n for n in s.scalars(select(LocalFeatureRow.extractor).distinct())
+                         if n.startswith(family) and n not in keep]
+                if not names:
+                    return 0
+                result = s.execute(delete(LocalFeatureRow)
+                                   .where(LocalFeatureRow.extractor.in_(names)))
+                return int(getattr(result, "rowcount", 0) or 0)
+        except OperationalError as exc:
+            raise CatalogError(f"cannot forget old photo details: {exc.orig}") from exc
 
     def drop_features(self, ids: Iterable[int], extractor: str) -> None:
         """Forget damaged records; the next indexing run computes them again."""
