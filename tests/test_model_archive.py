@@ -12,9 +12,14 @@ import pytest
 
 from imagesearch.cli.main import main
 from imagesearch.core.encoder import ClipEncoder
-from imagesearch.core.model_archive import ARCHIVE_MANIFEST, is_model_archive, pack_model
+from imagesearch.core.model_archive import (
+    ARCHIVE_MANIFEST,
+    install_archive,
+    is_model_archive,
+    pack_model,
+)
 from imagesearch.core.weights import WeightStore
-from imagesearch.errors import ChecksumMismatch, ModelUnavailable
+from imagesearch.errors import ChecksumMismatch, ModelFileError, ModelUnavailable
 from tests.tiny_model import TINY_ARCH, TINY_MODEL_ID
 
 
@@ -226,3 +231,32 @@ def test_packing_refuses_what_is_not_installed_or_no_longer_intact(
     with pytest.raises(ChecksumMismatch, match="no longer matches"):
         pack_model(source_store, TINY_MODEL_ID, dest)
     assert not dest.exists() and not list(tmp_path.glob("x.tar*"))
+
+
+def test_packing_into_the_installed_model_folder_is_refused_and_breaks_nothing(
+        source_store: WeightStore) -> None:
+    installed = source_store.installed(TINY_MODEL_ID)
+    assert installed is not None
+    before = installed.path.read_bytes()
+    for dest in (installed.path, installed.path.parent / "manifest.json",
+                 installed.path.parent / "copy.tar"):
+        with pytest.raises(ModelFileError, match="inside the installed model's folder"):
+            pack_model(source_store, TINY_MODEL_ID, dest)
+    assert installed.path.read_bytes() == before
+    again = source_store.installed(TINY_MODEL_ID)
+    assert again is not None and again.sha256 == installed.sha256
+    assert not list(installed.path.parent.glob("*.partial"))
+
+
+def test_a_models_folder_that_cannot_be_written_is_a_clear_error(
+        tmp_path: Path, packed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagesearch.core import weights
+
+    def no_space(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    target = WeightStore(tmp_path / "elsewhere")
+    monkeypatch.setattr(weights.Staging, "receive", no_space)
+    with pytest.raises(ModelFileError, match="No space left on device"):
+        install_archive(target, packed)
+    assert target.installed(TINY_MODEL_ID) is None

@@ -94,6 +94,13 @@ def pack_model(store: WeightStore, model_id: str, dest: Path,
         raise ModelUnavailable(
             f"{model_id} is not installed here, so there is nothing to pack; "
             f"`imagesearch models download {model_id}` fetches it")
+    home = installed.path.parent.resolve()
+    target = dest.resolve()
+    if target == home or home in target.parents:
+        # Replacing the checkpoint (or its manifest) by the archive would break the very
+        # install being packed.
+        raise ModelFileError(f"{dest} is inside the installed model's folder {home}; "
+                             "write the archive somewhere else")
     config = None
     config_bytes = b""
     if installed.config is not None:
@@ -138,6 +145,15 @@ def install_archive(store: WeightStore, archive: Path, expected_model_id: str | 
             holding another model than ``expected_model_id``.
         ChecksumMismatch: a file's size or sha256 differs from the manifest's.
     """
+    try:
+        return _install(store, archive, expected_model_id, progress)
+    except OSError as exc:  # the models folder: full, read-only, gone (staging is undone)
+        raise ModelFileError(f"cannot install from {archive} into {store.root}: "
+                             f"{exc.strerror or exc}") from None
+
+
+def _install(store: WeightStore, archive: Path, expected_model_id: str | None,
+             progress: DownloadProgress | None) -> InstalledWeights:
     with _open(archive) as tar:
         manifest = _read_manifest(tar, archive)
         if expected_model_id is not None and expected_model_id != manifest.model_id:
