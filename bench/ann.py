@@ -88,6 +88,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -306,19 +307,21 @@ def pq_m_for(dim: int, params: Params) -> int:
     return m
 
 
-class Searcher:
+class Searcher(ABC):
     """A built index behind one interface: search a batch, save, describe."""
 
     def __init__(self, name: str, params: dict[str, object]) -> None:
         self.name, self.params = name, params
 
+    @abstractmethod
     def search(self, xq: np.ndarray, k: int, threads: int) -> np.ndarray:
-        raise NotImplementedError
+        """Ids of the k nearest of each query row (-1 where fewer were found)."""
 
+    @abstractmethod
     def saved_bytes(self) -> int:
         """The size of the index written to a file, as the family's own save writes it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
         """Free the index (and the saved file it may still map)."""
 
@@ -338,6 +341,9 @@ class FaissSearcher(Searcher):
             file = Path(tmp) / "index.faiss"
             faiss.write_index(self.index, str(file))
             return file.stat().st_size
+
+    def close(self) -> None:
+        self.index.reset()  # frees the vectors now, so the next family's growth is its own
 
 
 class AnnoySearcher(Searcher):

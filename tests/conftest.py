@@ -117,3 +117,21 @@ def write_photo() -> Iterator[Callable[..., Path]]:
         return path
 
     yield write
+
+
+def damaged(blob: bytes, how: str) -> bytes:
+    """A stored record spoiled the ways a disk or a crash spoils one: cut short
+    ("truncate"), a byte flipped in the payload ("flip"), its first two bytes (the
+    magic) overwritten ("magic"), or nothing left ("empty")."""
+    out = bytearray(blob)
+    if how == "truncate":
+        return bytes(out[:-3])
+    if how == "flip":
+        out[40] ^= 0xFF
+        return bytes(out)
+    if how == "magic":
+        out[0:2] = b"XX"
+        return bytes(out)
+    if how == "empty":
+        return b""
+    raise ValueError(f"unknown damage {how!r}")
