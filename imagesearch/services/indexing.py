@@ -161,7 +161,7 @@ class IndexingService:
             return
         # Only what hides photos the catalog knows, or a drive it remembers, matters.
         offline = {p: why for p, why in {**parts.offline, **gone}.items()
-                   if p in memory.mounts or any(e.is_relative_to(p) for e in entries)}
+                   if p in memory.mounts or _holds_any(entries, p)}
         if not found and entries and not offline:
             # An unmounted share leaves an empty mount point: offline, not emptied.
             log.warning("%s is empty but the catalog has %d photos there: treating it "
@@ -176,9 +176,11 @@ class IndexingService:
         scan.parts.extend(offline)
         for f in found:
             scan.files.append(f)
-            scan.folder_of[f.path] = folder.id
-        scan.known.update({p: e for p, e in entries.items()
-                           if not any(p.is_relative_to(o) for o in offline)})
+            scan.folder_of[f.key] = folder.id
+        if offline:
+            entries = {p: e for p, e in entries.items()
+                       if not any(_under(p, o) for o in offline)}
+        scan.known.update(entries)
 
     def retry_failed(self, progress: ProgressCallback | None = None,
                      cancel: threading.Event | None = None) -> IndexReport:
@@ -194,8 +196,8 @@ class IndexingService:
         started = time.perf_counter()
         folders = self.catalog.folders()
         files: list[ScannedFile] = []
-        folder_of: dict[Path, int] = {}
-        known: dict[Path, CatalogEntry] = {}
+        folder_of: dict[str, int] = {}
+        known: dict[str, CatalogEntry] = {}
         gone: list[Path] = []
         model_id = self.models.model_id
         for path in dict.fromkeys(paths):
@@ -209,16 +211,17 @@ class IndexingService:
                 gone.append(path)
                 continue
             except OSError as exc:
-                files.append(ScannedFile(path, 0, 0.0, f"cannot read file information: {exc}"))
-                folder_of[path] = folder.id
+                files.append(ScannedFile(str(path), 0, 0.0,
+                                         f"cannot read file information: {exc}"))
+                folder_of[str(path)] = folder.id
                 continue
             if not os.path.isfile(path):
                 continue
-            files.append(ScannedFile(path, st.st_size, st.st_mtime))
-            folder_of[path] = folder.id
+            files.append(ScannedFile(str(path), st.st_size, st.st_mtime))
+            folder_of[str(path)] = folder.id
             entry = self.catalog.entry(path, model_id, self.local.extractor)
             if entry is not None:
-                known[path] = entry
+                known[str(path)] = entry
         removed = self.remove_paths(gone)
         want_vector, want_features = self._wants()
         work = plan(files, known, complete=False, want_vector=want_vector,
@@ -294,23 +297,28 @@ class IndexingService:
 
     # The pipeline --------------------------------------------------------------------------
 
-    def _apply(self, work: Plan, folder_of: dict[Path, int], report: ProgressCallback,
+    def _apply(self, work: Plan, folder_of: dict[str, int], report: ProgressCallback,
                cancel: threading.Event) -> dict[str, int]:
+        if not (work.gone or work.moves or work.problems or work.to_embed
+                or work.to_complete):
+            return {"added": 0, "updated": 0, "completed": 0, "failed": 0}
         with self.lane:
-            self.vectors.refresh()  # open (or rebuild) before this run's writes move the generation
+            # Open (or rebuild) the index before this run's writes move the generation;
+            # a rescan that changes nothing never needs it.
+            self.vectors.refresh()
             live = self.catalog.folder_ids()
-            work.problems = [f for f in work.problems if folder_of[f.path] in live]
-            work.moves = [(pid, f) for pid, f in work.moves if folder_of[f.path] in live]
+            work.problems = [f for f in work.problems if folder_of[f.key] in live]
+            work.moves = [(pid, f) for pid, f in work.moves if folder_of[f.key] in live]
             if work.gone:
                 self.catalog.remove_photos(work.gone)
                 self.vectors.remove(np.asarray(work.gone, dtype=np.int64),
                                     self.catalog.last_commit())
             for photo_id, f in work.moves:
-                self.catalog.move(photo_id, f.path, folder_of[f.path], f.mtime)
+                self.catalog.move(photo_id, f.path, folder_of[f.key], f.mtime)
                 self.vectors.sync(self.catalog.last_commit())
             if work.problems:
                 failed = self.catalog.store(self.models.model_id, [
-                    PhotoUpdate(f.path, folder_of[f.path], f.size, f.mtime, error=f.problem)
+                    PhotoUpdate(f.path, folder_of[f.key], f.size, f.mtime, error=f.problem)
                     for f in work.problems])
                 # A photo that became unreadable leaves the results now, not at the next start.
                 self.vectors.remove(np.asarray(failed, dtype=np.int64),
@@ -326,7 +334,7 @@ class IndexingService:
         self._embed_all(todo, folder_of, (new_paths, edited), counts, report, cancel)
         return counts
 
-    def _embed_all(self, todo: list[DecodeJob], folder_of: dict[Path, int],
+    def _embed_all(self, todo: list[DecodeJob], folder_of: dict[str, int],
                    kinds: tuple[set[Path], set[Path]], counts: dict[str, int],
                    report: ProgressCallback, cancel: threading.Event) -> None:
         """Decode (worker processes) -> encode (this thread) -> store (writer thread).
@@ -386,7 +394,7 @@ class IndexingService:
             else np.zeros((0, encoder.dim), np.float32)
 
     def _store(self, batch: list[DecodedImage], vectors: np.ndarray,
-               folder_of: dict[Path, int], kinds: tuple[set[Path], set[Path]],
+               folder_of: dict[str, int], kinds: tuple[set[Path], set[Path]],
                counts: dict[str, int]) -> int:
         """Commit one batch to the catalog and mirror it in the index (the writer lane)."""
         model_id = self.models.model_id
@@ -403,7 +411,7 @@ class IndexingService:
         with_pixels = [d for d in batch if d.pixels is not None]
         by_path = {d.path: v for d, v in zip(with_pixels, vectors, strict=True)}
         updates = [
-            PhotoUpdate(d.path, folder_of[d.path], d.size, d.mtime, d.content_hash, d.width,
+            PhotoUpdate(d.path, folder_of[str(d.path)], d.size, d.mtime, d.content_hash, d.width,
                         d.height, d.format, d.captured_at, d.error, by_path.get(d.path),
                         d.local_features, d.feature_count)
             for d in batch
@@ -477,8 +485,8 @@ class _Scan:
     """What walking the folders of one run found."""
 
     files: list[ScannedFile] = field(default_factory=list)
-    folder_of: dict[Path, int] = field(default_factory=dict)
-    known: dict[Path, CatalogEntry] = field(default_factory=dict)
+    folder_of: dict[str, int] = field(default_factory=dict)
+    known: dict[str, CatalogEntry] = field(default_factory=dict)
     offline: list[Path] = field(default_factory=list)  # library folders
     parts: list[Path] = field(default_factory=list)  # subfolders of online ones
 
@@ -504,3 +512,13 @@ def _owner(folders: list[FolderInfo], path: Path) -> FolderInfo | None:
         if path.is_relative_to(f.path):
             return f
     return None
+
+
+def _under(path: str, folder: Path) -> bool:
+    """``path`` (a string key of the scan) is ``folder`` or lies under it."""
+    top = str(folder)
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _holds_any(entries: dict[str, CatalogEntry], folder: Path) -> bool:
+    return any(_under(p, folder) for p in entries)

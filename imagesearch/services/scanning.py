@@ -28,10 +28,18 @@ _HIDDEN_ATTRS = getattr(stat, "FILE_ATTRIBUTE_HIDDEN", 0) | getattr(
 
 @dataclass(frozen=True, slots=True)
 class ScannedFile:
-    path: Path
+    """A file a walk found. Keyed by its path as a string: a rescan compares hundreds of
+    thousands of them with the catalog, and making a ``Path`` of each costs more than the
+    walk's system calls; ``path`` makes one for the few that are acted on."""
+
+    key: str  # the full path, as the system listed it
     size: int
     mtime: float
     problem: str | None = None  # set for files that are there but cannot be indexed
+
+    @property
+    def path(self) -> Path:
+        return Path(self.key)
 
 
 @dataclass
@@ -148,9 +156,9 @@ def walk(root: Path, cancelled: Callable[[], bool] = lambda: False,
             continue
         for entry in entries:
             name = entry.name
-            path = Path(entry.path)
             try:
                 if entry.is_dir(follow_symlinks=True):
+                    path = Path(entry.path)
                     if _skip_dir(name) or path in sub.skip or path in sub.excluded:
                         continue
                     target = entry.stat(follow_symlinks=True)
@@ -168,21 +176,22 @@ def walk(root: Path, cancelled: Callable[[], bool] = lambda: False,
             if name.startswith(".") or not is_image_name(name):
                 if entry.is_symlink() and not os.path.exists(entry.path):
                     # Maybe a link to a folder on a drive that is not there now.
-                    sub.offline[path] = "the folder it links to is missing (unplugged?)"
+                    sub.offline[Path(entry.path)] = ("the folder it links to is missing "
+                                                     "(unplugged?)")
                 continue
             try:
                 st = entry.stat(follow_symlinks=True)
             except FileNotFoundError:
                 if entry.is_symlink():
-                    yield ScannedFile(path, 0, 0.0, "broken symbolic link")
+                    yield ScannedFile(entry.path, 0, 0.0, "broken symbolic link")
                 continue
             except OSError as exc:
                 problem = "symbolic link loop" if entry.is_symlink() else \
                     f"cannot read file information: {exc.strerror or exc}"
-                yield ScannedFile(path, 0, 0.0, problem)
+                yield ScannedFile(entry.path, 0, 0.0, problem)
                 continue
             if stat.S_ISREG(st.st_mode) and not os_hidden(st):
-                yield ScannedFile(path, st.st_size, st.st_mtime)
+                yield ScannedFile(entry.path, st.st_size, st.st_mtime)
 
 
 @dataclass
@@ -203,23 +212,24 @@ def _same_stat(entry: CatalogEntry, f: ScannedFile) -> bool:
     return entry.size == f.size and abs(entry.mtime - f.mtime) < 1e-6
 
 
-def plan(files: list[ScannedFile], known: dict[Path, CatalogEntry],
+def plan(files: list[ScannedFile], known: dict[str, CatalogEntry],
          complete: bool = True, want_vector: bool = True,
          want_features: bool = False) -> Plan:
     """Compare a folder's files with the catalog.
 
     Args:
+        known: the catalog's entries keyed by path string (``Catalog.entries``).
         complete: the file list covers the whole folder, so catalog entries not seen
             are gone (False for a partial list, e.g. from the watcher).
         want_vector, want_features: what an indexed photo should have; an unchanged one
             missing either is planned to be completed (a backfill).
     """
     p = Plan()
-    seen: set[Path] = set()
+    seen: set[str] = set()
     new_files: list[ScannedFile] = []
     for f in files:
-        seen.add(f.path)
-        entry = known.get(f.path)
+        seen.add(f.key)
+        entry = known.get(f.key)
         if f.problem is not None:
             if entry is not None and entry.status is PhotoStatus.FAILED \
                     and _same_stat(entry, f):
@@ -249,9 +259,9 @@ def plan(files: list[ScannedFile], known: dict[Path, CatalogEntry],
     return p
 
 
-def _match_moves(p: Plan, new_files: list[ScannedFile], gone: dict[Path, CatalogEntry]) -> None:
+def _match_moves(p: Plan, new_files: list[ScannedFile], gone: dict[str, CatalogEntry]) -> None:
     """Recognise renamed or moved files by size, then content hash; they keep their id."""
-    by_size: dict[int, list[tuple[Path, CatalogEntry]]] = {}
+    by_size: dict[int, list[tuple[str, CatalogEntry]]] = {}
     for path, e in gone.items():
         if e.content_hash and e.status is PhotoStatus.INDEXED:
             by_size.setdefault(e.size, []).append((path, e))

@@ -253,19 +253,22 @@ class Catalog:
     # Photos --------------------------------------------------------------------------------
 
     def entries(self, folder_id: int, model: str, extractor: str | None = None
-                ) -> dict[Path, CatalogEntry]:
-        """Every photo of a folder keyed by path, with whether it has a vector for ``model``
-        and current local features from ``extractor``."""
+                ) -> dict[str, CatalogEntry]:
+        """Every photo of a folder keyed by its path as a string (as ``os.scandir`` gives
+        it; a rescan compares many thousands, and ``Path`` objects would cost more than
+        the query), with whether it has a vector for ``model`` and current local
+        features from ``extractor``."""
+        statuses = {s.value: s for s in PhotoStatus}
         with self._sessions() as s:
             rows = s.execute(
-                select(PhotoRow.id, PhotoRow.path, PhotoRow.size, PhotoRow.mtime,
-                       PhotoRow.content_hash, PhotoRow.status, _has_vector(model),
-                       _has_features(extractor))
+                select(PhotoRow.id, type_coerce(PhotoRow.path, LargeBinary), PhotoRow.size,
+                       PhotoRow.mtime, PhotoRow.content_hash, PhotoRow.status,
+                       _has_vector(model), _has_features(extractor))
                 .where(PhotoRow.folder_id == folder_id)
             )
             return {
-                path: CatalogEntry(pid, size, mtime, h, PhotoStatus(status), bool(vec),
-                                   bool(feat))
+                os.fsdecode(path): CatalogEntry(pid, size, mtime, h, statuses[status],
+                                                bool(vec), bool(feat))
                 for pid, path, size, mtime, h, status, vec, feat in rows
             }
 
