@@ -56,6 +56,9 @@ class Settings:
     rerank: str = "spatial"  # off | spatial | ames: how image queries are re-ranked
     shortlist: int = 100  # candidates re-ranked per image query
     ames_model: str = "dist"  # dist | fp: which AMES checkpoint (core/ames/registry.py)
+    # Exact search while the library's vectors fit this many MB (and it has at most
+    # 200,000 photos); approximate inverted lists beyond (core/index_family.py).
+    index_memory_mb: int = 1024
 
     @property
     def catalog_path(self) -> Path:
@@ -76,7 +79,8 @@ class Settings:
 
     _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers",
                   "decode_timeout_s", "top_k", "thumbnail_size", "thumbnail_cache_mb",
-                  "image_weight", "local_features", "rerank", "shortlist", "ames_model")
+                  "image_weight", "local_features", "rerank", "shortlist", "ames_model",
+                  "index_memory_mb")
 
     def save(self) -> None:
         """Write the user-editable settings atomically to the library folder."""

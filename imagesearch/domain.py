@@ -179,3 +179,4 @@ class LibraryStatus:
     last_indexed: datetime | None = None
     failures: tuple[PhotoRecord, ...] = field(default_factory=tuple)
     runtime: str = ""  # how the model runs here and the probe's figures ("" before a probe)
+    search_index: str | None = None  # the index's family and size in a line; None: none yet

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from imagesearch.config import Settings
-from imagesearch.core.vector_index import VectorIndex
+from imagesearch.core.vector_index import VectorIndex, load_saved
 from imagesearch.domain import PhotoStatus
 from imagesearch.services.vector_store import index_path
 from tests.conftest import noise_jpeg
@@ -104,7 +104,7 @@ class Library:
             ctx.close()
         if index is not None:
             # Opened and closed: the file on disk is consistent with the catalog.
-            on_disk = VectorIndex.load(ctx.vectors.path)
+            on_disk = load_saved(ctx.vectors.path).index  # the base and its delta log
             assert on_disk.generation == generation
             assert np.array_equal(np.sort(on_disk.ids()), catalog_ids)
         return {bytes(path) for _pid, path, status in rows
@@ -197,7 +197,8 @@ def test_failed_index_save_keeps_the_previous_file_and_rebuilds_next_time(
         indexed_library: tuple[Any, Path], make_settings: Callable[..., Settings],
         shared_encoder: Any, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    from imagesearch.core import vector_index
+    from imagesearch.core import index_file
+    from imagesearch.errors import IndexFileError
     from imagesearch.services.context import build_context
 
     ctx, root = indexed_library
@@ -210,7 +211,13 @@ def test_failed_index_save_keeps_the_previous_file_and_rebuilds_next_time(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(vector_index.os, "replace", disk_full)
+    def append_on_full_disk(log: Path, changes: object) -> int:
+        raise IndexFileError(f"could not save the search index's changes to {log}: "
+                             "No space left on device")
+
+    monkeypatch.setattr(index_file.os, "replace", disk_full)
+    monkeypatch.setattr("imagesearch.services.vector_store.append_changes",
+                        append_on_full_disk)
     new = jpeg(root / "new.jpg", 100)
     report = ctx.indexing.run()
     assert report.added == 1
@@ -257,7 +264,12 @@ def test_failed_save_is_reported_by_the_cli(
     def refuse(path: Path, data: bytes) -> None:
         raise IndexFileError(f"could not save the search index to {path}: Permission denied")
 
+    def refuse_append(path: Path, changes: object) -> int:
+        raise IndexFileError(f"could not save the search index's changes to {path}: "
+                             "Permission denied")
+
     monkeypatch.setattr("imagesearch.services.vector_store.write_index_file", refuse)
+    monkeypatch.setattr("imagesearch.services.vector_store.append_changes", refuse_append)
     monkeypatch.setenv("IMAGESEARCH_MODELS", str(ctx.settings.models_dir))
     (ctx.settings.library_dir / "settings.json").write_text(json.dumps(
         {"decode_workers": 1, "precision": "fp32"}))

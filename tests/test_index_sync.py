@@ -51,15 +51,21 @@ def library_of(ctx: Any, root: Path, count: int) -> Path:
 
 @pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Times at which the index file was written."""
-    real = vector_store.write_index_file
+    """Times at which the index's files were written: a whole base, or an appended delta."""
+    real_base, real_append = vector_store.write_index_file, vector_store.append_changes
     times: list[float] = []
 
-    def counting(path: Path, data: bytes) -> None:
-        real(path, data)
+    def base(path: Path, data: bytes) -> None:
+        real_base(path, data)
         times.append(time.monotonic())
 
-    monkeypatch.setattr(vector_store, "write_index_file", counting)
+    def append(path: Path, changes: list[Any]) -> int:
+        size = real_append(path, changes)
+        times.append(time.monotonic())
+        return size
+
+    monkeypatch.setattr(vector_store, "write_index_file", base)
+    monkeypatch.setattr(vector_store, "append_changes", append)
     return times
 
 
@@ -76,7 +82,11 @@ def test_unchanged_rescan_does_not_rewrite_the_index_file(
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     noise_jpeg(root / "new.jpg", 9)
     assert ctx.indexing.run().added == 1
-    assert len(writes) == 2  # a change is written
+    assert len(writes) == 2  # a change is written...
+    after = os.stat(ctx.vectors.path)
+    # ...as a delta beside the base, which is not rewritten for one photo.
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert ctx.vectors.delta.stat().st_size > 0
 
 
 def test_a_burst_of_changes_is_written_once_after_it_settles(

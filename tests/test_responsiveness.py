@@ -153,4 +153,4 @@ def test_reopening_the_library_does_not_block_the_window(qtbot: Any, gui: GuiDri
     qtbot.waitUntil(lambda: window.library.ctx is not None and window.library.status
                     is not None, timeout=30_000)
     assert window.library.ctx is not old
-    assert old.vectors._closed  # the old context was closed, off the GUI thread
+    assert old.vectors.closed  # the old context was closed, off the GUI thread

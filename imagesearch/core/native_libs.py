@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import MutableMapping
+from typing import Any
 
 
 def guard_openmp(platform: str | None = None,
@@ -19,3 +20,11 @@ def guard_openmp(platform: str | None = None,
     """Allow the two OpenMP runtimes on macOS (a value the user set is kept)."""
     if (platform or sys.platform) == "darwin":
         (os.environ if environ is None else environ).setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
+
+
+def faiss_module() -> Any:
+    """FAISS, imported on first use with the OpenMP guard in place."""
+    guard_openmp()
+    import faiss
+
+    return faiss

@@ -94,6 +94,7 @@ class LibraryController(QObject):
             # and watched; descriptions wait for the weights.
             self.watch.start(self.ctx)
         self.ctx.local.refresh_later()  # the local-feature index catches up off this thread
+        self.ctx.vectors.open_later()  # read before the first search needs it
 
     def _after_first_refresh(self) -> None:
         if self.folders and self.ctx is not None and self.ctx.indexing.can_index():

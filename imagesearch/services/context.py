@@ -98,7 +98,8 @@ def build_context(settings: Settings, encoder: Encoder | None = None,
     settings.library_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(open_catalog_engine(settings.catalog_path))
     models = models or ModelManager(settings, encoder)
-    vectors = VectorStore(catalog, settings.index_dir, models.model_id, save_delay_s)
+    vectors = VectorStore(catalog, settings.index_dir, models.model_id, save_delay_s,
+                          memory_mb=settings.index_memory_mb, background=background)
     lane = WriteLane()
     local = LocalIndexService(settings, catalog, background=background)
     rerankers: list[Reranker] = []

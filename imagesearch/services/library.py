@@ -113,6 +113,7 @@ class LibraryService:
             folders=tuple(self.catalog.folders()),
             last_indexed=self.catalog.last_indexed(),
             failures=tuple(self.catalog.failures(failures)) if failures else (),
+            search_index=self.vectors.describe(),
         )
 
     def photo(self, path: Path) -> PhotoRecord | None:

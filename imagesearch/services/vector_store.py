@@ -1,4 +1,11 @@
-"""Keeps the on-disk FAISS index in step with the catalog, which is the source of truth."""
+"""Keeps the on-disk FAISS index in step with the catalog, which is the source of truth.
+
+The index's family follows the library's size (core/index_family.py): a library that
+grows past exact search gets an approximate index trained in the background and swapped
+in whole (services/index_upgrade.py). On disk it is a base file plus a delta log of the
+commits since (core/index_file.py), so a save writes what changed; the base is rewritten
+only when the log has grown to a quarter of it, or the index was rebuilt.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,30 @@ from pathlib import Path
 
 import numpy as np
 
-from imagesearch.core.vector_index import VectorIndex, write_index_file
+from imagesearch.core.index_family import (
+    FLAT,
+    FLAT_MAX,
+    Plan,
+    choose_family,
+    describe,
+    needs_retraining,
+    refused_recently,
+)
+from imagesearch.core.index_file import (
+    Change,
+    append_changes,
+    delta_path,
+    pack_index,
+    peek_header,
+    record_bytes,
+    start_delta_log,
+    write_index_file,
+)
+from imagesearch.core.vector_index import VectorIndex, load_saved
 from imagesearch.errors import IndexFileError
+from imagesearch.services import index_upgrade
+from imagesearch.services.index_upgrade import Upgrade
+from imagesearch.services.save_schedule import SaveSchedule
 from imagesearch.storage.catalog import Catalog, Commit
 
 log = logging.getLogger(__name__)
@@ -26,6 +55,15 @@ SAVE_MAX_DELAY_S = 120.0
 # enough to notice a file from another library or another embedding of the same photos.
 CHECK_SAMPLE = 256
 _CHECK_ATOL = 2e-3  # the catalog keeps float16: its values differ by rounding only
+_CHECK_COSINE = 0.999  # two codings of one vector; another photo's vector is far below
+# The log is folded into a new base once it holds this share of the base's bytes (or
+# at least MERGE_MIN_BYTES): opening replays it, so it must stay small beside the base.
+MERGE_SHARE = 0.25
+MERGE_MIN_BYTES = 32 * 2 ** 20
+# ... or once it holds this many records: each replayed record costs an exact index a
+# pass over all of it (the replay nets them, but a long log still slows opening).
+MERGE_MAX_RECORDS = 2000
+INDEX_MEMORY_MB = 1024  # the default budget for the index's vectors in memory
 
 
 def index_path(index_dir: Path, model_id: str) -> Path:
@@ -40,26 +78,47 @@ class VectorStore:
         save_delay_s: how long changes must be quiet before the file is written; 0 writes
             it at once on each ``save_soon()`` (the CLI's one-shot commands).
         save_max_delay_s: the longest a change waits to be written during a steady stream.
+        memory_mb: the budget for exact vectors in memory; past it the index goes
+            approximate (core/index_family.py).
+        background: a change of index family is built on a thread of its own while search
+            goes on; False (one-shot commands) builds it in ``close()`` if this process
+            changed the library.
+        flat_max: the largest library searched exactly (tests lower it).
     """
 
     def __init__(self, catalog: Catalog, index_dir: Path, model_id: str,
                  save_delay_s: float = SAVE_DELAY_S,
-                 save_max_delay_s: float = SAVE_MAX_DELAY_S) -> None:
+                 save_max_delay_s: float = SAVE_MAX_DELAY_S,
+                 memory_mb: int = INDEX_MEMORY_MB, background: bool = True,
+                 flat_max: int | None = None) -> None:
         self.catalog = catalog
         self.path = index_path(index_dir, model_id)
+        self.delta = delta_path(self.path)
         self.model_id = model_id
         self.save_delay_s = save_delay_s
         self.save_max_delay_s = max(save_max_delay_s, save_delay_s)
+        self.memory_mb = memory_mb
+        self.background = background
+        self.flat_max = flat_max
         self._index: VectorIndex | None = None
         self._lock = threading.RLock()  # opening and changing the index; not searching it
         self._changes = 0  # bumped by every change the file does not have yet...
         self._saved_changes = 0  # ...and the count the file on disk reflects
+        # What the files on disk hold: the base the log extends (None: the next save
+        # writes a base), the log's size, and the commits not in either yet.
+        self._base_checksum: str | None = None
+        self._base_bytes = 0
+        self._delta_bytes = 0
+        self._delta_records = 0
+        self._pending: list[Change] = []
+        self._epoch = 0  # bumped whenever the index is replaced: pending commits are moot
+        self._upgrade: Upgrade | None = None
+        self._upgrader: threading.Thread | None = None
+        self._touched = False  # this process changed the index (for ``close()``)
+        self._upgrade_failed = False  # a family change failed: not retried this process
         self._save_lock = threading.Lock()  # one writer of the file at a time
-        self._cond = threading.Condition()  # the background saver's schedule
-        self._first_unsaved: float | None = None
-        self._last_request = 0.0
-        self._saver: threading.Thread | None = None
-        self._closed = False
+        self._schedule = SaveSchedule(self._flush_reporting, save_delay_s,
+                                      save_max_delay_s, "imagesearch-index-saver")
         self.last_rebuild_reason: str | None = None
         self.save_error: str | None = None  # why the latest save failed; None once one works
 
@@ -79,19 +138,36 @@ class VectorStore:
             self.save_soon()
         return index
 
+    def open_later(self) -> None:
+        """Open the index on a thread of its own, so the first search need not wait.
+
+        At a million photos opening reads and checks a 0.5 GB file (about 3 s here).
+        """
+        threading.Thread(target=self._open_quietly, daemon=True,
+                         name="imagesearch-index-open").start()
+
+    def _open_quietly(self) -> None:
+        try:
+            self.index()
+        except Exception:  # a search opens it again and reports what is wrong
+            log.exception("opening the search index in the background failed")
+
     def _open(self, dim: int | None) -> tuple[VectorIndex | None, bool]:
         self._remove_stale_temp_files()
+        self._forget_files()
         generation = self.catalog.generation()
         reason = None
+        loaded = None
         try:
-            loaded = VectorIndex.load(self.path)
+            loaded = self._load()
         except IndexFileError as exc:
-            loaded = None
             reason = "no index file yet" if not self.path.exists() else str(exc)
         if loaded is not None:
             reason = self._mismatch(loaded, generation)
             if reason is None:
+                self._consider_family(loaded)
                 return loaded, False
+            self._forget_files()
         ids, vectors = self.catalog.vectors(self.model_id)
         if len(ids) == 0 and dim is None:
             return None, False
@@ -100,7 +176,32 @@ class VectorStore:
                  reason)
         self.last_rebuild_reason = reason
         self._changes += 1
-        return VectorIndex.build(ids, vectors, d, self.model_id, generation), True
+        # Exact first, whatever the size: it needs no training, so search works at once;
+        # a larger library's approximate index follows in the background.
+        index = VectorIndex.build(ids, vectors, d, self.model_id, generation)
+        self._consider_family(index)
+        return index, True
+
+    def _load(self) -> VectorIndex:
+        """The base file with its delta log replayed.
+
+        Raises:
+            IndexFileError: the base is missing or unreadable.
+        """
+        saved = load_saved(self.path)
+        # A log that cannot be extended (none, another base's, torn) would hide every
+        # record appended to it: the next save writes a whole base instead.
+        self._base_checksum = saved.checksum if saved.extendable else None
+        self._base_bytes = saved.base_bytes
+        self._delta_bytes = saved.log_bytes
+        self._delta_records = saved.log_records
+        return saved.index
+
+    def _forget_files(self) -> None:
+        """The next save writes a whole base: nothing on disk is known to extend."""
+        self._base_checksum = None
+        self._pending = []
+        self._epoch += 1
 
     def _remove_stale_temp_files(self) -> None:
         """Delete half-written index files left by a process killed while saving.
@@ -136,7 +237,7 @@ class VectorStore:
             expected = self.catalog.vectors_of(self.model_id, sample)
         except KeyError:
             return "the catalog changed while the file was being checked"
-        if not np.allclose(index.vectors_of(sample), expected, atol=_CHECK_ATOL):
+        if not _same_vectors(index.vectors_of(sample), index.requantized(expected)):
             return (f"the file's vectors differ from the catalog's "
                     f"({len(sample)} of {len(stored)} compared)")
         return None
@@ -155,8 +256,103 @@ class VectorStore:
                     log.info("the catalog moved from generation %d to %d outside this "
                              "process; reloading the search index", self._index.generation,
                              current)
-                    self._index = None
+                    self._drop()
         return self.index()
+
+    def _drop(self) -> None:
+        """Forget the in-memory index; the next use reopens it from the files or catalog."""
+        self._index = None
+        self._forget_files()
+        if self._upgrade is not None:
+            self._upgrade.cancelled.set()
+            self._upgrade = None
+
+    def describe(self) -> str | None:
+        """The index in a line (core/index_family.py), from memory or the file's header.
+
+        None when there is no index yet. Reads no more than the header: cheap to call.
+        """
+        index = self._index
+        if index is not None:
+            return describe(index.family, len(index), index.nprobe, index.recall)
+        header = peek_header(self.path)
+        if header is None or header.model_id != self.model_id:
+            return None
+        return describe(header.family, header.count, header.nprobe, header.recall)
+
+    # Choosing the family ---------------------------------------------------------------------
+
+    def _consider_family(self, index: VectorIndex) -> None:
+        """Start building a better family for ``index``'s size, if it has outgrown its own.
+
+        Call under ``_lock`` (or while nothing else can use the store).
+        """
+        if (not self.background or self._upgrade is not None or self._upgrade_failed
+                or self._schedule.closed):
+            return
+        upgrade = self._wanted(index)
+        if upgrade is None:
+            return
+        self._upgrade = upgrade
+        log.info("building a new search index for %s: %s", self.model_id, upgrade.plan.reason)
+        self._upgrader = threading.Thread(target=self._run_upgrade, args=(upgrade,),
+                                          daemon=True, name="imagesearch-index-upgrade")
+        self._upgrader.start()
+
+    def _wanted(self, index: VectorIndex) -> Upgrade | None:
+        kwargs = {} if self.flat_max is None else {"flat_max": self.flat_max}
+        plan = choose_family(len(index), index.dim, self.memory_mb, **kwargs)
+        # Going back to exact search only once well below the line, so a library that
+        # hovers around it is not rebuilt back and forth.
+        if plan.family == FLAT and index.family != FLAT and \
+                len(index) * 2 > (self.flat_max or FLAT_MAX):
+            plan = Plan(index.family, f"{len(index):,} photos, near the line: staying "
+                                      "approximate")
+        if plan.family == index.family and not index.drifted and not needs_retraining(
+                index.family, len(index), index.trained_on):
+            return None
+        if index.family == FLAT and plan.family != FLAT and refused_recently(
+                len(index), index.trained_on):
+            return None  # the lists could not reach the recall target at about this size
+        return Upgrade(index, plan)
+
+    def _run_upgrade(self, upgrade: Upgrade) -> None:
+        try:
+            built = index_upgrade.build(upgrade, self.catalog, self.model_id)
+        except Exception:  # the exact index goes on serving; logged
+            log.exception("building the new search index failed; the current one goes "
+                          "on serving, and this is not tried again until the next start")
+            built = None
+            self._upgrade_failed = True
+        with self._lock:
+            if self._upgrade is not upgrade:
+                return  # dropped or superseded meanwhile
+            self._upgrade = None
+            if built is None or self._index is not upgrade.base:
+                return
+            self._index = index_upgrade.catch_up(upgrade, built)
+            self._forget_files()
+            self._changes += 1
+        self.save_soon()
+
+    def upgrade_now(self) -> bool:
+        """Build the family the library needs in this thread; True if it changed.
+
+        For one-shot commands (``background`` False), which have no time to wait for a
+        background thread: ``close()`` calls it when this process changed the library.
+        """
+        with self._lock:
+            index = self._index
+            upgrade = None if index is None else self._wanted(index)
+            if upgrade is None:
+                return False
+            built = index_upgrade.build(upgrade, self.catalog, self.model_id)
+            if built is None:
+                return False
+            self._index = index_upgrade.catch_up(upgrade, built)
+            self._forget_files()
+            self._changes += 1
+            return True
 
     # Mirroring commits ---------------------------------------------------------------------
 
@@ -176,19 +372,28 @@ class VectorStore:
             if index is None:
                 if len(added_ids):  # the first vectors: now the dimension is known
                     self._index, _ = self._open(vectors.shape[1])
+                    self._touched = True
                 return  # opened from the catalog, which already holds this commit
             if index.generation != commit.before:
                 log.info("the catalog was at generation %d before this commit, the search "
                          "index at %d: another process wrote in between; reloading the "
                          "index from the catalog", commit.before, index.generation)
-                self._index = None
+                self._drop()
                 return
-            if len(removed_ids):
-                index.remove(removed_ids)
-            if len(added_ids):
-                index.add(added_ids, vectors)
-            index.generation = commit.after
+            # Copies: the change is kept (pending save, upgrade journal) after this returns.
+            change = Change(commit.before, commit.after,
+                            np.array(removed_ids, dtype=np.int64),
+                            np.array(added_ids, dtype=np.int64),
+                            np.array(vectors, dtype=np.float32).reshape(len(added_ids), -1)
+                            if len(added_ids) else np.zeros((0, index.dim), np.float32))
+            index.apply(change)
             self._changes += 1
+            self._touched = True
+            self._pending.append(change)
+            if self._upgrade is not None:
+                self._upgrade.journal.append(change)
+            else:
+                self._consider_family(index)
 
     def remove(self, ids: np.ndarray, commit: Commit | None) -> None:
         """Mirror committed deletions."""
@@ -199,6 +404,21 @@ class VectorStore:
         self.remove(np.zeros(0, np.int64), commit)
 
     # Saving --------------------------------------------------------------------------------
+
+    @property
+    def upgrading(self) -> bool:
+        """A new index family is being built in the background."""
+        return self._upgrade is not None
+
+    @property
+    def is_open(self) -> bool:
+        """The index is in memory (a search needs no file read)."""
+        return self._index is not None
+
+    @property
+    def closed(self) -> bool:
+        """``close()`` has begun: no more scheduled saves."""
+        return self._schedule.closed
 
     @property
     def dirty(self) -> bool:
@@ -213,28 +433,18 @@ class VectorStore:
         """
         if self.save_delay_s <= 0:
             return self._flush_reporting()
-        with self._cond:
-            if self._closed:
-                return ()
-            now = time.monotonic()
-            self._last_request = now
-            if self._first_unsaved is None:
-                self._first_unsaved = now
-            if self._saver is None:
-                self._saver = threading.Thread(target=self._save_when_quiet, daemon=True,
-                                               name="imagesearch-index-saver")
-                self._saver.start()
-            self._cond.notify_all()
+        if not self._schedule.request():
+            return ()
         return (self.save_error,) if self.save_error else ()
 
     def flush(self) -> None:
-        """Write the file now if the index changed since it was last written.
+        """Write what the files lack: the new commits onto the delta log, or a new base.
 
         The snapshot is a memory copy taken under the index's lock; the slow part, writing
         and syncing the file, holds no lock a search needs.
 
         Raises:
-            IndexFileError: writing failed; the previous file is intact and the catalog
+            IndexFileError: writing failed; the previous files are intact and the catalog
                 still has everything, so the next start rebuilds.
         """
         with self._save_lock:
@@ -242,23 +452,61 @@ class VectorStore:
                 index = self._index
                 if index is None or self._changes == self._saved_changes:
                     return
-                changes = self._changes
-                data = index.to_bytes()
-            write_index_file(self.path, data)
+                changes, epoch = self._changes, self._epoch
+                pending = list(self._pending)
+                log_size = self._delta_bytes + sum(record_bytes(c) for c in pending)
+                whole = (self._base_checksum is None
+                         or self._delta_records + len(pending) > MERGE_MAX_RECORDS
+                         or log_size > max(MERGE_MIN_BYTES, MERGE_SHARE * self._base_bytes))
+                snapshot = index.snapshot() if whole else None
+            if snapshot is not None:
+                header, blob = snapshot
+                data = pack_index(header, blob)
+                write_index_file(self.path, data)
+                # The old log extended the old base: replace it with an empty one for the
+                # new base (a crash in between leaves a log for another base: ignored).
+                size = start_delta_log(self.delta, header.checksum)
+            else:
+                try:
+                    size = append_changes(self.delta, pending)
+                except IndexFileError:
+                    with self._lock:
+                        if self._epoch == epoch:
+                            # A torn record would hide every later one: start afresh.
+                            self._base_checksum = None
+                    raise
             with self._lock:
                 self._saved_changes = changes
+                if self._epoch != epoch:
+                    # The index was replaced meanwhile (a family change, or reopened after
+                    # another process wrote): what was just written is not its base.
+                    self._base_checksum = None
+                    self._changes += 1
+                    return
+                del self._pending[:len(pending)]
+                self._delta_bytes = size
+                if snapshot is not None:
+                    self._base_checksum = snapshot[0].checksum
+                    self._base_bytes = len(data)
+                    self._delta_records = 0
+                else:
+                    self._delta_records += len(pending)
 
     def close(self) -> tuple[str, ...]:
         """Stop the background saver and write what is unsaved, so the next start is quick.
 
         Returns the warning to report if that last write failed.
         """
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            saver, self._saver = self._saver, None
-        if saver is not None:
-            saver.join()  # at once when idle; else it finishes the write it is making
+        self._schedule.stop()
+        with self._lock:
+            if self._upgrade is not None:
+                self._upgrade.cancelled.set()  # the next start builds it again
+                self._upgrade = None
+        if not self.background and self._touched:
+            try:
+                self.upgrade_now()
+            except Exception:  # what there is still gets saved; the next run tries again
+                log.exception("building the new search index failed")
         return self._flush_reporting()
 
     def _flush_reporting(self) -> tuple[str, ...]:
@@ -272,21 +520,11 @@ class VectorStore:
         self.save_error = None
         return ()
 
-    def _save_when_quiet(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed:
-                    first = self._first_unsaved
-                    if first is None:
-                        self._cond.wait()
-                        continue
-                    due = min(self._last_request + self.save_delay_s,
-                              first + self.save_max_delay_s)
-                    wait = due - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self._cond.wait(wait)
-                if self._closed:
-                    return  # close() writes what is left
-                self._first_unsaved = None
-            self._flush_reporting()
+
+def _same_vectors(stored: np.ndarray, expected: np.ndarray) -> bool:
+    """The index's copies are the catalog's vectors as the index codes them, up to the
+    rounding of float16 (and the odd 8-bit step or list that rounding tips over)."""
+    norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(expected, axis=1)
+    cosine = np.sum(stored * expected, axis=1) / np.maximum(norms, 1e-12)
+    return bool(np.allclose(stored, expected, atol=_CHECK_ATOL)
+                or np.all(cosine >= _CHECK_COSINE))
