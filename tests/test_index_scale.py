@@ -385,3 +385,38 @@ def test_a_failed_family_change_is_not_retried_on_every_commit(
     assert len(calls) == 1
     assert store.index().family == FLAT  # type: ignore[union-attr]  # still serving
     store.close()
+
+
+def test_a_refused_retraining_keeps_the_current_lists(
+        library: Library, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = library.store(flat_max=5_000, background=False)
+    ids, commit = library.add(_clustered(6_000))
+    store.apply(ids, _clustered(6_000), np.zeros(0, np.int64), commit)
+    store.close()
+    monkeypatch.setattr(index_upgrade, "calibrate_nprobe",
+                        lambda trained, ids, vectors: (int(trained.nlist), 0.9))
+    again = library.store(flat_max=5_000, background=False)
+    index = again.refresh()
+    assert index is not None and index.family == IVF_SQ8
+    odd = _clustered(1_200, seed=11)  # drift: a retrain is due...
+    more, commit = library.add(odd)
+    again.apply(more, odd, np.zeros(0, np.int64), commit)
+    assert index.drifted
+    assert not again.upgrade_now()  # ...and refused: the lists stay, not 2 GB of exact
+    assert again.index() is index and index.family == IVF_SQ8
+    assert not again.upgrade_now()  # and it is not tried again at this size
+    again.close()
+
+
+def test_one_id_twice_in_a_change_keeps_its_last_vector() -> None:
+    vectors = _clustered(6_000)
+    trained, on = index_family.train_ivf(vectors)
+    for index in (VectorIndex.build(np.arange(10), vectors[:10], DIM, MODEL, 0),
+                  VectorIndex.from_trained(trained, np.arange(6_000), vectors, MODEL, 0, 8,
+                                           on)):
+        fresh = _clustered(2, seed=99)
+        index.apply(Change(0, 1, np.zeros(0, np.int64), np.array([3, 3]), fresh))
+        assert int(np.sum(index.ids() == 3)) == 1
+        assert index.search(fresh[1], 1)[1][0][0] == 3
+        index.remove(np.array([3]))
+        assert 3 not in index.ids()

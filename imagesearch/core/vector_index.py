@@ -57,6 +57,7 @@ class VectorIndex:
         self.coding_error = 0.0  # mean 1 - cosine of training vectors read back (IVF)
         self.added_since_training = 0  # this process's additions (IVF families)...
         self.added_error = 0.0  # ...and the sum of their 1 - cosine read back
+        self.refused_at = 0  # size at which new lists missed the recall target (this process)
         self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.RLock()
 
@@ -122,6 +123,9 @@ class VectorIndex:
             return ids, np.zeros((0, self.dim), np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(ids):
             raise ValueError(f"expected {len(ids)}x{self.dim} vectors, got {vectors.shape}")
+        if len(np.unique(ids)) != len(ids):  # one id twice: the last vector wins
+            last = len(ids) - 1 - np.unique(ids[::-1], return_index=True)[1]
+            ids, vectors = ids[last], vectors[last]
         return ids, vectors
 
     def _add_new(self, ids: np.ndarray, vectors: np.ndarray) -> None:

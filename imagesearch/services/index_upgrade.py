@@ -55,11 +55,16 @@ def build(upgrade: Upgrade, catalog: Catalog, model_id: str) -> VectorIndex | No
         index.nprobe, index.recall = calibrate_nprobe(trained, ids, vectors)
         upgrade.recall = index.recall
         if not worth_it(index.nprobe, int(trained.nlist)):
+            kept = "exact search" if base.family == FLAT else "the current lists"
             log.warning("inverted lists for %d photos reach recall@10 %.3f only with %d of "
-                        "%d lists probed: keeping exact search", len(ids), index.recall,
-                        index.nprobe, trained.nlist)
+                        "%d lists probed: keeping %s", len(ids), index.recall,
+                        index.nprobe, trained.nlist, kept)
+            # Remembered, so it is not retried until the library is 4x this size.
+            base.refused_at = len(ids)
+            if base.family != FLAT:
+                return None
             index = VectorIndex.build(ids, vectors, base.dim, model_id, base.generation)
-            index.trained_on = len(ids)  # remembered, so it is not retried at this size
+            index.trained_on = len(ids)  # kept in the file: a restart does not retry it
             upgrade.plan = Plan(FLAT, "approximate lists would not reach the recall target")
     upgrade.seconds = time.perf_counter() - started
     return None if upgrade.cancelled.is_set() else index

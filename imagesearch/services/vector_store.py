@@ -179,6 +179,9 @@ class VectorStore:
         # Exact first, whatever the size: it needs no training, so search works at once;
         # a larger library's approximate index follows in the background.
         index = VectorIndex.build(ids, vectors, d, self.model_id, generation)
+        header = peek_header(self.path)
+        if header is not None and header.family == FLAT:
+            index.trained_on = header.trained_on  # lists refused at that size: not again
         self._consider_family(index)
         return index, True
 
@@ -311,6 +314,8 @@ class VectorStore:
         if plan.family == index.family and not index.drifted and not needs_retraining(
                 index.family, len(index), index.trained_on):
             return None
+        if refused_recently(len(index), index.refused_at):
+            return None  # new lists missed the recall target at about this size
         if index.family == FLAT and plan.family != FLAT and refused_recently(
                 len(index), index.trained_on):
             return None  # the lists could not reach the recall target at about this size
@@ -380,11 +385,14 @@ class VectorStore:
                          "index from the catalog", commit.before, index.generation)
                 self._drop()
                 return
-            # Copies: the change is kept (pending save, upgrade journal) after this returns.
+            # Copies (the change is kept for the next save and an upgrade's journal after
+            # this returns), rounded as the catalog stores them: the index then holds what
+            # a rebuild from the catalog would, to the bit.
             change = Change(commit.before, commit.after,
                             np.array(removed_ids, dtype=np.int64),
                             np.array(added_ids, dtype=np.int64),
-                            np.array(vectors, dtype=np.float32).reshape(len(added_ids), -1)
+                            np.asarray(vectors, dtype=np.float16).astype(np.float32)
+                            .reshape(len(added_ids), -1)
                             if len(added_ids) else np.zeros((0, index.dim), np.float32))
             index.apply(change)
             self._changes += 1
