@@ -68,8 +68,19 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
         raise ImageSearchError("The library has no folders yet: imagesearch index FOLDER")
     # Without the model, photos can still be indexed for search by image.
     _ensure_weights(ctx, optional=ctx.local.mode is not None)
-    with IndexProgressBar(not args.no_progress) as bar:
-        report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)
+    cluster = None
+    if getattr(args, "cluster", None):
+        from imagesearch.services.cluster import ClusterSource
+
+        cluster = ClusterSource(ctx.settings, args.cluster, args.cluster_workers)
+        ctx.indexing.cluster = cluster
+    try:
+        with IndexProgressBar(not args.no_progress) as bar:
+            report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)
+    finally:
+        if cluster is not None:
+            ctx.indexing.cluster = None
+            cluster.close()
     _refresh_local_index(ctx, report, cancel, quiet=args.no_progress)
     print(_describe(report))
     for warning in report.warnings:

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                    help="folders to add (none: re-index every library folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="decode and embed on the Ray cluster at ADDRESS (host:port, or "
+                        "auto); its nodes must see the photos and models at the same paths")
+    p.add_argument("--cluster-workers", type=int, metavar="N",
+                   help="workers to start on the cluster (default: one per CPU it offers)")
 
     p = sub.add_parser("search", help="search by description, by image, or both")
     p.add_argument("text", nargs="*", help='description; "-word" pushes results away from it')

@@ -27,7 +27,7 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or thread_budget()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle inference threads would otherwise spin for a while after each batch, taking
@@ -35,6 +35,15 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def thread_budget() -> int:
+    """Threads for inference: OMP_NUM_THREADS where set (a cluster worker holding one CPU,
+    a user's own limit), else every core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -6,10 +6,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -42,6 +43,18 @@ ProgressCallback = Callable[[IndexProgress], None]
 FollowUp = Callable[[ProgressCallback, threading.Event], object]
 
 
+# A batch of decoded photos, with the vector of each one that was encoded.
+Embedded = tuple[list[DecodedImage], dict[Path, np.ndarray]]
+
+
+class BatchSource(Protocol):
+    """Somewhere else to decode and encode photos (services/cluster.py): batches come
+    back in any order, each photo once, and this process stores them."""
+
+    def batches(self, todo: list[DecodeJob], size: int, cancel: threading.Event
+                ) -> Generator[Embedded, None, None]: ...
+
+
 def _no_progress(_: IndexProgress) -> None:
     return None
 
@@ -58,6 +71,7 @@ class IndexingService:
         self.lane = lane
         self.local = local
         self.features: FeatureMode | None = local.mode
+        self.cluster: BatchSource | None = None  # set: photos are embedded there, not here
         self.warnings: list[str] = []  # those of the latest run; each report has its own
         self.excluded = own_data_folders(settings)
         self.followups: list[FollowUp] = []  # composition adds stages (services/context.py)
@@ -337,63 +351,76 @@ class IndexingService:
     def _embed_all(self, todo: list[DecodeJob], folder_of: dict[str, int],
                    kinds: tuple[set[Path], set[Path]], counts: dict[str, int],
                    report: ProgressCallback, cancel: threading.Event) -> None:
-        """Decode (worker processes) -> encode (this thread) -> store (writer thread).
+        """Decode and encode (worker processes and this thread, or a cluster's workers),
+        then store (writer thread).
 
-        The three stages overlap: while batch N is encoded, later photos are decoded (and
-        their local features found) and batch N-1 is committed, so the model is rarely
-        left waiting.
+        The stages overlap: while batch N is encoded, later photos are decoded (and their
+        local features found) and batch N-1 is committed, so the model is rarely left
+        waiting.
         """
-        encoder = self.models.encoder() if any(j.pixels for j in todo) else None
-        # Only local features to find: the backfill of an existing library.
-        phase = "embedding" if encoder is not None else "local features"
         batch_size = max(1, self.settings.batch_size)
-        pool = self._decode_pool(encoder.spec if encoder is not None else None)
+        if self.cluster is not None:
+            phase = "embedding on the cluster"
+            batches = self.cluster.batches(todo, batch_size, cancel)
+        else:
+            encoder = self.models.encoder() if any(j.pixels for j in todo) else None
+            # Only local features to find: the backfill of an existing library.
+            phase = "embedding" if encoder is not None else "local features"
+            batches = self._local_batches(todo, encoder, batch_size, cancel)
         total, done = len(todo), 0
         started = time.perf_counter()
-        batch: list[DecodedImage] = []
         in_flight: Future[int] | None = None
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesearch-writer")
-        stream = pool.decode(todo, lookahead=2 * batch_size, cancel=cancel)
-
-        def hand_over(items: list[DecodedImage]) -> None:
-            nonlocal in_flight, done
-            vectors = self._encode(encoder, items)
-            if in_flight is not None:  # one commit at a time, in order
-                done += in_flight.result()
-            in_flight = writer.submit(self._store, items, vectors, folder_of, kinds, counts)
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            report(IndexProgress(phase, done, total, counts["failed"],
-                                 current=str(items[-1].path), images_per_second=rate))
-
         try:
-            for decoded in stream:
-                batch.append(decoded)
-                if len(batch) >= batch_size:
-                    hand_over(batch)
-                    batch = []
-                    if cancel.is_set():
-                        break
-            if batch and not cancel.is_set():
-                hand_over(batch)
+            for items, vectors in batches:
+                if in_flight is not None:  # one commit at a time, in order
+                    done += in_flight.result()
+                in_flight = writer.submit(self._store, items, vectors, folder_of, kinds,
+                                          counts)
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                report(IndexProgress(phase, done, total, counts["failed"],
+                                     current=str(items[-1].path), images_per_second=rate))
+                if cancel.is_set():
+                    break
             if in_flight is not None:
                 done += in_flight.result()
                 in_flight = None
         finally:
-            stream.close()  # cancels decoding still queued for a cancelled run
+            batches.close()  # cancels decoding still queued for a cancelled run
             writer.shutdown(wait=True)  # a commit under way always lands
         rate = done / max(time.perf_counter() - started, 1e-9)
         report(IndexProgress("done", done, total, counts["failed"], images_per_second=rate))
 
-    @staticmethod
-    def _encode(encoder: Encoder | None, batch: list[DecodedImage]) -> np.ndarray:
-        """Vectors for the photos that came with model pixels, in their order."""
-        pixels = [d.pixels for d in batch if d.pixels is not None]
-        if encoder is None:
-            return np.zeros((0, 0), np.float32)
-        return encoder.encode_images(np.stack(pixels), background=True) if pixels \
-            else np.zeros((0, encoder.dim), np.float32)
+    def _local_batches(self, todo: list[DecodeJob], encoder: Encoder | None, size: int,
+                       cancel: threading.Event) -> Generator[Embedded, None, None]:
+        """Batches decoded by this machine's pool and encoded here, in order."""
+        pool = self._decode_pool(encoder.spec if encoder is not None else None)
+        stream = pool.decode(todo, lookahead=2 * size, cancel=cancel)
+        batch: list[DecodedImage] = []
+        try:
+            for decoded in stream:
+                batch.append(decoded)
+                if len(batch) >= size:
+                    yield self._encoded(encoder, batch)
+                    batch = []
+                    if cancel.is_set():
+                        return
+            if batch and not cancel.is_set():
+                yield self._encoded(encoder, batch)
+        finally:
+            stream.close()
 
-    def _store(self, batch: list[DecodedImage], vectors: np.ndarray,
+    @staticmethod
+    def _encoded(encoder: Encoder | None, batch: list[DecodedImage]) -> Embedded:
+        """The batch, and the vector of each photo that came with model pixels."""
+        with_pixels = [d for d in batch if d.pixels is not None]
+        if encoder is None or not with_pixels:
+            return batch, {}
+        vectors = encoder.encode_images(np.stack([d.pixels for d in with_pixels
+                                                  if d.pixels is not None]), background=True)
+        return batch, {d.path: v for d, v in zip(with_pixels, vectors, strict=True)}
+
+    def _store(self, batch: list[DecodedImage], by_path: dict[Path, np.ndarray],
                folder_of: dict[str, int], kinds: tuple[set[Path], set[Path]],
                counts: dict[str, int]) -> int:
         """Commit one batch to the catalog and mirror it in the index (the writer lane)."""
@@ -408,8 +435,6 @@ class IndexingService:
                 log.info("not completed this time: %s: %s", d.path, d.error)
         batch = [d for d in batch
                  if d.error is None or d.path in new_paths or d.path in edited]
-        with_pixels = [d for d in batch if d.pixels is not None]
-        by_path = {d.path: v for d, v in zip(with_pixels, vectors, strict=True)}
         updates = [
             PhotoUpdate(d.path, folder_of[str(d.path)], d.size, d.mtime, d.content_hash, d.width,
                         d.height, d.format, d.captured_at, d.error, by_path.get(d.path),
@@ -428,7 +453,7 @@ class IndexingService:
             # Unreadable now: out of the live index at once. Without a new vector (a local
             # feature backfill) the indexed vector stays.
             bad = np.asarray([i for i, u in pairs if u.error is not None], dtype=np.int64)
-            dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
+            dim = len(kept[0]) if kept else 1
             self.vectors.apply(ok, np.stack(kept) if kept else np.zeros((0, dim), np.float32),
                                bad, self.catalog.last_commit())
         for d in batch:

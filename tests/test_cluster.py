@@ -1,0 +1,123 @@
+"""`imagesearch index --cluster`: decoding, embedding and local features on a Ray cluster
+that the test starts on this machine (a head with no CPU, and two worker nodes), results
+stored by this process; a cancelled run resumes with nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imagesearch.config import Settings
+from imagesearch.domain import IndexProgress
+from tests.conftest import noise_jpeg
+from tests.tiny_model import TINY_MODEL_ID
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    from ray.cluster_utils import Cluster
+
+    local = Cluster(initialize_head=True,
+                    head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        local.add_node(num_cpus=1)
+    yield local.address
+    local.shutdown()
+
+
+def _photos(root: Path, count: int) -> Path:
+    for i in range(count):
+        noise_jpeg(root / f"{i:02d}.jpg", i, size=96)
+    return root
+
+
+def _vectors(settings: Settings) -> dict[str, np.ndarray]:
+    from imagesearch.services.context import build_context
+
+    ctx = build_context(settings, save_delay_s=0.0, background=False)
+    try:
+        ids, vectors = ctx.catalog.vectors(ctx.models.model_id)
+        records = ctx.catalog.photos([int(i) for i in ids])
+        return {records[int(i)].path.name: v for i, v in zip(ids, vectors, strict=True)}
+    finally:
+        ctx.close()
+
+
+def test_the_cli_indexes_on_the_cluster_as_it_would_here(
+        cluster: str, make_settings: Any, tmp_path: Path, models_dir: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from imagesearch.cli.main import main
+
+    monkeypatch.setenv("IMAGESEARCH_MODELS", str(models_dir))
+    root = _photos(tmp_path / "photos", 20)
+    there = make_settings(library_dir=tmp_path / "on-cluster", precision="fp32")
+    here = make_settings(library_dir=tmp_path / "here", precision="fp32")
+    for s in (there, here):
+        s.save()
+    assert main(["--library", str(there.library_dir), "--model", TINY_MODEL_ID, "index",
+                 str(root), "--no-progress", "--cluster", cluster]) == 0
+    assert "20 added" in capsys.readouterr().out
+    assert main(["--library", str(here.library_dir), "--model", TINY_MODEL_ID, "index",
+                 str(root), "--no-progress"]) == 0
+    remote, local = _vectors(there), _vectors(here)
+    assert sorted(remote) == sorted(local) and len(remote) == 20
+    for name, vector in local.items():  # the same model on the same pixels
+        assert float(np.dot(vector, remote[name])) > 0.999, name
+    from imagesearch.services.context import build_context
+
+    ctx = build_context(there, save_delay_s=0.0, background=False)
+    try:  # local features were found on the workers too
+        assert ctx.catalog.count_missing_features(ctx.local.extractor or "") == 0
+    finally:
+        ctx.close()
+
+
+def test_a_cancelled_cluster_run_resumes_with_nothing_lost_or_duplicated(
+        cluster: str, make_settings: Any, tmp_path: Path) -> None:
+    from imagesearch.services.cluster import ClusterSource
+    from imagesearch.services.context import build_context
+
+    root = _photos(tmp_path / "photos", 24)
+    settings = make_settings(precision="fp32", batch_size=4)
+    ctx = build_context(settings, save_delay_s=0.0, background=False)
+    source = ClusterSource(settings, cluster)
+    try:
+        assert len(source.workers) == 2  # one per CPU the cluster offers
+        ctx.indexing.cluster = source
+        ctx.library.add_folder(root)
+        cancel = threading.Event()
+
+        def stop_after_first(progress: IndexProgress) -> None:
+            if progress.done >= 4:
+                cancel.set()
+
+        first = ctx.indexing.run(progress=stop_after_first, cancel=cancel)
+        stored = sum(ctx.catalog.counts().values())
+        assert first.cancelled and 0 < stored < 24  # stopped part-way, what came back kept
+        second = ctx.indexing.run()
+        assert second.added == 24 - stored and second.unchanged == stored
+    finally:
+        ctx.indexing.cluster = None
+        source.close()
+    try:
+        model = ctx.models.model_id
+        ids = np.sort(ctx.catalog.vector_ids(model))
+        assert len(ids) == 24 and len(np.unique(ids)) == 24
+        index = ctx.vectors.index()
+        assert index is not None and np.array_equal(np.sort(index.ids()), ids)
+    finally:
+        ctx.close()
+
+
+def test_a_wrong_address_is_a_clear_error(settings: Settings) -> None:
+    from imagesearch.services.cluster import ClusterError, ClusterSource
+
+    with pytest.raises(ClusterError, match=r"no Ray cluster at 127\.0\.0\.1:9"):
+        ClusterSource(settings, "127.0.0.1:9")
