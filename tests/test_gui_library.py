@@ -166,3 +166,19 @@ def test_watched_folders_follow_changes_live(qtbot: Any, gui: GuiDriver, photo_d
     qtbot.wait(2500)  # longer than the watcher's debounce and settle time
     status = window.library.ctx.library.status()  # type: ignore[union-attr]
     assert status.photo_count == 7
+
+
+def test_large_counts_are_grouped_and_the_index_is_described(qtbot: Any) -> None:
+    """A library of a million photos reads "1,000,000" (the user's grouping), and the
+    count's tooltip names the search index."""
+    import re
+
+    from imagesearch.domain import LibraryStatus
+    from imagesearch.gui.status import StatusBar
+
+    bar = StatusBar()
+    qtbot.addWidget(bar)
+    bar.set_status(LibraryStatus(Path("/lib"), "m", "cpu", 1_234_567, 1_234_567, 0, 0,
+                                 search_index="approximate search over 1,234,567 photos"))
+    assert re.fullmatch(r"1\D234\D567 photos indexed", bar.photos.text())
+    assert bar.photos.toolTip() == "Search index: approximate search over 1,234,567 photos"

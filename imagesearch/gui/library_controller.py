@@ -15,6 +15,7 @@ from imagesearch.config import Settings
 from imagesearch.domain import FolderInfo, IndexReport, LibraryStatus, PhotoRecord
 from imagesearch.errors import ModelLoadError, ModelUnavailable
 from imagesearch.gui.folder_watch import FolderWatch
+from imagesearch.gui.status import count_text
 
 if TYPE_CHECKING:
     from imagesearch.gui.main_window import MainWindow
@@ -220,7 +221,7 @@ class LibraryController(QObject):
         count = self.status.indexed_count if self.status else 0
         r.show_message("Search your photos",
                        f"Type a description and press Enter, or drop or paste an image. "
-                       f"{count} photos are indexed.")
+                       f"{count_text(count)} photos are indexed.")
 
     def show_no_results(self, what: str) -> None:
         count = self.status.indexed_count if self.status else 0

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 
 from imagesearch.domain import FolderInfo, IndexProgress, PhotoRecord
 from imagesearch.gui import mime
+from imagesearch.gui.status import count_text
 
 PathRole = Qt.ItemDataRole.UserRole + 1
 
@@ -117,8 +118,8 @@ class LibraryPanel(QWidget):
         selected = self.selected_folder()
         self.folders.clear()
         for f in folders:
-            counts = f"{f.indexed_count}" if f.indexed_count == f.photo_count else \
-                f"{f.indexed_count} / {f.photo_count}"
+            counts = count_text(f.indexed_count) if f.indexed_count == f.photo_count else \
+                f"{count_text(f.indexed_count)} / {count_text(f.photo_count)}"
             name = f.path.name or str(f.path)
             item = QTreeWidgetItem([name if f.online else f"{name} (offline)", counts, ""])
             item.setData(0, PathRole, f.path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QLocale, QSize, Qt
 from PySide6.QtGui import QPainter, QPaintEvent
 from PySide6.QtWidgets import QLabel, QStatusBar, QWidget
 
@@ -57,7 +57,7 @@ class StatusBar(QStatusBar):
     def set_status(self, status: LibraryStatus) -> None:
         pending = f", {status.pending_count} waiting" if status.pending_count else ""
         failed = f", {status.failed_count} failed" if status.failed_count else ""
-        self.photos.setText(f"{status.indexed_count} photos indexed{pending}{failed}")
+        self.photos.setText(f"{count_text(status.indexed_count)} photos indexed{pending}{failed}")
         self.photos.setToolTip(f"Search index: {status.search_index}" if status.search_index
                                else "No search index yet")
         self.model.setText(f"Model: {status.model_id}")
@@ -79,3 +79,10 @@ class StatusBar(QStatusBar):
             self.busy.setToolTip("The best results are being checked for the very object "
                                  "in your image; they are reordered and boxed when done.")
         self.busy.setVisible(refining)
+
+
+def count_text(n: int) -> str:
+    """A count with the user's digit grouping ("1,000,000"); grouped in the C locale too."""
+    locale = QLocale()
+    locale.setNumberOptions(QLocale.NumberOption.DefaultNumberOptions)
+    return locale.toString(n)
