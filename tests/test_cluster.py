@@ -117,7 +117,19 @@ def test_a_cancelled_cluster_run_resumes_with_nothing_lost_or_duplicated(
 
 
 def test_a_wrong_address_is_a_clear_error(settings: Settings) -> None:
+    import socket
+    import time
+
     from imagesearch.services.cluster import ClusterError, ClusterSource
 
     with pytest.raises(ClusterError, match=r"no Ray cluster at 127\.0\.0\.1:9"):
         ClusterSource(settings, "127.0.0.1:9")
+    # Something else listens there: Ray alone would retry for many minutes.
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        address = f"127.0.0.1:{other.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(ClusterError, match="no answer from a Ray cluster within 8 s"):
+            ClusterSource(settings, address, probe_timeout_s=8)
+        assert time.monotonic() - started < 30

@@ -19,6 +19,8 @@ import dataclasses
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -41,18 +43,34 @@ class ClusterError(ImageSearchError):
     """The cluster cannot be used (Ray missing, no cluster at the address, no workers)."""
 
 
-def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
-    """Why nothing listens at ``host:port`` (Ray itself retries for a minute), or None."""
+def _unreachable(address: str, timeout_s: float = 30.0) -> str | None:
+    """Why no Ray cluster answers at ``address``, or None.
+
+    Ray itself, pointed at a port where nothing or something else listens, retries for
+    many minutes; here a closed port is refused at once and anything else must answer
+    `ray status` within ``timeout_s``.
+    """
     if address == "auto" or address.startswith(("ray://", "local")):
         return None
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         return "expected host:port (as `ray start --head` prints it), or auto"
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            return None
+        with socket.create_connection((host, int(port)), timeout=min(timeout_s, 5.0)):
+            pass
     except OSError as exc:
         return exc.strerror or str(exc)
+    try:
+        done = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "status",
+                               "--address", address], capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return (f"no answer from a Ray cluster within {timeout_s:.0f} s (does something "
+                "else listen on that port?)")
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return lines[-1] if lines else f"`ray status` failed ({done.returncode})"
+    return None
 
 
 class EmbedWorker:
@@ -106,14 +124,15 @@ class ClusterSource:
         ClusterError: Ray is missing, or no cluster answers at ``address``.
     """
 
-    def __init__(self, settings: Settings, address: str, workers: int | None = None) -> None:
+    def __init__(self, settings: Settings, address: str, workers: int | None = None,
+                 probe_timeout_s: float = 30.0) -> None:
         try:
             import ray
         except ImportError as exc:
             raise ClusterError("indexing on a cluster needs Ray: pip install "
                                "\"imagesearch[cluster]\" (or pip install ray)") from exc
         self._ray: Any = ray
-        problem = _unreachable(address)
+        problem = _unreachable(address, probe_timeout_s)
         if problem is not None:
             raise ClusterError(f"no Ray cluster at {address}: {problem}")
         try:
