@@ -87,7 +87,8 @@ def test_a_cancelled_cluster_run_resumes_with_nothing_lost_or_duplicated(
     root = _photos(tmp_path / "photos", 24)
     settings = make_settings(precision="fp32", batch_size=4)
     ctx = build_context(settings, save_delay_s=0.0, background=False)
-    source = ClusterSource(settings, cluster)
+    # More workers than free CPUs would never start (and their batches never end).
+    source = ClusterSource(settings, cluster, workers=5)
     try:
         assert len(source.workers) == 2  # one per CPU the cluster offers
         ctx.indexing.cluster = source

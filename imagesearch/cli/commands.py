@@ -72,6 +72,11 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
     if getattr(args, "cluster", None):
         from imagesearch.services.cluster import ClusterSource
 
+        if ctx.models.weights_present():
+            # The first load on this CPU measures which runtime is fastest and records
+            # the choice in the models folder: made here once, so the workers read it
+            # instead of all measuring at once into the same folder.
+            ctx.models.encoder()
         cluster = ClusterSource(ctx.settings, args.cluster, args.cluster_workers)
         ctx.indexing.cluster = cluster
     try:

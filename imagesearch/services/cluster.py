@@ -80,9 +80,11 @@ class EmbedWorker:
         # Inference threads to match the CPUs this worker holds, so the workers on one
         # node share its cores instead of each taking all of them.
         os.environ["OMP_NUM_THREADS"] = str(cpus)
+        import cv2
         import torch
 
         torch.set_num_threads(cpus)
+        cv2.setNumThreads(cpus)  # SIFT's own pool ignores OMP_NUM_THREADS
         from imagesearch.services.models import ModelManager
 
         config = Settings(**{**settings, "library_dir": Path(settings["library_dir"]),
@@ -140,8 +142,9 @@ class ClusterSource:
                      ignore_reinit_error=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ClusterError(f"no Ray cluster at {address}: {exc}") from exc
-        cpus = int(self._ray.cluster_resources().get("CPU", 0))
-        count = workers or cpus
+        # Workers beyond the free CPUs would never start, and their batches never end.
+        cpus = int(self._ray.available_resources().get("CPU", 0))
+        count = min(workers, cpus) if workers else cpus
         if count < 1:
             ray.shutdown()
             raise ClusterError(f"the Ray cluster at {address} offers no CPU to work on")
@@ -173,13 +176,20 @@ class ClusterSource:
                     running[worker.process.remote(jobs)] = worker
                 if not running:
                     return  # cancelled: nothing more is sent, nothing is left running
-                done, _ = ray.wait(list(running), num_returns=1)
+                done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                if not done:
+                    if cancel.is_set():
+                        return  # what is still running is cancelled below
+                    continue
                 task = done[0]
                 idle.append(running.pop(task))
                 try:
                     decoded, vectors = ray.get(task)
                 except ray.exceptions.RayError as exc:
-                    raise ClusterError(f"a cluster worker failed: {exc}") from exc
+                    cause = getattr(exc, "cause", None)  # the worker's own exception
+                    text = str(cause) if cause is not None else str(exc)
+                    raise ClusterError("a cluster worker failed: "
+                                       f"{text.strip().splitlines()[0]}") from exc
                 yield decoded, {d.path: v for d, v in zip(decoded, vectors, strict=True)
                                 if v is not None}
         finally:

@@ -360,7 +360,7 @@ class IndexingService:
         """
         batch_size = max(1, self.settings.batch_size)
         if self.cluster is not None:
-            phase = "embedding on the cluster"
+            phase = "embedding"
             batches = self.cluster.batches(todo, batch_size, cancel)
         else:
             encoder = self.models.encoder() if any(j.pixels for j in todo) else None

@@ -314,7 +314,7 @@ class VectorStore:
         if plan.family == index.family and not index.drifted and not needs_retraining(
                 index.family, len(index), index.trained_on):
             return None
-        if refused_recently(len(index), index.refused_at):
+        if plan.family != FLAT and refused_recently(len(index), index.refused_at):
             return None  # new lists missed the recall target at about this size
         if index.family == FLAT and plan.family != FLAT and refused_recently(
                 len(index), index.trained_on):
