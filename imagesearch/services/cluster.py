@@ -188,8 +188,8 @@ class ClusterSource:
                 except ray.exceptions.RayError as exc:
                     cause = getattr(exc, "cause", None)  # the worker's own exception
                     text = str(cause) if cause is not None else str(exc)
-                    raise ClusterError("a cluster worker failed: "
-                                       f"{text.strip().splitlines()[0]}") from exc
+                    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+                    raise ClusterError(f"a cluster worker failed: {first}") from exc
                 yield decoded, {d.path: v for d, v in zip(decoded, vectors, strict=True)
                                 if v is not None}
         finally:
@@ -198,7 +198,9 @@ class ClusterSource:
                     ray.cancel(task)
 
     def close(self) -> None:
+        """Stop the workers and disconnect (quietly, if the cluster is gone already)."""
         for worker in self.workers:
-            self._ray.kill(worker)
+            with contextlib.suppress(Exception):
+                self._ray.kill(worker)
         self.workers = []
         self._ray.shutdown()
