@@ -57,6 +57,12 @@ class Library:
         ids = np.asarray(self.catalog.store(MODEL, updates), dtype=np.int64)
         return ids, self.catalog.last_commit()
 
+    def add_to(self, store: VectorStore, vectors: np.ndarray) -> np.ndarray:
+        """Add photos with ``vectors`` and mirror the commit in ``store``; their ids."""
+        ids, commit = self.add(vectors)
+        store.apply(ids, vectors, np.zeros(0, np.int64), commit)
+        return ids
+
     def store(self, **kwargs: Any) -> VectorStore:
         return VectorStore(self.catalog, self.root / "index", MODEL, save_delay_s=0,
                            **kwargs)
@@ -147,8 +153,7 @@ def test_the_delta_log_keeps_intact_records_and_stops_at_a_torn_one(tmp_path: Pa
 
 def test_a_saved_index_is_its_base_plus_its_log(library: Library) -> None:
     store = library.store()
-    ids, commit = library.add(_clustered(50))
-    store.apply(ids, _clustered(50), np.zeros(0, np.int64), commit)
+    ids = library.add_to(store, _clustered(50))
     store.flush()
     base = store.path.read_bytes()
     more, commit = library.add(_clustered(5, seed=3))
@@ -169,11 +174,9 @@ def test_a_saved_index_is_its_base_plus_its_log(library: Library) -> None:
 
 def test_a_torn_log_means_a_rebuild_from_the_catalog(library: Library) -> None:
     store = library.store()
-    ids, commit = library.add(_clustered(20))
-    store.apply(ids, _clustered(20), np.zeros(0, np.int64), commit)
+    library.add_to(store, _clustered(20))
     store.flush()
-    more, commit = library.add(_clustered(3, seed=5))
-    store.apply(more, _clustered(3, seed=5), np.zeros(0, np.int64), commit)
+    more = library.add_to(store, _clustered(3, seed=5))
     store.close()
     with open(store.delta, "r+b") as f:
         f.truncate(store.delta.stat().st_size - 3)
@@ -188,8 +191,7 @@ def test_a_long_log_is_folded_into_a_new_base(library: Library,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vector_store, "MERGE_MIN_BYTES", 0)
     store = library.store()
-    ids, commit = library.add(_clustered(20))
-    store.apply(ids, _clustered(20), np.zeros(0, np.int64), commit)
+    library.add_to(store, _clustered(20))
     store.flush()
     first = store.path.read_bytes()
     more, commit = library.add(_clustered(30, seed=2))  # more than a quarter of the base
@@ -206,7 +208,7 @@ def test_a_long_log_is_folded_into_a_new_base(library: Library,
 def test_a_library_that_outgrows_exact_search_gets_an_approximate_index_in_the_background(
         library: Library, monkeypatch: pytest.MonkeyPatch) -> None:
     vectors = _clustered(6_000)
-    ids, commit = library.add(vectors)
+    ids, _ = library.add(vectors)
     training, release = threading.Event(), threading.Event()
     real_train = index_upgrade.train_ivf
 
@@ -222,8 +224,7 @@ def test_a_library_that_outgrows_exact_search_gets_an_approximate_index_in_the_b
     assert training.wait(10)
     # Commits while the new index trains: journalled, and in the new index at the swap.
     fresh = _clustered(4, seed=9)
-    late, commit = library.add(fresh)
-    store.apply(late, fresh, np.zeros(0, np.int64), commit)
+    late = library.add_to(store, fresh)
     library.catalog.remove_photos(ids[3:5].tolist())
     store.remove(ids[3:5], library.catalog.last_commit())
     assert store.index() is index and index.search(fresh[0], 1)[1][0][0] == late[0]
@@ -246,8 +247,7 @@ def test_a_library_that_outgrows_exact_search_gets_an_approximate_index_in_the_b
 def test_a_one_shot_command_builds_the_family_before_it_exits(library: Library) -> None:
     vectors = _clustered(6_000)
     store = library.store(flat_max=5_000, background=False)
-    ids, commit = library.add(vectors)
-    store.apply(ids, vectors, np.zeros(0, np.int64), commit)
+    library.add_to(store, vectors)
     assert store.index().family == FLAT  # type: ignore[union-attr]
     assert store.close() == ()
     saved = load_saved(store.path).index
@@ -291,14 +291,12 @@ def test_a_log_that_cannot_be_extended_is_replaced_by_a_whole_base(library: Libr
     """An index file from before delta logs has no log: appending would start a log with
     no header, which no replay reads, and every later save would be lost."""
     store = library.store()
-    ids, commit = library.add(_clustered(20))
-    store.apply(ids, _clustered(20), np.zeros(0, np.int64), commit)
+    library.add_to(store, _clustered(20))
     store.close()
     store.delta.unlink()
     again = library.store()
     assert again.index() is not None and again.last_rebuild_reason is None
-    more, commit = library.add(_clustered(2, seed=4))
-    again.apply(more, _clustered(2, seed=4), np.zeros(0, np.int64), commit)
+    more = library.add_to(again, _clustered(2, seed=4))
     again.close()
     third = library.store()
     index = third.index()
@@ -311,13 +309,11 @@ def test_many_small_commits_replay_to_the_same_index(library: Library,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vector_store, "MERGE_MAX_RECORDS", 10_000)
     store = library.store()
-    ids, commit = library.add(_clustered(50))
-    store.apply(ids, _clustered(50), np.zeros(0, np.int64), commit)
+    library.add_to(store, _clustered(50))
     store.flush()
     for i in range(120):  # one photo at a time, as the watcher commits them
         vec = _clustered(1, seed=100 + i)
-        new, commit = library.add(vec)
-        store.apply(new, vec, np.zeros(0, np.int64), commit)
+        new = library.add_to(store, vec)
         if i % 3 == 0:
             library.catalog.remove_photos([int(new[0])])
             store.remove(new, library.catalog.last_commit())
@@ -332,8 +328,7 @@ def test_many_small_commits_replay_to_the_same_index(library: Library,
 
 def test_content_unlike_the_training_retrains_the_lists(library: Library) -> None:
     store = library.store(flat_max=5_000, background=False)
-    ids, commit = library.add(_clustered(6_000))
-    store.apply(ids, _clustered(6_000), np.zeros(0, np.int64), commit)
+    library.add_to(store, _clustered(6_000))
     store.close()
     assert load_saved(store.path).index.trained_on == 6_000
     # Photos of another kind: clusters the lists never saw, which their codes distort.
@@ -341,8 +336,7 @@ def test_content_unlike_the_training_retrains_the_lists(library: Library) -> Non
     again = library.store(flat_max=5_000, background=False)
     index = again.refresh()  # opened before the commit, as the write lane does
     assert index is not None and index.family == IVF_SQ8 and not index.drifted
-    more, commit = library.add(odd)
-    again.apply(more, odd, np.zeros(0, np.int64), commit)
+    library.add_to(again, odd)
     assert again.index() is index and index.drifted
     again.close()  # a one-shot command retrains before it exits
     assert load_saved(store.path).index.trained_on == 7_200
@@ -353,15 +347,13 @@ def test_lists_that_miss_the_recall_target_keep_exact_search(
     monkeypatch.setattr(index_upgrade, "calibrate_nprobe",
                         lambda trained, ids, vectors: (int(trained.nlist), 0.9))
     store = library.store(flat_max=5_000, background=False)
-    ids, commit = library.add(_clustered(6_000))
-    store.apply(ids, _clustered(6_000), np.zeros(0, np.int64), commit)
+    library.add_to(store, _clustered(6_000))
     assert store.close() == ()
     saved = load_saved(store.path).index
     assert saved.family == FLAT and saved.trained_on == 6_000
     again = library.store(flat_max=5_000, background=False)
     assert again.refresh() is not None
-    more, commit = library.add(_clustered(10, seed=8))
-    again.apply(more, _clustered(10, seed=8), np.zeros(0, np.int64), commit)
+    library.add_to(again, _clustered(10, seed=8))
     assert not again.upgrade_now()  # not retried at about the same size
 
 
@@ -379,8 +371,7 @@ def test_a_failed_family_change_is_not_retried_on_every_commit(
     assert store.index() is not None
     _wait_for(lambda: calls and store.upgrading is False)
     for seed in range(3):
-        more, commit = library.add(_clustered(5, seed=seed))
-        store.apply(more, _clustered(5, seed=seed), np.zeros(0, np.int64), commit)
+        library.add_to(store, _clustered(5, seed=seed))
     time.sleep(0.2)
     assert len(calls) == 1
     assert store.index().family == FLAT  # type: ignore[union-attr]  # still serving
@@ -390,8 +381,7 @@ def test_a_failed_family_change_is_not_retried_on_every_commit(
 def test_a_refused_retraining_keeps_the_current_lists(
         library: Library, monkeypatch: pytest.MonkeyPatch) -> None:
     store = library.store(flat_max=5_000, background=False)
-    ids, commit = library.add(_clustered(6_000))
-    store.apply(ids, _clustered(6_000), np.zeros(0, np.int64), commit)
+    library.add_to(store, _clustered(6_000))
     store.close()
     monkeypatch.setattr(index_upgrade, "calibrate_nprobe",
                         lambda trained, ids, vectors: (int(trained.nlist), 0.9))
@@ -399,8 +389,7 @@ def test_a_refused_retraining_keeps_the_current_lists(
     index = again.refresh()
     assert index is not None and index.family == IVF_SQ8
     odd = _clustered(1_200, seed=11)  # drift: a retrain is due...
-    more, commit = library.add(odd)
-    again.apply(more, odd, np.zeros(0, np.int64), commit)
+    library.add_to(again, odd)
     assert index.drifted
     assert not again.upgrade_now()  # ...and refused: the lists stay, not 2 GB of exact
     assert again.index() is index and index.family == IVF_SQ8

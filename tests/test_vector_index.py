@@ -84,3 +84,20 @@ def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch) -> None:  
         VectorIndex.build(np.arange(9), _unit(9, 8), 8, "m", 2).save(path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_index_file_of_the_first_format_still_opens(tmp_path: Path) -> None:
+    """Files written before index families (format 1: no family, exact only) load as exact."""
+    import json
+    import struct
+
+    path = tmp_path / "idx.faiss"
+    VectorIndex.build(np.arange(12), _unit(12, 8), 8, "m", 5).save(path)
+    data = path.read_bytes()
+    head_len = struct.unpack("<II", data[4:12])[1]
+    header = json.loads(data[12:12 + head_len])
+    old = json.dumps({k: header[k] for k in ("model_id", "dim", "generation", "count",
+                                             "checksum")}).encode()
+    path.write_bytes(b"ISIX" + struct.pack("<II", 1, len(old)) + old + data[12 + head_len:])
+    loaded = VectorIndex.load(path)
+    assert (loaded.family, loaded.generation, len(loaded)) == ("flat", 5, 12)

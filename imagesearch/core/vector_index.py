@@ -74,7 +74,7 @@ class VectorIndex:
         index = cls(int(trained.d), model_id, generation, trained, IVF_SQ8, nprobe,
                     trained_on)
         sample = np.ascontiguousarray(vectors[:2000], dtype=np.float32)
-        index.coding_error = float(np.mean(1.0 - _cosine(index.requantized(sample), sample)))
+        index.coding_error = float(np.mean(1.0 - row_cosines(index.requantized(sample), sample)))
         return index
 
     @classmethod
@@ -137,7 +137,7 @@ class VectorIndex:
             # ranges clip them): counted, so the index is retrained when many are.
             back = self._index.sa_decode(self._index.sa_encode(vectors))
             self.added_since_training += len(ids)
-            self.added_error += float(np.sum(1.0 - _cosine(back, vectors)))
+            self.added_error += float(np.sum(1.0 - row_cosines(back, vectors)))
 
     def requantized(self, vectors: np.ndarray) -> np.ndarray:
         """``vectors`` as this index would store them (exact: unchanged)."""
@@ -330,7 +330,8 @@ def load_saved(path: Path) -> Saved:
     return Saved(index, checksum, len(data), log_bytes, log.records, extendable)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine between each row of ``a`` and the same row of ``b``."""
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return np.asarray(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12))
 

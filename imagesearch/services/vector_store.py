@@ -36,7 +36,7 @@ from imagesearch.core.index_file import (
     start_delta_log,
     write_index_file,
 )
-from imagesearch.core.vector_index import VectorIndex, load_saved
+from imagesearch.core.vector_index import VectorIndex, load_saved, row_cosines
 from imagesearch.errors import IndexFileError
 from imagesearch.services import index_upgrade
 from imagesearch.services.index_upgrade import Upgrade
@@ -532,7 +532,5 @@ class VectorStore:
 def _same_vectors(stored: np.ndarray, expected: np.ndarray) -> bool:
     """The index's copies are the catalog's vectors as the index codes them, up to the
     rounding of float16 (and the odd 8-bit step or list that rounding tips over)."""
-    norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(expected, axis=1)
-    cosine = np.sum(stored * expected, axis=1) / np.maximum(norms, 1e-12)
     return bool(np.allclose(stored, expected, atol=_CHECK_ATOL)
-                or np.all(cosine >= _CHECK_COSINE))
+                or np.all(row_cosines(stored, expected) >= _CHECK_COSINE))
