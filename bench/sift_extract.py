@@ -81,6 +81,38 @@ def main() -> None:
             emit({"photos": label, "size": f"{images[0].width}x{images[0].height}",
                   "mode": name, "one_pass_ms": round(one, 1), "two_pass_ms": round(two, 1),
                   "ratio": round(one / two, 2), "same_descriptors": same})
+    compare_encoding(small, args.repeat)
+
+
+def compare_encoding(images: list[Image.Image], repeat: int) -> None:
+    """Residual codes as the app computes them (tables of codebook cross-products) beside
+    FAISS's plain beam search: milliseconds a photo, and whether the codes are the same."""
+    import faiss
+
+    from imagesearch.core import feature_codec as fc
+
+    for name, mode in lf.FEATURE_MODES.items():
+        if fc.CODECS[mode.codec].kind != "rq":
+            continue
+        found = [lf.extract(im, mode.max_side, mode.count).descriptors for im in images]
+        app = fc._residual_quantizer(mode.codec)
+        plain = faiss.ResidualQuantizer(128, app.M, 8)
+        faiss.copy_array_to_vector(fc._codebook(mode.codec).ravel(), plain.codebooks)
+        plain.is_trained = True
+        plain.max_beam_size = app.max_beam_size
+        same = all(np.array_equal(app.compute_codes(d), plain.compute_codes(d))
+                   for d in found[:20])
+        luts, plains = [], []
+        for _ in range(repeat):
+            for quantizer, times in ((app, luts), (plain, plains)):
+                started = time.perf_counter()
+                for d in found:
+                    quantizer.compute_codes(d)
+                times.append((time.perf_counter() - started) / len(found) * 1000.0)
+        lut, slow = float(np.median(luts)), float(np.median(plains))
+        emit({"encoding": mode.codec, "mode": name, "tables_ms": round(lut, 2),
+              "plain_beam_ms": round(slow, 2), "ratio": round(lut / slow, 2),
+              "same_codes": same})
 
 
 if __name__ == "__main__":

@@ -112,6 +112,10 @@ def _residual_quantizer(name: str) -> Any:
         faiss.copy_array_to_vector(book.ravel(), rq.codebooks)
         rq.is_trained = True
         rq.max_beam_size = _RQ_BEAM
+        # The same codes from tables of codebook cross-products, 2.5x faster: 3.6 against
+        # 8.8 ms a photo of 225 descriptors on one thread (bench/sift_extract.py).
+        rq.use_beam_LUT = 1
+        rq.compute_codebook_tables()  # type: ignore[attr-defined]
     except Exception as exc:  # ImportError, or a FAISS too old for residual codes
         raise InstallationError(f"FAISS cannot encode photo details ({exc}); "
                                 "reinstall imagesearch") from exc

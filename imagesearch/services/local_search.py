@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 MIN_PHOTOS = 50  # below this a vocabulary is not worth learning: every photo is verified
 _SAMPLE_PER_PHOTO = 64  # descriptors each photo gives vocabulary training, at least
-TRAIN_DESCRIPTORS = 150_000  # k-means sees at most this many (about a minute on 2 cores)
+TRAIN_DESCRIPTORS = 500_000  # the vocabulary is learned from at most this many (seconds)
 _MIN_DESCRIPTORS = 500
 
 Report = Callable[[int, int], None]  # (done, total) while (re)building
@@ -178,11 +178,13 @@ class LocalIndexService:
                 if cancel is not None and cancel.is_set():
                     break
                 part = todo[start:start + 500]
+                decoded = []
                 for photo_id, blob in self.catalog.features(part, extractor).items():
                     try:
-                        inv.add(photo_id, decode_features(blob), have[photo_id])
+                        decoded.append((photo_id, decode_features(blob), have[photo_id]))
                     except FeatureDataError:
                         damaged.append(photo_id)
+                inv.add_many(decoded)
                 if progress is not None:
                     progress(min(start + 500, len(todo)), len(todo))
             if damaged:
