@@ -3,6 +3,8 @@ through an inverted file over its words, and photos added in one batch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,32 @@ def test_photos_added_together_score_as_when_added_one_by_one(words: int) -> Non
     ids_b, scores_b = alone.search(query, 6)
     assert np.array_equal(ids_a, ids_b) and np.allclose(scores_a, scores_b)
     assert ids_a[0] == 2
+
+
+def test_a_saved_vocabulary_keeps_its_word_lists_and_older_files_still_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path
+    vocabulary = Vocabulary.train(descriptors(40_000), APPROXIMATE_MIN)
+    assert vocabulary.lists is not None
+    inverted = InvertedFile(vocabulary)
+    features = LocalFeatures(descriptors(150, seed=5), np.zeros((150, 2), np.float32),
+                             np.ones(150, np.float32), np.zeros(150, np.float32), 10, 10)
+    inverted.add(7, features, "v")
+    inverted.save(folder / "new.npz", "x")
+    relearned: list[int] = []
+    real_kmeans = local_index.kmeans
+    monkeypatch.setattr(local_index, "kmeans",
+                        lambda *a, **k: relearned.append(1) or real_kmeans(*a, **k))
+    loaded = InvertedFile.load(folder / "new.npz", "x")
+    assert not relearned  # the lists came from the file
+    assert loaded.vocabulary.lists is not None
+    assert np.array_equal(loaded.vocabulary.lists, vocabulary.lists)
+    query = descriptors(500, seed=6)
+    assert np.array_equal(loaded.vocabulary.assign(query, 3), vocabulary.assign(query, 3))
+    # A file of the previous release: the same arrays, without the lists.
+    with np.load(folder / "new.npz") as data:
+        arrays = {name: data[name] for name in data.files if name != "lists"}
+    np.savez(folder / "old.npz", **arrays)
+    old = InvertedFile.load(folder / "old.npz", "x")
+    assert relearned and old.vocabulary.k == vocabulary.k and len(old) == 1
+    assert (old.vocabulary.assign(query)[:, 0] == vocabulary.assign(query)[:, 0]).mean() > 0.97

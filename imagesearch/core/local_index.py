@@ -114,22 +114,31 @@ def _two_level(data: np.ndarray, k: int, seed: int) -> np.ndarray:
 class Vocabulary:
     """Word centres and a fast nearest-centre search over them."""
 
-    def __init__(self, centroids: np.ndarray) -> None:
+    def __init__(self, centroids: np.ndarray, lists: np.ndarray | None = None) -> None:
+        """Args:
+            lists: the centres of the word lists of a large vocabulary's search, as a
+                saved vocabulary kept them (learning them again costs a cold process
+                about a second at 32,768 words); None: learned here.
+        """
         import faiss
 
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.k = len(self.centroids)
+        self.lists: np.ndarray | None = None
         self._search: Any
         if self.k >= APPROXIMATE_MIN:
-            lists = self.k // _WORDS_PER_LIST
-            quantizer = faiss.IndexFlatL2(128)
-            quantizer.add(kmeans(self.centroids, lists, seed=0))
-            self._search = faiss.IndexIVFFlat(quantizer, 128, lists)
+            count = self.k // _WORDS_PER_LIST
+            if lists is None or lists.shape != (count, self.centroids.shape[1]):
+                lists = kmeans(self.centroids, count, seed=0)
+            self.lists = np.ascontiguousarray(lists, dtype=np.float32)
+            quantizer = faiss.IndexFlatL2(self.centroids.shape[1])
+            quantizer.add(self.lists)
+            self._search = faiss.IndexIVFFlat(quantizer, self.centroids.shape[1], count)
             self._search.is_trained = True
-            self._search.nprobe = max(1, lists // _PROBED_SHARE)
+            self._search.nprobe = max(1, count // _PROBED_SHARE)
             self._quantizer = quantizer  # the index holds it by pointer only
         else:
-            self._search = faiss.IndexFlatL2(128)
+            self._search = faiss.IndexFlatL2(self.centroids.shape[1])
         self._search.add(self.centroids)
         self._lock = threading.Lock()
 
@@ -327,6 +336,8 @@ class InvertedFile:
         buffer = io.BytesIO()
         np.savez(buffer, format=np.int64(_FORMAT), extractor=np.array(extractor),
                  centroids=self.vocabulary.centroids.astype(np.float16),
+                 lists=self.vocabulary.lists if self.vocabulary.lists is not None
+                 else np.zeros((0, 128), np.float32),
                  trained=np.int64(self.trained_photos), ids=ids, counts=counts,
                  versions=versions,
                  words=np.concatenate([a.words for a in aggs]) if aggs
@@ -355,7 +366,9 @@ class InvertedFile:
                 if int(data["format"]) != _FORMAT or str(data["extractor"]) != extractor:
                     raise IndexFileError("the local-feature index is for other features")
                 centroids = data["centroids"].astype(np.float32)
-                inverted = cls(Vocabulary(centroids), int(data["trained"]))
+                # Files written before the word lists were kept have none: learned anew.
+                lists = data["lists"] if "lists" in data.files else None
+                inverted = cls(Vocabulary(centroids, lists), int(data["trained"]))
                 ids, counts, versions = data["ids"], data["counts"], data["versions"]
                 words, codes = data["words"], data["codes"]
         except (OSError, ValueError, KeyError, EOFError) as exc:
