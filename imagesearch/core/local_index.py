@@ -30,7 +30,7 @@ import numpy as np
 from imagesearch.core.local_features import LocalFeatures, mirrored
 from imagesearch.errors import IndexFileError
 
-_FORMAT = 3
+_FORMAT = 4  # 4: a vocabulary learned in two levels, with its word lists
 ALPHA = 3.0  # selectivity of the kernel
 QUERY_ASSIGN = 3  # a query keypoint votes for its nearest few words (multiple assignment)
 # Finer vocabularies match more selectively (ASMK is at its best with tens of thousands of
@@ -53,23 +53,24 @@ def vocabulary_size(n_descriptors: int) -> int:
 # A vocabulary of this many words or more is learned in two levels (below, flat k-means
 # is cheap): coarse cells first, then each cell's share of the words within it. For the
 # instance benchmark's 444,000 descriptors and 32,768 words that took 2.9 s against 374 s
-# for flat k-means, with 6% more quantisation error (bench/vocabulary.py --flat), and
-# ranked better (README, "Results on the instance benchmark").
+# for flat k-means, with 6% more quantisation error (bench/vocabulary.py --flat; 2% at
+# 16,384 words), and ranked better (README, "Results on the instance benchmark").
 TWO_LEVEL_MIN = 1024
 # Beyond this many words, a descriptor's word is found through an inverted file over the
 # words (a list per 64 words, a sixteenth of the lists probed): at 16,384 words 99.7% the
 # exact nearest word, 3.8x faster than the HNSW graph it replaced (99.97%).
 APPROXIMATE_MIN = 4096
 _WORDS_PER_LIST, _PROBED_SHARE = 64, 16
+_ASSIGN_BATCH = 16_384  # descriptors given their words in one search when photos are added
 
 
 def kmeans(data: np.ndarray, k: int, seed: int) -> np.ndarray:
     import faiss
 
-    kmeans = faiss.Kmeans(data.shape[1], k, niter=12, seed=seed, verbose=False,
-                          min_points_per_centroid=1, max_points_per_centroid=64)
-    kmeans.train(np.ascontiguousarray(data, dtype=np.float32))
-    return np.asarray(kmeans.centroids, dtype=np.float32)
+    learner = faiss.Kmeans(data.shape[1], k, niter=12, seed=seed, verbose=False,
+                           min_points_per_centroid=1, max_points_per_centroid=64)
+    learner.train(np.ascontiguousarray(data, dtype=np.float32))
+    return np.asarray(learner.centroids, dtype=np.float32)
 
 
 def _nearest(centroids: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -89,25 +90,50 @@ def _shares(counts: np.ndarray, total: int) -> np.ndarray:
     return share
 
 
+def _capped_shares(counts: np.ndarray, caps: np.ndarray, total: int) -> np.ndarray:
+    """``total`` split in proportion to ``counts``, no cell above its cap: what a full
+    cell cannot take goes to the others, in proportion again."""
+    share = np.zeros(len(counts), np.int64)
+    while (left := total - int(share.sum())) > 0:
+        room = caps - share
+        if not (room > 0).any():
+            break
+        share += np.minimum(_shares(np.where(room > 0, counts, 0), left), room)
+    return share
+
+
+def _distinct_rows(rows: np.ndarray) -> np.ndarray:
+    """The distinct rows of ``rows`` as float16 (how the vocabulary is kept)."""
+    half = np.ascontiguousarray(rows, dtype=np.float16)
+    keys = half.view(np.dtype((np.void, half.itemsize * half.shape[1]))).ravel()
+    _, first = np.unique(keys, return_index=True)
+    return half[np.sort(first)]
+
+
 def _two_level(data: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k centres: about sqrt(k) coarse cells, then k-means inside each cell, its number of
-    words in proportion to the descriptors it holds (a vocabulary tree of depth two)."""
+    """Up to k centres: about sqrt(k) coarse cells, then k-means inside each cell, its
+    number of words in proportion to the descriptors it holds (a vocabulary tree of depth
+    two), but no more than its distinct descriptors: repeated ones would only give
+    repeated words."""
     coarse = kmeans(data, 2 ** round(float(np.log2(np.sqrt(k)))), seed)
     cell = _nearest(coarse, data)
     order = np.argsort(cell, kind="stable")
     counts = np.bincount(cell, minlength=len(coarse))
     bounds = np.concatenate([[0], np.cumsum(counts)])
+    cells = [data[order[bounds[c]:bounds[c + 1]]] for c in range(len(coarse))]
+    distinct = [_distinct_rows(members) for members in cells]
+    caps = np.fromiter((len(d) for d in distinct), np.int64, len(cells))
     parts: list[np.ndarray] = []
-    for c, words in enumerate(_shares(counts, k)):
-        members = data[order[bounds[c]:bounds[c + 1]]]
-        if words == 0 or not len(members):
+    for c, words in enumerate(_capped_shares(counts, caps, k)):
+        if words == 0:
             continue
-        if len(members) <= words:  # as many words as descriptors: each is its own
-            parts.append(members)
+        if words >= caps[c]:  # as many words as distinct descriptors: each is its own
+            parts.append(distinct[c].astype(np.float32))
         elif words == 1:
-            parts.append(members.mean(axis=0, keepdims=True))
+            parts.append(cells[c].mean(axis=0, keepdims=True))
         else:
-            parts.append(kmeans(members, int(words), seed + c + 1))
+            # A seed of its own for every cell of every run.
+            parts.append(kmeans(cells[c], int(words), seed * len(coarse) + c + 1))
     return np.concatenate(parts)
 
 
@@ -148,7 +174,7 @@ class Vocabulary:
         if len(descriptors) > TRAIN_SAMPLE:
             descriptors = descriptors[rng.choice(len(descriptors), TRAIN_SAMPLE, replace=False)]
         k = k or vocabulary_size(len(descriptors))
-        k = max(2, min(k, len(descriptors) // 4))
+        k = max(2, min(k, MAX_WORDS, len(descriptors) // 4))
         data = np.ascontiguousarray(descriptors, dtype=np.float32)
         learn = _two_level if k >= TWO_LEVEL_MIN else kmeans
         centroids = learn(data, k, seed)
@@ -232,16 +258,26 @@ class InvertedFile:
         self.add_many([(photo_id, features, version)])
 
     def add_many(self, photos: Sequence[tuple[int, LocalFeatures, str]]) -> None:
-        """Add (photo id, features, version) triples, their words found in one search."""
-        if not photos:
-            return
-        descriptors = np.concatenate([f.descriptors for _, f, _ in photos])
-        words = self.vocabulary.assign(descriptors)
-        bounds = np.cumsum([0] + [len(f) for _, f, _ in photos])
-        for (photo_id, features, version), a, b in zip(photos, bounds[:-1], bounds[1:],
-                                                        strict=True):
-            self.add_aggregated(photo_id, aggregate(self.vocabulary, features.descriptors,
-                                                    words[a:b]), version)
+        """Add (photo id, features, version) triples, their words found a batch at a time
+        (about 16,000 descriptors: one FAISS search each, and the vocabulary's lock is
+        never held for long by a refresh while someone searches)."""
+        start = 0
+        while start < len(photos):
+            end, size = start, 0
+            while end < len(photos) and (end == start or size + len(photos[end][1])
+                                         <= _ASSIGN_BATCH):
+                size += len(photos[end][1])
+                end += 1
+            batch = photos[start:end]
+            descriptors = np.concatenate([f.descriptors for _, f, _ in batch])
+            words = self.vocabulary.assign(descriptors)
+            bounds = np.cumsum([0] + [len(f) for _, f, _ in batch])
+            for (photo_id, features, version), a, b in zip(batch, bounds[:-1], bounds[1:],
+                                                            strict=True):
+                self.add_aggregated(photo_id, aggregate(self.vocabulary,
+                                                        features.descriptors, words[a:b]),
+                                    version)
+            start = end
 
     def add_aggregated(self, photo_id: int, agg: Aggregated, version: str = "") -> None:
         # Word ids fit 16 bits (MAX_WORDS): a quarter of the memory of int64.
@@ -366,9 +402,9 @@ class InvertedFile:
                 if int(data["format"]) != _FORMAT or str(data["extractor"]) != extractor:
                     raise IndexFileError("the local-feature index is for other features")
                 centroids = data["centroids"].astype(np.float32)
-                # Files written before the word lists were kept have none: learned anew.
-                lists = data["lists"] if "lists" in data.files else None
-                inverted = cls(Vocabulary(centroids, lists), int(data["trained"]))
+                if len(centroids) > 65536:  # word ids are kept in 16 bits
+                    raise IndexFileError("the local-feature index has too many words")
+                inverted = cls(Vocabulary(centroids, data["lists"]), int(data["trained"]))
                 ids, counts, versions = data["ids"], data["counts"], data["versions"]
                 words, codes = data["words"], data["codes"]
         except (OSError, ValueError, KeyError, EOFError) as exc:

@@ -35,6 +35,7 @@ MIN_PHOTOS = 50  # below this a vocabulary is not worth learning: every photo is
 _SAMPLE_PER_PHOTO = 64  # descriptors each photo gives vocabulary training, at least
 TRAIN_DESCRIPTORS = 500_000  # the vocabulary is learned from at most this many (seconds)
 _MIN_DESCRIPTORS = 500
+ADD_BATCH = 16_384  # descriptors decoded before they are added to the inverted file
 
 Report = Callable[[int, int], None]  # (done, total) while (re)building
 
@@ -178,12 +179,19 @@ class LocalIndexService:
                 if cancel is not None and cancel.is_set():
                     break
                 part = todo[start:start + 500]
-                decoded = []
+                decoded: list[tuple[int, LocalFeatures, str]] = []
+                held = 0  # descriptors decoded and not yet added: memory stays bounded
                 for photo_id, blob in self.catalog.features(part, extractor).items():
                     try:
-                        decoded.append((photo_id, decode_features(blob), have[photo_id]))
+                        features = decode_features(blob)
                     except FeatureDataError:
                         damaged.append(photo_id)
+                        continue
+                    decoded.append((photo_id, features, have[photo_id]))
+                    held += len(features)
+                    if held >= ADD_BATCH:
+                        inv.add_many(decoded)
+                        decoded, held = [], 0
                 inv.add_many(decoded)
                 if progress is not None:
                     progress(min(start + 500, len(todo)), len(todo))
