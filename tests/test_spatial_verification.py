@@ -128,3 +128,29 @@ def test_a_textureless_image_has_no_features() -> None:
     assert len(back) == 0
     (result,) = verify(QueryFeatures(found), [back])
     assert result is not None and not result.verified
+
+
+def test_a_few_inliers_that_resist_refinement_still_box_the_whole_object() -> None:
+    """Five correspondences, one a little off: the least-squares refinement drops it and
+    stops, so the box comes from a similarity fitted to the inliers, not their hull."""
+    from imagesearch.core.local_features import LocalFeatures
+    from imagesearch.core.spatial_verification import verify_pair
+
+    # The query is a 400 x 300 object; the photo shows it at half size, turned 30 degrees,
+    # with its centre at (500, 400) of a 1000 x 800 photo.
+    qxy = np.array([[100, 80], [300, 100], [200, 220], [120, 200], [280, 60]], np.float32)
+    scale, turn = 0.5, np.radians(30.0)
+    rotate = scale * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    dxy = ((qxy - [200, 150]) @ rotate.T + [500, 400]).astype(np.float32)
+    dxy[4] += [24.0, 0.0]  # 2.4% of the photo's side: a hypothesis inlier, not a refined one
+    n = len(qxy)
+    q = LocalFeatures(np.eye(n, 128, dtype=np.float32), qxy, np.full(n, 8.0, np.float32),
+                      np.zeros(n, np.float32), 400, 300)
+    d = LocalFeatures(np.eye(n, 128, dtype=np.float32), dxy, np.full(n, 4.0, np.float32),
+                      np.full(n, 30.0, np.float32), 1000, 800)
+    corners = (np.array([[0, 0], [400, 0], [400, 300], [0, 300]]) - [200, 150]) @ rotate.T \
+        + [500, 400]
+    truth = (*corners.min(axis=0), *corners.max(axis=0))
+    result = verify_pair(q, d, np.arange(n), np.arange(n), np.ones(n, np.float32))
+    assert result.verified and result.box is not None
+    assert iou(result.box, truth) >= 0.8

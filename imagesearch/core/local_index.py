@@ -120,20 +120,22 @@ def _two_level(data: np.ndarray, k: int, seed: int) -> np.ndarray:
     order = np.argsort(cell, kind="stable")
     counts = np.bincount(cell, minlength=len(coarse))
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    cells = [data[order[bounds[c]:bounds[c + 1]]] for c in range(len(coarse))]
-    distinct = [_distinct_rows(members) for members in cells]
-    caps = np.fromiter((len(d) for d in distinct), np.int64, len(cells))
+    def members(c: int) -> np.ndarray:  # a cell's descriptors, copied only while needed
+        return data[order[bounds[c]:bounds[c + 1]]]
+
+    caps = np.fromiter((len(_distinct_rows(members(c))) for c in range(len(coarse))),
+                       np.int64, len(coarse))
     parts: list[np.ndarray] = []
     for c, words in enumerate(_capped_shares(counts, caps, k)):
         if words == 0:
             continue
         if words >= caps[c]:  # as many words as distinct descriptors: each is its own
-            parts.append(distinct[c].astype(np.float32))
+            parts.append(_distinct_rows(members(c)).astype(np.float32))
         elif words == 1:
-            parts.append(cells[c].mean(axis=0, keepdims=True))
+            parts.append(members(c).mean(axis=0, keepdims=True))
         else:
             # A seed of its own for every cell of every run.
-            parts.append(kmeans(cells[c], int(words), seed * len(coarse) + c + 1))
+            parts.append(kmeans(members(c), int(words), seed * len(coarse) + c + 1))
     return np.concatenate(parts)
 
 

@@ -240,8 +240,10 @@ class LocalIndexService:
                 total += len(d)
                 if len(d) > keep:
                     d = d[rng.choice(len(d), keep, replace=False)]
-                sample.append(d)
-        data = np.concatenate(sample) if sample else np.zeros((0, 128), np.float32)
+                sample.append(d.astype(np.float16))  # half the memory until concatenated
+        data = np.concatenate(sample, dtype=np.float32) if sample \
+            else np.zeros((0, 128), np.float32)
+        sample.clear()
         if len(data) < _MIN_DESCRIPTORS:
             return None
         if len(data) > TRAIN_DESCRIPTORS:
