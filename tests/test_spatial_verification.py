@@ -154,3 +154,38 @@ def test_a_few_inliers_that_resist_refinement_still_box_the_whole_object() -> No
     result = verify_pair(q, d, np.arange(n), np.arange(n), np.ones(n, np.float32))
     assert result.verified and result.box is not None
     assert iou(result.box, truth) >= 0.8
+
+
+def test_the_least_squares_similarity_recovers_scale_angle_and_shift() -> None:
+    from imagesearch.core.spatial_verification import _least_squares_similarity
+
+    rng = np.random.default_rng(0)
+    src = rng.random((6, 2)) * 300
+    scale, turn = 1.7, np.radians(-40.0)
+    rotate = scale * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    dst = src @ rotate.T + [12.0, -30.0]
+    fitted = _least_squares_similarity(src, dst)
+    assert fitted is not None
+    assert np.allclose(fitted[:2, :2], rotate) and np.allclose(fitted[:2, 2], [12.0, -30.0])
+    assert np.linalg.det(fitted[:2, :2]) > 0  # never a reflection
+    assert _least_squares_similarity(np.ones((3, 2)), dst[:3]) is None  # one point thrice
+
+
+def test_inliers_bunched_in_a_few_pixels_do_not_blow_the_box_up() -> None:
+    """Noise sets the scale of a fit to points a few pixels apart; keypoints of equal size
+    on both sides say the object did not grow, so the frame is not projected."""
+    from imagesearch.core.local_features import LocalFeatures
+    from imagesearch.core.spatial_verification import verify_pair
+
+    rng = np.random.default_rng(3)
+    n = 5
+    qxy = (np.array([200.0, 150.0]) + rng.uniform(-2, 2, (n, 2))).astype(np.float32)
+    dxy = (np.array([500.0, 400.0]) + rng.uniform(-25, 25, (n, 2))).astype(np.float32)
+    q = LocalFeatures(np.eye(n, 128, dtype=np.float32), qxy, np.full(n, 6.0, np.float32),
+                      np.zeros(n, np.float32), 400, 300)
+    d = LocalFeatures(np.eye(n, 128, dtype=np.float32), dxy, np.full(n, 6.0, np.float32),
+                      np.zeros(n, np.float32), 1000, 800)
+    result = verify_pair(q, d, np.arange(n), np.arange(n), np.ones(n, np.float32))
+    if result.box is not None:
+        x0, y0, x1, y1 = result.box
+        assert (x1 - x0) * (y1 - y0) < 0.25 * 1000 * 800

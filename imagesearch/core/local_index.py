@@ -96,7 +96,7 @@ def _capped_shares(counts: np.ndarray, caps: np.ndarray, total: int) -> np.ndarr
     share = np.zeros(len(counts), np.int64)
     while (left := total - int(share.sum())) > 0:
         room = caps - share
-        if not (room > 0).any():
+        if not (counts[room > 0] > 0).any():
             break
         share += np.minimum(_shares(np.where(room > 0, counts, 0), left), room)
     return share
@@ -179,12 +179,13 @@ class Vocabulary:
         k = max(2, min(k, MAX_WORDS, len(descriptors) // 4))
         data = np.ascontiguousarray(descriptors, dtype=np.float32)
         learn = _two_level if k >= TWO_LEVEL_MIN else kmeans
-        centroids = learn(data, k, seed)
-        # Rounded as the cache file stores them, so a reloaded vocabulary assigns alike.
-        return cls(centroids.astype(np.float16).astype(np.float32))
+        # Rounded as the cache file stores them, so a reloaded vocabulary assigns alike;
+        # centres that round alike (from repeated descriptors) are one word.
+        return cls(_distinct_rows(learn(data, k, seed)).astype(np.float32))
 
     def assign(self, descriptors: np.ndarray, nearest: int = 1) -> np.ndarray:
-        """N x ``nearest`` word ids."""
+        """N x ``nearest`` word ids (fewer columns when the vocabulary has fewer words)."""
+        nearest = max(1, min(nearest, self.k))
         if len(descriptors) == 0:
             return np.zeros((0, nearest), np.int64)
         with self._lock:  # FAISS index objects are not safe for concurrent searches

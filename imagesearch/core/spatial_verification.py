@@ -186,7 +186,24 @@ def _refine(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarray,
         # On the instance benchmark this turned 4 of the 5 verified top-10 boxes with
         # IoU < 0.5 into good ones.
         transform = _least_squares_similarity(src[mask], dst[mask])
+    if transform is not None and not _scale_agrees(transform, q, d, qi[mask], di[mask]):
+        # Inliers bunched in a few pixels let noise set the fitted scale: a frame blown
+        # up far beyond what the keypoints' own sizes say is no box (their hull is used).
+        transform = None
     return mask, transform
+
+
+def _scale_agrees(transform: np.ndarray, q: LocalFeatures, d: LocalFeatures,
+                  qi: np.ndarray, di: np.ndarray) -> bool:
+    """Whether a similarity or affine map scales as the inliers' keypoints do (within the
+    tolerance of the hypotheses); a homography's perspective is judged by _plausible."""
+    if abs(transform[2, 0]) + abs(transform[2, 1]) > 1e-12:
+        return True
+    area = abs(float(np.linalg.det(transform[:2, :2])))
+    ratio = float(np.median(d.scale[di] / np.maximum(q.scale[qi], 1e-6)))
+    if area <= 0 or ratio <= 0:
+        return False
+    return bool(abs(np.log(np.sqrt(area) / ratio)) < MAX_LOG_SCALE)
 
 
 def _least_squares_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:

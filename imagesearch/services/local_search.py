@@ -240,14 +240,15 @@ class LocalIndexService:
                 total += len(d)
                 if len(d) > keep:
                     d = d[rng.choice(len(d), keep, replace=False)]
-                sample.append(d.astype(np.float16))  # half the memory until concatenated
-        data = np.concatenate(sample, dtype=np.float32) if sample \
-            else np.zeros((0, 128), np.float32)
+                sample.append(d.astype(np.float16))  # half the memory until sampled
+        half = np.concatenate(sample) if sample else np.zeros((0, 128), np.float16)
         sample.clear()
-        if len(data) < _MIN_DESCRIPTORS:
+        if len(half) < _MIN_DESCRIPTORS:
             return None
-        if len(data) > TRAIN_DESCRIPTORS:
-            data = data[rng.choice(len(data), TRAIN_DESCRIPTORS, replace=False)]
+        if len(half) > TRAIN_DESCRIPTORS:
+            half = half[rng.choice(len(half), TRAIN_DESCRIPTORS, replace=False)]
+        data = half.astype(np.float32)
+        del half
         k = vocabulary_size(total)
         log.info("learning a visual vocabulary of %d words from %d descriptors of %d photos",
                  k, len(data), photos)
