@@ -36,8 +36,8 @@ QUERY_ASSIGN = 3  # a query keypoint votes for its nearest few words (multiple a
 # Finer vocabularies match more selectively (ASMK is at its best with tens of thousands of
 # words). On the instance benchmark (444,000 descriptors), 32,768 words learned in two
 # levels gave the compact shortlist recall@100 79.3 and the verified ranking 72.5 mAP@100,
-# against 77.3 and 70.8 with 16,384 words (means of three seeds; README). The ceiling
-# bounds the inverted file's memory, which grows with the words a photo spreads over.
+# against 77.3 and 70.8 with 16,384 words (means of three vocabulary seeds, measured when
+# this was chosen). The ceiling bounds the vocabulary's memory (8.7 MB at 32,768 words).
 MIN_WORDS, MAX_WORDS = 256, 32768
 DESCRIPTORS_PER_WORD = 12
 TRAIN_SAMPLE = 500_000  # descriptors k-means sees at most
