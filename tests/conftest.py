@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -135,3 +136,11 @@ def damaged(blob: bytes, how: str) -> bytes:
     if how == "empty":
         return b""
     raise ValueError(f"unknown damage {how!r}")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

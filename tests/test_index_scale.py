@@ -25,6 +25,7 @@ from imagesearch.services import index_upgrade, vector_store
 from imagesearch.services.vector_store import VectorStore
 from imagesearch.storage.catalog import Catalog, PhotoUpdate
 from imagesearch.storage.database import open_catalog_engine
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,19 +68,20 @@ class Library:
         return VectorStore(self.catalog, self.root / "index", MODEL, save_delay_s=0,
                            **kwargs)
 
+    def reopened(self) -> tuple[VectorIndex | None, str | None]:
+        """What a new process opens: the index, and why it was rebuilt (None: read back)."""
+        store = self.store()
+        try:
+            return store.index(), store.last_rebuild_reason
+        finally:
+            store.close()
+
 
 @pytest.fixture
 def library(tmp_path: Path) -> Any:
     lib = Library(tmp_path)
     yield lib
     lib.catalog.close()
-
-
-def _wait_for(condition: Any, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # Choosing -----------------------------------------------------------------------------------
@@ -164,12 +166,10 @@ def test_a_saved_index_is_its_base_plus_its_log(library: Library) -> None:
     assert store.path.read_bytes() == base  # the base is not rewritten for a few photos
     assert len(read_changes(store.delta, load_saved(store.path).checksum).changes) == 2
     store.close()
-    again = library.store()
-    index = again.index()
-    assert again.last_rebuild_reason is None  # opened from the files, no rebuild
+    index, rebuilt = library.reopened()
+    assert rebuilt is None  # opened from the files, no rebuild
     assert index is not None and index.generation == library.catalog.generation()
     assert np.array_equal(np.sort(index.ids()), np.sort(library.catalog.vector_ids(MODEL)))
-    again.close()
 
 
 def test_a_torn_log_means_a_rebuild_from_the_catalog(library: Library) -> None:
@@ -180,11 +180,9 @@ def test_a_torn_log_means_a_rebuild_from_the_catalog(library: Library) -> None:
     store.close()
     with open(store.delta, "r+b") as f:
         f.truncate(store.delta.stat().st_size - 3)
-    again = library.store()
-    index = again.index()
-    assert again.last_rebuild_reason is not None and "generation" in again.last_rebuild_reason
+    index, rebuilt = library.reopened()
+    assert rebuilt is not None and "generation" in rebuilt
     assert index is not None and set(more.tolist()) <= set(index.ids().tolist())
-    again.close()
 
 
 def test_a_long_log_is_folded_into_a_new_base(library: Library,
@@ -229,7 +227,7 @@ def test_a_library_that_outgrows_exact_search_gets_an_approximate_index_in_the_b
     store.remove(ids[3:5], library.catalog.last_commit())
     assert store.index() is index and index.search(fresh[0], 1)[1][0][0] == late[0]
     release.set()
-    _wait_for(lambda: store.index() is not None and store.index().family == IVF_SQ8)
+    wait_until(lambda: store.index() is not None and store.index().family == IVF_SQ8, timeout=60)
     swapped = store.index()
     assert swapped is not None
     assert swapped.generation == library.catalog.generation()
@@ -282,7 +280,7 @@ def test_the_index_can_be_read_before_the_first_search(library: Library) -> None
     store = library.store()
     assert not store.is_open
     store.open_later()
-    _wait_for(lambda: store.is_open)
+    wait_until(lambda: store.is_open, timeout=60)
     assert store.last_rebuild_reason is None
     store.close()
 
@@ -298,11 +296,9 @@ def test_a_log_that_cannot_be_extended_is_replaced_by_a_whole_base(library: Libr
     assert again.index() is not None and again.last_rebuild_reason is None
     more = library.add_to(again, _clustered(2, seed=4))
     again.close()
-    third = library.store()
-    index = third.index()
-    assert third.last_rebuild_reason is None  # the save held the commit
+    index, rebuilt = library.reopened()
+    assert rebuilt is None  # the save held the commit
     assert index is not None and set(more.tolist()) <= set(index.ids().tolist())
-    third.close()
 
 
 def test_many_small_commits_replay_to_the_same_index(library: Library,
@@ -369,7 +365,7 @@ def test_a_failed_family_change_is_not_retried_on_every_commit(
     library.add(_clustered(6_000))
     store = library.store(flat_max=5_000)
     assert store.index() is not None
-    _wait_for(lambda: calls and store.upgrading is False)
+    wait_until(lambda: calls and store.upgrading is False, timeout=60)
     for seed in range(3):
         library.add_to(store, _clustered(5, seed=seed))
     time.sleep(0.2)

@@ -15,19 +15,13 @@ from imagesearch.core.encoder import ClipEncoder
 from imagesearch.core.imaging import PreprocessSpec
 from imagesearch.core.priority_gate import PriorityGate
 from imagesearch.domain import IndexReport
+from tests.conftest import wait_until
 
 if TYPE_CHECKING:
     from tests.gui_fixtures import GuiDriver
 
 pytest_plugins = ["tests.gui_fixtures"]
 pytestmark = pytest.mark.timeout(120)
-
-
-def wait_until(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_a_waiting_query_goes_before_waiting_indexing() -> None:
