@@ -105,7 +105,7 @@ def test_a_one_shot_command_builds_the_local_index_in_the_foreground(
         return [t for t in threading.enumerate() if t.name == "imagesearch-local-index"]
 
     assert main(["index", str(root)]) == 0
-    built = list((cli_env / "index").glob("local-*.npz"))
+    built = list((cli_env / "index").glob("local-*.asmk"))
     assert len(built) == 1 and not background_refreshes()
 
     built[0].unlink()  # lost, or a library indexed by an older version

@@ -316,7 +316,7 @@ def test_the_backfill_is_killed_and_resumed(library_without_features: Library) -
     lib.check()
     # The one-shot `index` built the index of photo details before it exited (a
     # background refresh would have been cut short by the exit).
-    built = list((lib.dir / "index").glob("local-*.npz"))
+    built = list((lib.dir / "index").glob("local-*.asmk"))
     assert len(built) == 1
     built[0].unlink()  # lost (or made by an older version): `search` builds it first
     env = dict(os.environ, IMAGESEARCH_MODELS=str(lib.models_dir), HF_HUB_OFFLINE="1",

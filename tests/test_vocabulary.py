@@ -19,6 +19,7 @@ from imagesearch.core.local_index import (
     kmeans,
     vocabulary_size,
 )
+from imagesearch.core.local_index_file import BaseWriter
 from imagesearch.errors import IndexFileError
 
 
@@ -156,11 +157,13 @@ def test_a_vocabulary_never_outgrows_its_16_bit_word_ids(tmp_path: Path,
     assert MAX_WORDS <= 65536
     monkeypatch.setattr(local_index, "MAX_WORDS", 512)
     assert Vocabulary.train(descriptors(20_000), 4096).k == 512
-    np.savez(tmp_path / "big.npz", format=np.int64(local_index._FORMAT),
-             extractor=np.array("x"), centroids=np.zeros((65537, 128), np.float16),
-             lists=np.zeros((0, 128), np.float32), trained=np.int64(1),
-             ids=np.zeros(0, np.int64), counts=np.zeros(0, np.int64),
-             versions=np.zeros(0, "U32"), words=np.zeros(0, np.uint16),
-             codes=np.zeros((0, 2), np.uint64))
+    writer = BaseWriter(tmp_path / "big.asmk", {
+        "centroids": ((65537, 128), np.dtype(np.float16)),
+        "lists": ((0, 128), np.dtype(np.float32)), "ids": ((0,), np.dtype(np.int64)),
+        "versions": ((0,), np.dtype("S32")), "counts": ((0,), np.dtype(np.uint32)),
+        "norms": ((0,), np.dtype(np.float32)), "offsets": ((65538,), np.dtype(np.int64)),
+        "idf": ((65537,), np.dtype(np.float32)), "rows": ((0,), np.dtype(np.uint32)),
+        "codes": ((0, 2), np.dtype(np.uint64))})
+    writer.commit({"format": local_index._FORMAT, "extractor": "x", "trained": 1})
     with pytest.raises(IndexFileError, match="too many words"):
-        InvertedFile.load(tmp_path / "big.npz", "x")
+        InvertedFile.load(tmp_path / "big.asmk", "x")

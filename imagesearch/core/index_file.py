@@ -170,7 +170,19 @@ def append_changes(path: Path, changes: list[Change]) -> int:
     Raises:
         IndexFileError: the log could not be written.
     """
-    data = b"".join(_encode(change) for change in changes)
+    return append_records(path, [_encode(change) for change in changes],
+                          "the search index's changes")
+
+
+def append_records(path: Path, payloads: list[bytes], what: str) -> int:
+    """Append ``payloads`` to a log, each framed with its length and checksum, and sync;
+    returns the log's new size in bytes.
+
+    Raises:
+        IndexFileError: the log could not be written (``what`` names it).
+    """
+    data = b"".join(_RECORD.pack(len(payload), xxhash.xxh3_64_digest(payload)) + payload
+                    for payload in payloads)
     try:
         with open(path, "ab") as log:
             log.write(data)
@@ -178,8 +190,31 @@ def append_changes(path: Path, changes: list[Change]) -> int:
             os.fsync(log.fileno())
             return log.tell()
     except OSError as exc:
-        raise IndexFileError(f"could not save the search index's changes to {path}: "
+        raise IndexFileError(f"could not save {what} to {path}: "
                              f"{exc.strerror or exc}") from exc
+
+
+def read_records(path: Path, head: bytes) -> tuple[list[memoryview], bool]:
+    """The intact framed payloads of a log that starts with ``head``, in order, and
+    whether the log was read to its end with nothing torn (False too when it is missing
+    or starts otherwise, with no payloads then). Stops at the first torn or damaged
+    record: what follows it cannot be trusted."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return [], False
+    if not data.startswith(head):
+        return [], False
+    payloads: list[memoryview] = []
+    at = len(head)
+    while at + _RECORD.size <= len(data):
+        length, digest = _RECORD.unpack_from(data, at)
+        payload = memoryview(data)[at + _RECORD.size:at + _RECORD.size + length]
+        if len(payload) != length or xxhash.xxh3_64_digest(payload) != digest:
+            return payloads, False
+        payloads.append(payload)
+        at += _RECORD.size + length
+    return payloads, at == len(data)
 
 
 @dataclass
@@ -200,26 +235,14 @@ def read_changes(path: Path, base_checksum: str) -> LogRead:
     False then, and when there is no log or it is another base's: appending to such a
     log would add records no replay reaches, so the next save must write a whole base.
     """
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return LogRead([], False)
-    head = _delta_head(base_checksum)
-    if not data.startswith(head):
-        return LogRead([], False)
+    payloads, clean = read_records(path, _delta_head(base_checksum))
     changes: list[Change] = []
-    at = len(head)
-    while at + _RECORD.size <= len(data):
-        length, digest = _RECORD.unpack_from(data, at)
-        payload = memoryview(data)[at + _RECORD.size:at + _RECORD.size + length]
-        if len(payload) != length or xxhash.xxh3_64_digest(payload) != digest:
-            return LogRead(changes, False, len(changes))
+    for payload in payloads:
         change = _decode(payload)
         if change is None:
             return LogRead(changes, False, len(changes))
         changes.append(change)
-        at += _RECORD.size + length
-    return LogRead(changes, at == len(data), len(changes))
+    return LogRead(changes, clean, len(changes))
 
 
 def record_bytes(change: Change) -> int:
@@ -240,7 +263,7 @@ def _encode(change: Change) -> bytes:
                + np.ascontiguousarray(change.added, "<i8").tobytes()
                # The catalog keeps float16: this loses nothing the catalog has.
                + np.ascontiguousarray(change.vectors, "<f2").tobytes())
-    return _RECORD.pack(len(payload), xxhash.xxh3_64_digest(payload)) + payload
+    return payload
 
 
 def _decode(payload: memoryview) -> Change | None:

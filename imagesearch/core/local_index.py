@@ -16,9 +16,7 @@ doubt, and its file is only a cache.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,11 +25,21 @@ from typing import Any
 
 import numpy as np
 
+from imagesearch.core import postings
 from imagesearch.core.local_features import LocalFeatures, mirrored
+from imagesearch.core.local_index_file import (
+    MAP_FILES,
+    BaseWriter,
+    JournalEntry,
+    append_journal,
+    journal_path,
+    read_base,
+    read_journal,
+    start_journal,
+)
 from imagesearch.errors import IndexFileError
 
-_FORMAT = 4  # 4: a vocabulary learned in two levels, with its word lists
-ALPHA = 3.0  # selectivity of the kernel
+_FORMAT = 5  # 4: a vocabulary learned in two levels; 5: a base of flat postings, mapped
 QUERY_ASSIGN = 3  # a query keypoint votes for its nearest few words (multiple assignment)
 # Finer vocabularies match more selectively (ASMK is at its best with tens of thousands of
 # words). On the instance benchmark (444,000 descriptors), 32,768 words learned in two
@@ -226,36 +234,71 @@ def aggregate(vocabulary: Vocabulary, descriptors: np.ndarray, words: np.ndarray
     return Aggregated(distinct, np.ascontiguousarray(bits).view(np.uint64).reshape(-1, 2))
 
 
-def _kernel(codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
-    """sigma_alpha of the normalised Hamming similarity, element by element."""
-    hamming = (np.bitwise_count(codes_a[:, 0] ^ codes_b[:, 0])
-               + np.bitwise_count(codes_a[:, 1] ^ codes_b[:, 1])).astype(np.float32)
-    u = 1.0 - hamming / 64.0  # 1 - 2h/128
-    return np.where(u > 0, u ** ALPHA, 0.0).astype(np.float32)
+# Photos added or removed since the base was merged wait beside it until they amount to an
+# eighth of it; then both are merged into a new base (core/postings.py). A change costs
+# its own size plus, amortised, a fixed share of the base's.
+MERGE_SHARE = 8
+# A merge this large (postings) is written to a file and memory-mapped, not held in memory.
+SPILL_MIN = 1 << 20
+# The journal is folded into a new base once it is this large a share of the base file.
+JOURNAL_SHARE = 4
 
 
 class InvertedFile:
-    """Entries grouped by word, for ASMK scoring of a query against every photo at once.
+    """Postings grouped by word, for ASMK scoring of a query against every photo at once.
 
-    Thread-safe for concurrent searches; additions and removals take a lock and rebuild
-    the compact arrays lazily.
+    A base (core/postings.py: flat arrays, memory-mapped once saved) and the photos added
+    since it was merged, which are scored with the base's word weights (idf) until the
+    next merge makes them exact again. Removed photos score nothing from the moment they
+    are removed. Thread-safe: a search reads a snapshot while a change is made.
     """
 
-    def __init__(self, vocabulary: Vocabulary, trained_photos: int = 0) -> None:
+    def __init__(self, vocabulary: Vocabulary, trained_photos: int = 0,
+                 spill_dir: Path | None = None) -> None:
+        """Args:
+            spill_dir: where a large merge is written and memory-mapped (the file is
+                unlinked once mapped); None: merges are kept in memory.
+        """
         self.vocabulary = vocabulary
         self.trained_photos = trained_photos  # photos whose features taught the vocabulary
-        self._photos: dict[int, Aggregated] = {}
-        # Which version of each photo's features is in: a re-made record is re-added.
-        self._versions: dict[int, str] = {}
-        self._lock = threading.RLock()
-        self._packed: tuple[np.ndarray, ...] | None = None
+        self.spill_dir = spill_dir if MAP_FILES else None
+        self._base = postings.empty(vocabulary.k)
+        self._live = np.ones(0, bool)
+        self._dead = 0
+        # Photos added since the merge: id -> (words, codes, version).
+        self._pending: dict[int, tuple[np.ndarray, np.ndarray, bytes]] = {}
+        self._pending_size = 0
+        self._delta: postings.Postings | None = None  # the pending, packed for scoring
+        self._lock = threading.RLock()  # the state above, held briefly
+        self._changing = threading.RLock()  # one change or save at a time
+        # Persistence: the base file this base is (if it is one), its token, the size of
+        # its journal (0: the journal cannot be extended), and what is not saved yet.
+        self._file: Path | None = None
+        self._token = ""
+        self._journal_bytes = 0
+        self._added: set[int] = set()
+        self._removed: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self._photos)
+        with self._lock:
+            return self._base.n - self._dead + len(self._pending)
 
     def ids(self) -> np.ndarray:
         with self._lock:
-            return np.fromiter(self._photos, np.int64, len(self._photos))
+            base = np.asarray(self._base.ids)[self._live]
+            return np.concatenate([base, np.fromiter(self._pending, np.int64,
+                                                     len(self._pending))])
+
+    def versions(self) -> dict[int, str]:
+        with self._lock:
+            base, live = self._base, self._live
+            pending = {pid: v for pid, (_, _, v) in self._pending.items()}
+        rows = np.flatnonzero(live)
+        found = dict(zip(np.asarray(base.ids)[rows].tolist(),
+                         (v.decode("utf-8", "replace") for v in np.asarray(base.versions)[rows]),
+                         strict=True))
+        found.update((pid, v.decode("utf-8", "replace")) for pid, v in pending.items())
+        return found
 
     def add(self, photo_id: int, features: LocalFeatures, version: str = "") -> None:
         self.add_many([(photo_id, features, version)])
@@ -275,151 +318,268 @@ class InvertedFile:
             descriptors = np.concatenate([f.descriptors for _, f, _ in batch])
             words = self.vocabulary.assign(descriptors)
             bounds = np.cumsum([0] + [len(f) for _, f, _ in batch])
-            for (photo_id, features, version), a, b in zip(batch, bounds[:-1], bounds[1:],
-                                                            strict=True):
-                self.add_aggregated(photo_id, aggregate(self.vocabulary,
-                                                        features.descriptors, words[a:b]),
-                                    version)
+            self.add_aggregated_many([
+                (photo_id, aggregate(self.vocabulary, features.descriptors, words[a:b]),
+                 version)
+                for (photo_id, features, version), a, b
+                in zip(batch, bounds[:-1], bounds[1:], strict=True)])
             start = end
 
     def add_aggregated(self, photo_id: int, agg: Aggregated, version: str = "") -> None:
+        self.add_aggregated_many([(photo_id, agg, version)])
+
+    def add_aggregated_many(self, photos: Sequence[tuple[int, Aggregated, str]]) -> None:
+        """Add (photo id, signatures, version) triples; a photo already in is replaced."""
         # Word ids fit 16 bits (MAX_WORDS): a quarter of the memory of int64.
-        compact = Aggregated(agg.words.astype(np.uint16), agg.codes)
-        with self._lock:
-            self._photos[int(photo_id)] = compact
-            self._versions[int(photo_id)] = version
-            self._packed = None
+        self._put_encoded([(int(pid), agg.words.astype(np.uint16), agg.codes,
+                            postings.encode_version(version)) for pid, agg, version in photos])
 
-    def versions(self) -> dict[int, str]:
-        with self._lock:
-            return dict(self._versions)
+    def _put_encoded(self, photos: Sequence[tuple[int, np.ndarray, np.ndarray, bytes]],
+                     journalled: bool = True) -> None:
+        with self._changing:
+            ids = np.fromiter((p[0] for p in photos), np.int64, len(photos))
+            with self._lock:
+                self._retire(ids)
+                for pid, words, codes, version in photos:
+                    old = self._pending.get(pid)
+                    self._pending_size += len(words) - (len(old[0]) if old else 0)
+                    self._pending[pid] = (words, codes, version)
+                if journalled:
+                    self._added.update(ids.tolist())
+            self._merge_if_due()
 
-    def remove(self, ids: Iterable[int]) -> None:
-        with self._lock:
-            for i in ids:
-                self._photos.pop(int(i), None)
-                self._versions.pop(int(i), None)
-            self._packed = None
+    def remove(self, ids: Iterable[int], journalled: bool = True) -> None:
+        with self._changing:
+            gone = np.fromiter((int(i) for i in ids), np.int64)
+            with self._lock:
+                self._retire(gone)
+                for pid in gone.tolist():
+                    old = self._pending.pop(pid, None)
+                    if old is not None:
+                        self._pending_size -= len(old[0])
+                if journalled:
+                    self._removed.update(gone.tolist())
+                    self._added.difference_update(gone.tolist())
+            self._merge_if_due()
 
-    def _pack(self) -> tuple[np.ndarray, ...]:
-        """(offsets by word, photo row, code, photo ids, photo norms, idf) built once."""
+    def _retire(self, ids: np.ndarray) -> None:
+        """Mask the base's rows of ``ids`` (under the state lock)."""
+        rows = self._base.row_of(ids)
+        rows = rows[rows >= 0]
+        rows = rows[self._live[rows]]
+        if len(rows):
+            live = self._live.copy()  # searches hold the old mask
+            live[rows] = False
+            self._live = live
+            self._dead += len(np.unique(rows))
+        self._delta = None
+
+    def _merge_if_due(self) -> None:
+        base = self._base
+        if self._pending_size * MERGE_SHARE > base.size or self._dead * MERGE_SHARE > base.n \
+                or (self._pending and base.n == 0):
+            self._merge()
+
+    def _merge(self, into: Path | None = None, extractor: str = "") -> None:
+        """Fold the pending photos and the removals into a new base: written to ``into``
+        (a saved base), to a file in the spill folder when large, or kept in memory."""
         with self._lock:
-            if self._packed is not None:
-                return self._packed
-            ids = np.fromiter(self._photos, np.int64, len(self._photos))
-            aggs = list(self._photos.values())
-            counts = np.fromiter((len(a.words) for a in aggs), np.int64, len(aggs))
-            words = np.concatenate([a.words for a in aggs]).astype(np.int64) if aggs \
-                else np.zeros(0, np.int64)
-            codes = np.concatenate([a.codes for a in aggs]) if aggs \
-                else np.zeros((0, 2), np.uint64)
-            rows = np.repeat(np.arange(len(aggs)), counts)
-            order = np.argsort(words, kind="stable")
-            words, codes, rows = words[order], codes[order], rows[order]
-            k = self.vocabulary.k
-            df = np.bincount(words, minlength=k).astype(np.float32)
-            idf = np.log((len(aggs) + 1.0) / (df + 1.0)).astype(np.float32)
-            offsets = np.searchsorted(words, np.arange(k + 1)).astype(np.int64)
-            # A photo's self-similarity: every word agrees with itself (sigma(1) = 1).
-            norms = np.sqrt(np.maximum(np.bincount(rows, weights=idf[words] ** 2,
-                                                   minlength=len(aggs)), 1e-9))
-            self._packed = (offsets, rows, codes, ids, norms.astype(np.float32), idf)
-            return self._packed
+            base, live, pending = self._base, self._live, dict(self._pending)
+        extra = postings.pack([(pid, *data) for pid, data in pending.items()],
+                              self.vocabulary.k, base.idf)
+        plan = postings.plan_merge(base, live, extra)
+        target = into
+        if target is None and self.spill_dir is not None and plan.size >= SPILL_MIN:
+            target = self.spill_dir / f"local-merge-{os.getpid()}-{id(self)}.asmk"
+        if target is None:
+            merged = postings.merge(base, extra, plan,
+                                    lambda _, shape, dtype: np.empty(shape, dtype))
+            token = ""
+        else:
+            merged, token = self._write(target, extractor, base, extra, plan)
+            if into is None:  # a spill: mapped, the file itself is no longer needed
+                with contextlib.suppress(OSError):
+                    target.unlink()
+        with self._lock:
+            self._base, self._live, self._dead = merged, np.ones(merged.n, bool), 0
+            self._pending, self._pending_size, self._delta = {}, 0, None
+            self._file, self._token = into, token
+            self._journal_bytes = 0
+
+    def _write(self, path: Path, extractor: str, base: postings.Postings,
+               extra: postings.Postings, plan: postings.MergePlan
+               ) -> tuple[postings.Postings, str]:
+        """Carry out ``plan`` straight into a base file at ``path``; the result mapped."""
+        vocab = self.vocabulary
+        lists = vocab.lists if vocab.lists is not None else np.zeros((0, 128), np.float32)
+        n, k = len(plan.ids), vocab.k
+        writer = BaseWriter(path, {
+            "centroids": ((k, vocab.centroids.shape[1]), np.dtype(np.float16)),
+            "lists": (lists.shape, np.dtype(np.float32)),
+            "ids": ((n,), np.dtype(np.int64)),
+            "versions": ((n,), np.dtype(f"S{postings.VERSION_BYTES}")),
+            "counts": ((n,), np.dtype(np.uint32)),
+            "norms": ((n,), np.dtype(np.float32)),
+            "offsets": ((k + 1,), np.dtype(np.int64)),
+            "idf": ((k,), np.dtype(np.float32)),
+            "rows": ((plan.size,), np.dtype(np.uint32)),
+            "codes": ((plan.size, 2), np.dtype(np.uint64)),
+        })
+        try:
+            merged = postings.merge(base, extra, plan, writer.allocate)
+            for name, value in (("centroids", vocab.centroids), ("lists", lists),
+                                ("ids", merged.ids), ("versions", merged.versions),
+                                ("counts", merged.counts), ("norms", merged.norms),
+                                ("offsets", merged.offsets), ("idf", merged.idf)):
+                writer.array(name)[...] = value
+            token = writer.commit({"format": _FORMAT, "extractor": extractor,
+                                   "trained": self.trained_photos})
+        except BaseException:
+            writer.abort()
+            raise
+        return _postings_of(read_base(path).arrays), token
+
+    def _delta_postings(self) -> postings.Postings:
+        """The pending photos packed for scoring (under the state lock)."""
+        if self._delta is None:
+            self._delta = postings.pack([(pid, *data) for pid, data in self._pending.items()],
+                                        self.vocabulary.k, self._base.idf)
+        return self._delta
 
     def search(self, features: LocalFeatures, top_k: int,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(photo ids, scores) best first; the query is scored as is and mirrored."""
-        offsets, rows, codes, ids, norms, idf = self._pack()
+        with self._lock:
+            base, live, dead = self._base, self._live, self._dead
+            delta = self._delta_postings()
+        ids = np.concatenate([np.asarray(base.ids), delta.ids])
         if len(ids) == 0 or len(features) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         best = np.zeros(len(ids), np.float32)
         for side in (features, mirrored(features)):
             words = self.vocabulary.assign(side.descriptors, QUERY_ASSIGN)
             q = aggregate(self.vocabulary, side.descriptors, words)
-            best = np.maximum(best, self._score(q, offsets, rows, codes, norms, idf))
+            q_norm = float(np.sqrt(max(float((base.idf[q.words] ** 2).sum()), 1e-9)))
+            scores = np.concatenate([
+                postings.score(q.words, q.codes, base, base.idf, live if dead else None),
+                postings.score(q.words, q.codes, delta, base.idf)]) / q_norm
+            best = np.maximum(best, scores)
         if allowed is not None:
             best[~np.isin(ids, allowed)] = 0.0
         n = min(top_k, int((best > 0).sum()))
         top = np.argsort(-best, kind="stable")[:n]
         return ids[top], best[top]
 
-    @staticmethod
-    def _score(q: Aggregated, offsets: np.ndarray, rows: np.ndarray, codes: np.ndarray,
-               norms: np.ndarray, idf: np.ndarray) -> np.ndarray:
-        starts, ends = offsets[q.words], offsets[q.words + 1]
-        lengths = ends - starts
-        total = int(lengths.sum())
-        scores = np.zeros(len(norms), np.float32)
-        if total == 0:
-            return scores
-        # Every (query word, posting) pair, without a Python loop over words.
-        which = np.repeat(np.arange(len(q.words)), lengths)
-        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        postings = np.repeat(starts, lengths) + within
-        weight = idf[q.words[which]] ** 2
-        sim = _kernel(q.codes[which], codes[postings]) * weight
-        np.add.at(scores, rows[postings], sim)
-        q_norm = float(np.sqrt(max(float((idf[q.words] ** 2).sum()), 1e-9)))
-        result: np.ndarray = scores / (norms * q_norm)
-        return result
-
     # Persistence ---------------------------------------------------------------------------
 
     def save(self, path: Path, extractor: str) -> None:
-        """Write atomically (temp file, fsync, rename)."""
-        with self._lock:
-            ids = np.fromiter(self._photos, np.int64, len(self._photos))
-            aggs = list(self._photos.values())
-            versions = np.array([self._versions.get(int(i), "") for i in ids], dtype="U32")
-        counts = np.fromiter((len(a.words) for a in aggs), np.int64, len(aggs))
-        buffer = io.BytesIO()
-        np.savez(buffer, format=np.int64(_FORMAT), extractor=np.array(extractor),
-                 centroids=self.vocabulary.centroids.astype(np.float16),
-                 lists=self.vocabulary.lists if self.vocabulary.lists is not None
-                 else np.zeros((0, 128), np.float32),
-                 trained=np.int64(self.trained_photos), ids=ids, counts=counts,
-                 versions=versions,
-                 words=np.concatenate([a.words for a in aggs]) if aggs
-                 else np.zeros(0, np.uint16),
-                 codes=np.concatenate([a.codes for a in aggs]) if aggs
-                 else np.zeros((0, 2), np.uint64))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buffer.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise IndexFileError(f"could not save the local-feature index {path}: {exc}") \
-                from exc
+        """Append what changed since the last save to the journal of ``path``'s base, or
+        write a new base (merging the pending photos into it) when this base is not that
+        file, its journal cannot be extended, or the journal has grown past a quarter of
+        the base. Crash-safe: the base is replaced atomically, and a torn journal record
+        is never replayed.
+
+        Raises:
+            IndexFileError: a file could not be written; the index in memory is intact.
+        """
+        with self._changing:
+            journal = journal_path(path)
+            try:
+                base_bytes = path.stat().st_size if self._file == path else 0
+            except OSError:
+                base_bytes = 0
+            extend = (self._file == path and self._journal_bytes > 0 and base_bytes > 0
+                      and self._journal_bytes * JOURNAL_SHARE <= max(base_bytes, 1 << 20))
+            if not extend:
+                self._merge(into=path, extractor=extractor)
+                with self._lock:
+                    self._added.clear()
+                    self._removed.clear()
+                try:
+                    size = start_journal(journal, self._token)
+                except IndexFileError:
+                    size = 0
+                with self._lock:
+                    self._journal_bytes = size
+                return
+            with self._lock:
+                if not self._added and not self._removed:
+                    return
+                added = sorted(pid for pid in self._added if pid in self._pending)
+                entry = JournalEntry(
+                    np.array(sorted(self._removed), np.int64), np.array(added, np.int64),
+                    np.array([self._pending[p][2] for p in added],
+                             f"S{postings.VERSION_BYTES}"),
+                    np.array([len(self._pending[p][0]) for p in added], np.uint32),
+                    np.concatenate([self._pending[p][0] for p in added]) if added
+                    else np.zeros(0, np.uint16),
+                    np.concatenate([self._pending[p][1] for p in added]) if added
+                    else np.zeros((0, 2), np.uint64))
+            try:
+                size = append_journal(journal, entry)
+            except IndexFileError:
+                with self._lock:
+                    self._journal_bytes = 0  # a torn record would hide what follows it
+                raise
+            with self._lock:
+                self._journal_bytes = size
+                self._added.clear()
+                self._removed.clear()
 
     @classmethod
-    def load(cls, path: Path, extractor: str) -> InvertedFile:
-        """Raises IndexFileError when missing, damaged or for another extractor."""
+    def load(cls, path: Path, extractor: str, spill_dir: Path | None = None) -> InvertedFile:
+        """The base at ``path`` with its journal replayed.
+
+        Raises:
+            IndexFileError: missing, damaged, or for another extractor or format.
+        """
+        found = read_base(path)
+        meta, arrays = found.meta, found.arrays
+        if meta.get("format") != _FORMAT or meta.get("extractor") != extractor:
+            raise IndexFileError("the local-feature index is for other features")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                if int(data["format"]) != _FORMAT or str(data["extractor"]) != extractor:
-                    raise IndexFileError("the local-feature index is for other features")
-                centroids = data["centroids"].astype(np.float32)
-                if len(centroids) > 65536:  # word ids are kept in 16 bits
-                    raise IndexFileError("the local-feature index has too many words")
-                inverted = cls(Vocabulary(centroids, data["lists"]), int(data["trained"]))
-                ids, counts, versions = data["ids"], data["counts"], data["versions"]
-                words, codes = data["words"], data["codes"]
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise IndexFileError(f"cannot read the local-feature index {path}: {exc}") \
+            centroids = arrays["centroids"].astype(np.float32)
+            if len(centroids) > 65536:  # word ids are kept in 16 bits
+                raise IndexFileError("the local-feature index has too many words")
+            base = _postings_of(arrays)
+            trained = int(meta["trained"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise IndexFileError(f"the local-feature index {path} is damaged: {exc}") \
                 from exc
-        if int(counts.sum()) != len(words) or len(words) != len(codes) \
-                or len(ids) != len(counts) or len(versions) != len(ids) \
-                or (len(words) and int(words.max()) >= len(centroids)):
+        k = len(centroids)
+        offsets = np.asarray(base.offsets)
+        n = base.n
+        if base.k != k or len(base.idf) != k or len(base.versions) != n \
+                or len(base.counts) != n or len(base.norms) != n \
+                or offsets[0] != 0 or offsets[-1] != base.size or np.any(np.diff(offsets) < 0) \
+                or int(np.asarray(base.counts).sum()) != base.size \
+                or (n > 1 and np.any(np.diff(np.asarray(base.ids)) <= 0)):
             raise IndexFileError("the local-feature index file is inconsistent")
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        for i, pid in enumerate(ids):
-            inverted._photos[int(pid)] = Aggregated(words[bounds[i]:bounds[i + 1]],
-                                                    codes[bounds[i]:bounds[i + 1]])
-            inverted._versions[int(pid)] = str(versions[i])
+        inverted = cls(Vocabulary(centroids, arrays["lists"]), trained, spill_dir)
+        inverted._base, inverted._live = base, np.ones(n, bool)
+        inverted._file, inverted._token = path, found.token
+        entries, clean = read_journal(journal_path(path), found.token)
+        for entry in entries:
+            if len(entry.words) and int(entry.words.max()) >= k:
+                clean = False
+                break
+            inverted.remove(entry.removed, journalled=False)
+            bounds = np.concatenate([[0], np.cumsum(entry.counts, dtype=np.int64)])
+            inverted._put_encoded([
+                (int(pid), entry.words[a:b], entry.codes[a:b], bytes(version))
+                for pid, version, a, b in zip(entry.added.tolist(), entry.versions,
+                                              bounds[:-1], bounds[1:], strict=True)],
+                journalled=False)
+        if inverted._file == path:  # no merge replaced the base while replaying
+            try:
+                size = journal_path(path).stat().st_size if clean else 0
+            except OSError:
+                size = 0
+            inverted._journal_bytes = size
         return inverted
+
+
+def _postings_of(arrays: dict[str, np.ndarray]) -> postings.Postings:
+    return postings.Postings(arrays["ids"], arrays["versions"], arrays["counts"],
+                             arrays["offsets"], arrays["rows"], arrays["codes"],
+                             arrays["norms"], arrays["idf"])

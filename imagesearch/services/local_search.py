@@ -8,9 +8,11 @@ since it was learned, so it keeps fitting the photos it describes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from imagesearch.core.local_features import (
     LocalFeatures,
 )
 from imagesearch.core.local_index import InvertedFile, Vocabulary, vocabulary_size
+from imagesearch.core.local_index_file import journal_path
 from imagesearch.errors import CatalogError, FeatureDataError, IndexFileError
 from imagesearch.storage.catalog import Catalog
 
@@ -126,12 +129,21 @@ class LocalIndexService:
             log.warning("%s; tried again next time", exc)
             return 0
         files = {index_file(self.path.parent, name).name for name in current}
-        for path in self.path.parent.glob(f"local-{FEATURE_FAMILY}*.npz"):
-            if path.name not in files:
+        files |= {journal_path(self.path.parent / name).name for name in files}
+        # Earlier versions' files (".npz" before the base was memory-mapped) go too.
+        for path in self.path.parent.glob(f"local-{FEATURE_FAMILY}*"):
+            if path.name not in files and not path.name.endswith(".tmp"):
                 try:
                     path.unlink(missing_ok=True)
                 except OSError as exc:
                     log.warning("cannot delete the old index file %s: %s", path, exc)
+        # Files a process killed while writing or merging left behind (an hour old: a
+        # process running now may be writing one).
+        for path in self.path.parent.glob("local-*"):
+            if path.name.endswith(".tmp") or path.name.startswith("local-merge-"):
+                with contextlib.suppress(OSError):
+                    if time.time() - path.stat().st_mtime > 3600:
+                        path.unlink()
         if dropped:
             log.info("forgot %d photo-detail records of earlier versions", dropped)
         return dropped
@@ -141,7 +153,8 @@ class LocalIndexService:
         if self.mode is None or not self.path.exists():
             return
         try:
-            self._inverted = InvertedFile.load(self.path, self.mode.extractor_id)
+            self._inverted = InvertedFile.load(self.path, self.mode.extractor_id,
+                                               self.path.parent)
         except IndexFileError as exc:
             log.info("the local-feature index will be rebuilt: %s", exc)
 
@@ -217,6 +230,7 @@ class LocalIndexService:
             self._inverted = None
         try:
             self.path.unlink(missing_ok=True)
+            journal_path(self.path).unlink(missing_ok=True)
         except OSError as exc:
             log.warning("cannot remove the old local-feature index %s: %s", self.path, exc)
         return had
@@ -252,7 +266,7 @@ class LocalIndexService:
         k = vocabulary_size(total)
         log.info("learning a visual vocabulary of %d words from %d descriptors of %d photos",
                  k, len(data), photos)
-        return InvertedFile(Vocabulary.train(data, k), photos)
+        return InvertedFile(Vocabulary.train(data, k), photos, self.path.parent)
 
     def refresh_later(self) -> bool:
         """Refresh on a background thread; calls made meanwhile fold into one more pass.
@@ -296,4 +310,4 @@ class LocalIndexService:
 
 def index_file(index_dir: Path, extractor: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", extractor)
-    return index_dir / f"local-{slug}.npz"
+    return index_dir / f"local-{slug}.asmk"

@@ -1,0 +1,242 @@
+"""The ASMK inverted file's storage: flat postings, a base that is merged and memory-mapped,
+photos waiting beside it, and a journal of the changes since the base was written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagesearch.core import local_index, postings
+from imagesearch.core.local_features import LocalFeatures
+from imagesearch.core.local_index import Aggregated, InvertedFile, Vocabulary
+from imagesearch.core.local_index_file import journal_path, read_base
+from imagesearch.errors import IndexFileError
+
+K = 64
+
+
+@pytest.fixture(scope="module")
+def vocabulary() -> Vocabulary:
+    rng = np.random.default_rng(0)
+    # Rounded as a saved vocabulary is, so a loaded one assigns alike (as Vocabulary.train).
+    return Vocabulary(rng.standard_normal((K, 128)).astype(np.float16).astype(np.float32))
+
+
+def signature(seed: int, words: int = 20) -> Aggregated:
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(K, words, replace=False))
+    codes = rng.integers(0, 2 ** 63, (words, 2), dtype=np.int64).astype(np.uint64)
+    return Aggregated(chosen.astype(np.int64), codes)
+
+
+def naive_scores(query: Aggregated, photos: dict[int, Aggregated]) -> dict[int, float]:
+    """ASMK* by its definition, one photo and word at a time."""
+    df = np.zeros(K)
+    for agg in photos.values():
+        df[agg.words] += 1
+    idf = np.log((len(photos) + 1.0) / (df + 1.0))
+    q_norm = np.sqrt(max((idf[query.words] ** 2).sum(), 1e-9))
+    out = {}
+    for pid, agg in photos.items():
+        total = 0.0
+        for i, w in enumerate(query.words):
+            j = np.flatnonzero(agg.words == w)
+            if len(j):
+                h = sum(bin(int(a) ^ int(b)).count("1")
+                        for a, b in zip(query.codes[i], agg.codes[j[0]], strict=True))
+                u = 1.0 - 2.0 * h / 128.0
+                total += idf[w] ** 2 * (u ** 3 if u > 0 else 0.0)
+        p_norm = np.sqrt(max((idf[agg.words] ** 2).sum(), 1e-9))
+        out[pid] = total / (p_norm * q_norm)
+    return out
+
+
+def merged_scores(inverted: InvertedFile, query: Aggregated) -> dict[int, float]:
+    base = inverted._base
+    raw = postings.score(query.words, query.codes, base, base.idf)
+    q_norm = np.sqrt(max(float((base.idf[query.words] ** 2).sum()), 1e-9))
+    return {int(pid): float(s / q_norm) for pid, s in zip(base.ids, raw, strict=True)}
+
+
+def features_near(vocabulary: Vocabulary, seed: int, n: int = 40) -> LocalFeatures:
+    rng = np.random.default_rng(seed)
+    d = vocabulary.centroids[rng.integers(0, K, n)] \
+        + 0.05 * rng.standard_normal((n, 128)).astype(np.float32)
+    return LocalFeatures(d.astype(np.float32), rng.random((n, 2), np.float32) * 100,
+                         np.ones(n, np.float32), np.zeros(n, np.float32), 100, 100)
+
+
+def saved_index(vocabulary: Vocabulary, path: Path) -> InvertedFile:
+    """60 photos, merged and saved at ``path``."""
+    inverted = InvertedFile(vocabulary)
+    inverted.add_many([(pid, features_near(vocabulary, pid), "v") for pid in range(60)])
+    inverted.save(path, "x")
+    return inverted
+
+
+def test_merged_postings_score_as_asmk_defines(vocabulary: Vocabulary) -> None:
+    photos = {pid: signature(pid) for pid in range(1, 13)}
+    inverted = InvertedFile(vocabulary)
+    for pid, agg in photos.items():
+        inverted.add_aggregated(pid, agg, f"v{pid}")
+    inverted._merge()
+    query = photos[5]
+    want = naive_scores(query, photos)
+    got = merged_scores(inverted, query)
+    assert got.keys() == want.keys()
+    assert all(abs(got[p] - want[p]) < 1e-5 for p in want)
+    assert max(got, key=got.get) == 5  # type: ignore[arg-type]
+
+
+def test_changes_then_a_merge_equal_building_afresh(vocabulary: Vocabulary,
+                                                    tmp_path: Path) -> None:
+    final = {pid: signature(100 + pid) for pid in range(40)}
+    changed = InvertedFile(vocabulary)
+    for pid in range(40):
+        changed.add_aggregated(pid, signature(pid), "old")  # replaced below
+    changed.save(tmp_path / "a.asmk", "x")
+    changed.remove([3, 4, 50])  # 50 was never there
+    for pid in range(40):
+        if pid not in (3, 4):
+            changed.add_aggregated(pid, final[pid], "new")
+    changed.add_aggregated(3, final[3], "new")  # removed, then back
+    changed.remove([4])
+    changed.add_aggregated(4, final[4], "new")
+    changed.save(tmp_path / "a.asmk", "x")
+    fresh = InvertedFile(vocabulary)
+    for pid, agg in final.items():
+        fresh.add_aggregated(pid, agg, "new")
+    fresh._merge()
+    changed._merge()
+    assert set(changed.versions().values()) == {"new"} and len(changed) == 40
+    query = final[7]
+    a, b = merged_scores(changed, query), merged_scores(fresh, query)
+    assert a.keys() == b.keys() and all(abs(a[p] - b[p]) < 1e-6 for p in a)
+
+
+def test_photos_waiting_beside_the_base_are_found_and_removals_hide_at_once(
+        vocabulary: Vocabulary) -> None:
+    inverted = InvertedFile(vocabulary)
+    inverted.add_many([(pid, features_near(vocabulary, pid), "v") for pid in range(60)])
+    base_size = inverted._base.size
+    assert base_size > 0 and not inverted._pending
+    inverted.add(500, features_near(vocabulary, 500), "v")
+    assert 500 in inverted._pending and inverted._base.size == base_size  # not merged
+    ids, _ = inverted.search(features_near(vocabulary, 500), 5)
+    assert ids[0] == 500
+    inverted.remove([500, 7])
+    for seed in (500, 7):
+        ids, _ = inverted.search(features_near(vocabulary, seed), 60)
+        assert seed not in ids.tolist()
+    assert len(inverted) == 59 and 7 not in inverted.versions()
+    ids, _ = inverted.search(features_near(vocabulary, 9), 3)
+    assert ids[0] == 9
+
+
+def test_a_save_appends_to_the_journal_and_a_load_replays_it(vocabulary: Vocabulary,
+                                                             tmp_path: Path) -> None:
+    path = tmp_path / "local.asmk"
+    inverted = InvertedFile(vocabulary)
+    inverted.add_many([(pid, features_near(vocabulary, pid), f"v{pid}")
+                       for pid in range(60)])
+    inverted.save(path, "x")
+    base_bytes = path.read_bytes()
+    inverted.add(500, features_near(vocabulary, 500), "v500")
+    inverted.add(3, features_near(vocabulary, 1003), "v3b")
+    inverted.remove([8])
+    journal = journal_path(path).stat().st_size
+    inverted.save(path, "x")
+    assert path.read_bytes() == base_bytes  # the base was not written again
+    assert journal_path(path).stat().st_size > journal
+    loaded = InvertedFile.load(path, "x")
+    assert loaded.versions() == inverted.versions()
+    assert loaded.versions()[3] == "v3b" and 8 not in loaded.versions()
+    for seed in (500, 1003, 20):
+        a, b = inverted.search(features_near(vocabulary, seed), 10), \
+            loaded.search(features_near(vocabulary, seed), 10)
+        assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1])
+    # A load that replayed a clean journal extends it.
+    loaded.remove([9])
+    loaded.save(path, "x")
+    assert path.read_bytes() == base_bytes
+    assert 9 not in InvertedFile.load(path, "x").versions()
+
+
+def test_a_torn_journal_record_is_not_replayed_and_the_next_save_writes_a_base(
+        vocabulary: Vocabulary, tmp_path: Path) -> None:
+    path = tmp_path / "local.asmk"
+    inverted = saved_index(vocabulary, path)
+    inverted.add(500, features_near(vocabulary, 500), "v")
+    inverted.save(path, "x")
+    inverted.add(501, features_near(vocabulary, 501), "v")
+    inverted.save(path, "x")
+    journal = journal_path(path)
+    journal.write_bytes(journal.read_bytes()[:-7])  # the last record torn by a crash
+    loaded = InvertedFile.load(path, "x")
+    assert 500 in loaded.versions() and 501 not in loaded.versions()
+    token = read_base(path).token
+    loaded.add(502, features_near(vocabulary, 502), "v")
+    loaded.save(path, "x")
+    assert read_base(path).token != token  # appending after a torn record is never done
+    again = InvertedFile.load(path, "x")
+    assert {500, 502} <= again.versions().keys() and 501 not in again.versions()
+
+
+def test_a_journal_grown_past_its_share_is_folded_into_a_new_base(
+        vocabulary: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_index, "MERGE_SHARE", 1000)  # keep photos waiting
+    monkeypatch.setattr(local_index, "JOURNAL_SHARE", 1000)
+    path = tmp_path / "local.asmk"
+    inverted = saved_index(vocabulary, path)
+    token = read_base(path).token
+    inverted.add(500, features_near(vocabulary, 500), "v")
+    inverted.save(path, "x")
+    assert read_base(path).token != token and not inverted._pending
+
+
+def test_damaged_files_are_refused_and_damaged_postings_never_crash(
+        vocabulary: Vocabulary, tmp_path: Path) -> None:
+    path = tmp_path / "local.asmk"
+    saved_index(vocabulary, path)
+    with pytest.raises(IndexFileError, match="other features"):
+        InvertedFile.load(path, "y")
+    data = bytearray(path.read_bytes())
+    layout = read_base(path).meta["layout"]
+    ids_at = layout["ids"]["offset"]
+    damaged = bytes(data[:ids_at]) + b"\xff" + bytes(data[ids_at + 1:])
+    (tmp_path / "ids.asmk").write_bytes(damaged)
+    with pytest.raises(IndexFileError, match="checksum"):
+        InvertedFile.load(tmp_path / "ids.asmk", "x")
+    (tmp_path / "short.asmk").write_bytes(bytes(data[:len(data) // 2]))
+    with pytest.raises(IndexFileError, match="truncated"):
+        InvertedFile.load(tmp_path / "short.asmk", "x")
+    # Rows beyond the photos (the postings are not checksummed): wrong, never a crash.
+    rows_at = layout["rows"]["offset"]
+    data[rows_at:rows_at + 40] = b"\xff" * 40
+    (tmp_path / "rows.asmk").write_bytes(bytes(data))
+    loaded = InvertedFile.load(tmp_path / "rows.asmk", "x")
+    ids, _ = loaded.search(features_near(vocabulary, 30), 5)
+    assert ids[0] == 30
+    loaded.add(500, features_near(vocabulary, 500), "v")
+    loaded._merge()
+    assert 500 in loaded.versions()
+
+
+def test_a_large_merge_is_written_to_a_mapped_file_that_leaves_nothing_behind(
+        vocabulary: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_index, "SPILL_MIN", 100)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    in_memory, spilled = InvertedFile(vocabulary), InvertedFile(vocabulary, spill_dir=spill)
+    photos = [(pid, features_near(vocabulary, pid), "v") for pid in range(60)]
+    in_memory.add_many(photos)
+    spilled.add_many(photos)
+    if local_index.MAP_FILES:
+        assert isinstance(spilled._base.rows, np.memmap)
+    assert list(spill.iterdir()) == []
+    for seed in (4, 44):
+        a, b = in_memory.search(features_near(vocabulary, seed), 10), \
+            spilled.search(features_near(vocabulary, seed), 10)
+        assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1])
