@@ -396,8 +396,19 @@ class InvertedFile:
                                     lambda _, shape, dtype: np.empty(shape, dtype))
             token = ""
         else:
-            merged, token = self._write(target, extractor, base, extra, plan)
-            if into is None:  # a spill: mapped, the file itself is no longer needed
+            with self._lock:
+                self._journal_bytes = 0  # the file may be replaced even if this fails
+            try:
+                merged, token = self._write(target, extractor, base, extra, plan)
+            except (IndexFileError, OSError, ValueError):
+                if into is not None:
+                    raise
+                # A spill that cannot be written (a full disk): merge in memory instead.
+                merged = postings.merge(base, extra, plan,
+                                        lambda _, shape, dtype: np.empty(shape, dtype))
+                target, token = None, ""
+            # A spill is mapped: the file itself is no longer needed.
+            if into is None and target is not None:
                 with contextlib.suppress(OSError):
                     target.unlink()
         with self._lock:
@@ -432,6 +443,7 @@ class InvertedFile:
                                 ("counts", merged.counts), ("norms", merged.norms),
                                 ("offsets", merged.offsets), ("idf", merged.idf)):
                 writer.array(name)[...] = value
+            del merged  # its arrays map the file, which Windows cannot rename while mapped
             token = writer.commit({"format": _FORMAT, "extractor": extractor,
                                    "trained": self.trained_photos})
         except BaseException:

@@ -67,8 +67,16 @@ class BaseWriter:
             fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
             self.tmp = Path(name)
             with os.fdopen(fd, "wb") as f:
-                f.truncate(at)
+                # Space reserved now: a full disk is an error here, not a crash (SIGBUS)
+                # when a page of the map is written later.
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, at)
+                else:
+                    f.truncate(at)
         except OSError as exc:
+            if hasattr(self, "tmp"):
+                with contextlib.suppress(OSError):
+                    self.tmp.unlink()
             raise IndexFileError(f"could not write the local-feature index {path}: "
                                  f"{exc.strerror or exc}") from exc
         self._maps: dict[str, np.ndarray] = {}
