@@ -3,15 +3,18 @@ photos waiting beside it, and a journal of the changes since the base was writte
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pytest
 
-from imagesearch.core import local_index, postings
+from imagesearch.core import local_index, local_index_file, postings
 from imagesearch.core.local_features import LocalFeatures
 from imagesearch.core.local_index import Aggregated, InvertedFile, Vocabulary
-from imagesearch.core.local_index_file import journal_path, read_base
+from imagesearch.core.local_index_file import journal_path, lock_path, read_base
 from imagesearch.errors import IndexFileError
 
 K = 64
@@ -222,6 +225,83 @@ def test_damaged_files_are_refused_and_damaged_postings_never_crash(
     loaded.add(500, features_near(vocabulary, 500), "v")
     loaded._merge()
     assert 500 in loaded.versions()
+
+
+def test_a_flipped_digit_in_the_header_is_caught(vocabulary: Vocabulary,
+                                                tmp_path: Path) -> None:
+    path = tmp_path / "local.asmk"
+    saved_index(vocabulary, path)
+    data = path.read_bytes()
+    head_len = int.from_bytes(data[8:12], "little")
+    header = json.loads(data[12:12 + head_len])
+    shape = header["layout"]["codes"]["shape"]
+    old = json.dumps(header).encode()
+    header["layout"]["codes"]["shape"] = [shape[0] - 1, shape[1]]  # one fewer, same width
+    new = json.dumps(header).encode()
+    assert len(new) == len(old) or len(new) == len(old) - 1
+    new = new.ljust(len(old))  # the JSON parser ignores the trailing space
+    damaged = tmp_path / "layout.asmk"
+    damaged.write_bytes(data[:12] + new + data[12 + len(old):])
+    with pytest.raises(IndexFileError, match="checksum"):
+        InvertedFile.load(damaged, "x")
+    (tmp_path / "junk.asmk").write_bytes(data[:12] + b"[1, 2]".ljust(len(old)) +
+                                         data[12 + len(old):])
+    with pytest.raises(IndexFileError, match="damaged header"):
+        InvertedFile.load(tmp_path / "junk.asmk", "x")
+
+
+def test_two_processes_never_append_to_each_others_base(vocabulary: Vocabulary,
+                                                        tmp_path: Path) -> None:
+    path = tmp_path / "local.asmk"
+    app = saved_index(vocabulary, path)
+    # Another process (the command line) opens the files, changes a photo and appends.
+    cli = InvertedFile.load(path, "x")
+    cli.add(501, features_near(vocabulary, 501), "v")
+    cli.save(path, "x")
+    # The app's next save finds a journal it did not write: it writes a base instead of
+    # appending after the other process's records.
+    token = read_base(path).token
+    app.add(500, features_near(vocabulary, 500), "v")
+    app.save(path, "x")
+    assert read_base(path).token != token
+    assert 500 in InvertedFile.load(path, "x").versions()
+    # Another process learns a new vocabulary and writes its base: the app's next save
+    # must not extend it with words of its own vocabulary.
+    rng = np.random.default_rng(7)
+    other = Vocabulary(rng.standard_normal((K, 128)).astype(np.float16).astype(np.float32))
+    relearned = InvertedFile(other)
+    relearned.add_many([(pid, features_near(other, pid), "v") for pid in range(60)])
+    relearned.save(path, "x")
+    app.add(502, features_near(vocabulary, 502), "v")
+    app.save(path, "x")
+    loaded = InvertedFile.load(path, "x")
+    assert np.array_equal(loaded.vocabulary.centroids, vocabulary.centroids)
+    assert {500, 502} <= loaded.versions().keys()
+    ids, _ = loaded.search(features_near(vocabulary, 502), 3)
+    assert ids[0] == 502
+
+
+def test_a_save_waits_for_another_writer_and_gives_up_cleanly(
+        vocabulary: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "local.asmk"
+    inverted = saved_index(vocabulary, path)
+    monkeypatch.setattr(local_index_file, "WRITE_WAIT_S", 0.3)
+    monkeypatch.setattr(local_index_file, "READ_WAIT_S", 0.1)
+    before = path.read_bytes(), journal_path(path).read_bytes()
+    other = filelock.FileLock(lock_path(path), thread_local=False)  # another process
+    with other:
+        inverted.add(500, features_near(vocabulary, 500), "v")
+        with pytest.raises(IndexFileError, match="another process"):
+            inverted.save(path, "x")
+        assert (path.read_bytes(), journal_path(path).read_bytes()) == before
+        # A reader does not wait for ever: it reads what is there.
+        assert len(InvertedFile.load(path, "x")) == 60
+        released = threading.Timer(0.1, other.release)
+        released.start()
+        monkeypatch.setattr(local_index_file, "WRITE_WAIT_S", 10.0)
+        inverted.save(path, "x")  # waits until the other writer is done
+        released.join()
+    assert 500 in InvertedFile.load(path, "x").versions()
 
 
 def test_a_large_merge_is_written_to_a_mapped_file_that_leaves_nothing_behind(

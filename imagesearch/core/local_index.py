@@ -35,7 +35,10 @@ from imagesearch.core.local_index_file import (
     journal_path,
     read_base,
     read_journal,
+    read_token,
+    reading,
     start_journal,
+    writing,
 )
 from imagesearch.errors import IndexFileError
 
@@ -269,6 +272,7 @@ class InvertedFile:
         self._pending: dict[int, tuple[np.ndarray, np.ndarray, bytes]] = {}
         self._pending_size = 0
         self._delta: postings.Postings | None = None  # the pending, packed for scoring
+        self._stamp = 0  # counts changes to the pending photos, so a packing knows it is late
         self._lock = threading.RLock()  # the state above, held briefly
         self._changing = threading.RLock()  # one change or save at a time
         # Persistence: the base file this base is (if it is one), its token, the size of
@@ -373,6 +377,7 @@ class InvertedFile:
             self._live = live
             self._dead += len(np.unique(rows))
         self._delta = None
+        self._stamp += 1
 
     def _merge_if_due(self) -> None:
         base = self._base
@@ -414,6 +419,7 @@ class InvertedFile:
         with self._lock:
             self._base, self._live, self._dead = merged, np.ones(merged.n, bool), 0
             self._pending, self._pending_size, self._delta = {}, 0, None
+            self._stamp += 1
             self._file, self._token = into, token
             self._journal_bytes = 0
 
@@ -451,19 +457,25 @@ class InvertedFile:
             raise
         return _postings_of(read_base(path).arrays), token
 
-    def _delta_postings(self) -> postings.Postings:
-        """The pending photos packed for scoring (under the state lock)."""
-        if self._delta is None:
-            self._delta = postings.pack([(pid, *data) for pid, data in self._pending.items()],
-                                        self.vocabulary.k, self._base.idf)
-        return self._delta
+    def _snapshot(self) -> tuple[postings.Postings, np.ndarray, int, postings.Postings]:
+        """Base, live mask, dead rows and the pending photos packed for scoring, as of one
+        moment. The packing (a second at a large refresh's worst) holds no lock."""
+        with self._lock:
+            base, live, dead, delta = self._base, self._live, self._dead, self._delta
+            if delta is not None:
+                return base, live, dead, delta
+            stamp, pending = self._stamp, list(self._pending.items())
+        delta = postings.pack([(pid, *data) for pid, data in pending], self.vocabulary.k,
+                              base.idf)
+        with self._lock:
+            if self._stamp == stamp and self._base is base:
+                self._delta = delta
+        return base, live, dead, delta
 
     def search(self, features: LocalFeatures, top_k: int,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(photo ids, scores) best first; the query is scored as is and mirrored."""
-        with self._lock:
-            base, live, dead = self._base, self._live, self._dead
-            delta = self._delta_postings()
+        base, live, dead, delta = self._snapshot()
         ids = np.concatenate([np.asarray(base.ids), delta.ids])
         if len(ids) == 0 or len(features) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -487,22 +499,17 @@ class InvertedFile:
     def save(self, path: Path, extractor: str) -> None:
         """Append what changed since the last save to the journal of ``path``'s base, or
         write a new base (merging the pending photos into it) when this base is not that
-        file, its journal cannot be extended, or the journal has grown past a quarter of
-        the base. Crash-safe: the base is replaced atomically, and a torn journal record
-        is never replayed.
+        file, its journal cannot be extended, another process has written either since,
+        or the journal has grown past a quarter of the base. Crash-safe: the base is
+        replaced atomically, and a torn journal record is never replayed.
 
         Raises:
-            IndexFileError: a file could not be written; the index in memory is intact.
+            IndexFileError: a file could not be written, or another process held them
+                too long; the index in memory is intact.
         """
-        with self._changing:
+        with self._changing, writing(path):
             journal = journal_path(path)
-            try:
-                base_bytes = path.stat().st_size if self._file == path else 0
-            except OSError:
-                base_bytes = 0
-            extend = (self._file == path and self._journal_bytes > 0 and base_bytes > 0
-                      and self._journal_bytes * JOURNAL_SHARE <= max(base_bytes, 1 << 20))
-            if not extend:
+            if not self._extends(path, journal):
                 self._merge(into=path, extractor=extractor)
                 with self._lock:
                     self._added.clear()
@@ -538,6 +545,19 @@ class InvertedFile:
                 self._added.clear()
                 self._removed.clear()
 
+    def _extends(self, path: Path, journal: Path) -> bool:
+        """Whether a save can append to the journal at ``journal``: this index is the base
+        at ``path`` and the journal is the one this process wrote last (no other process
+        replaced or extended either), and it is still small beside the base."""
+        if self._file != path or self._journal_bytes <= 0:
+            return False
+        try:
+            base_bytes, journal_bytes = path.stat().st_size, journal.stat().st_size
+        except OSError:
+            return False
+        return (journal_bytes == self._journal_bytes and read_token(path) == self._token
+                and self._journal_bytes * JOURNAL_SHARE <= max(base_bytes, 1 << 20))
+
     @classmethod
     def load(cls, path: Path, extractor: str, spill_dir: Path | None = None) -> InvertedFile:
         """The base at ``path`` with its journal replayed.
@@ -545,11 +565,18 @@ class InvertedFile:
         Raises:
             IndexFileError: missing, damaged, or for another extractor or format.
         """
-        found = read_base(path)
+        with reading(path):
+            found = read_base(path)
+            entries, clean = read_journal(journal_path(path), found.token)
+            try:
+                journal_bytes = journal_path(path).stat().st_size if clean else 0
+            except OSError:
+                journal_bytes = 0
         meta, arrays = found.meta, found.arrays
         if meta.get("format") != _FORMAT or meta.get("extractor") != extractor:
             raise IndexFileError("the local-feature index is for other features")
         try:
+            _check_layout(arrays)
             centroids = arrays["centroids"].astype(np.float32)
             if len(centroids) > 65536:  # word ids are kept in 16 bits
                 raise IndexFileError("the local-feature index has too many words")
@@ -563,6 +590,7 @@ class InvertedFile:
         n = base.n
         if base.k != k or len(base.idf) != k or len(base.versions) != n \
                 or len(base.counts) != n or len(base.norms) != n \
+                or len(base.rows) != base.size or len(base.codes) != base.size \
                 or offsets[0] != 0 or offsets[-1] != base.size or np.any(np.diff(offsets) < 0) \
                 or int(np.asarray(base.counts).sum()) != base.size \
                 or (n > 1 and np.any(np.diff(np.asarray(base.ids)) <= 0)):
@@ -570,10 +598,9 @@ class InvertedFile:
         inverted = cls(Vocabulary(centroids, arrays["lists"]), trained, spill_dir)
         inverted._base, inverted._live = base, np.ones(n, bool)
         inverted._file, inverted._token = path, found.token
-        entries, clean = read_journal(journal_path(path), found.token)
         for entry in entries:
             if len(entry.words) and int(entry.words.max()) >= k:
-                clean = False
+                journal_bytes = 0
                 break
             inverted.remove(entry.removed, journalled=False)
             bounds = np.concatenate([[0], np.cumsum(entry.counts, dtype=np.int64)])
@@ -583,12 +610,25 @@ class InvertedFile:
                                               bounds[:-1], bounds[1:], strict=True)],
                 journalled=False)
         if inverted._file == path:  # no merge replaced the base while replaying
-            try:
-                size = journal_path(path).stat().st_size if clean else 0
-            except OSError:
-                size = 0
-            inverted._journal_bytes = size
+            inverted._journal_bytes = journal_bytes
         return inverted
+
+
+# Each array of a base: its dtype and number of dimensions.
+_LAYOUT = {"centroids": ("<f2", 2), "lists": ("<f4", 2), "ids": ("<i8", 1),
+           "versions": (f"|S{postings.VERSION_BYTES}", 1), "counts": ("<u4", 1),
+           "norms": ("<f4", 1), "offsets": ("<i8", 1), "idf": ("<f4", 1), "rows": ("<u4", 1),
+           "codes": ("<u8", 2)}
+
+
+def _check_layout(arrays: dict[str, np.ndarray]) -> None:
+    for name, (dtype, ndim) in _LAYOUT.items():
+        found = arrays[name]
+        if found.dtype != np.dtype(dtype) or found.ndim != ndim:
+            raise ValueError(f"{name} is {found.dtype} in {found.ndim} dimensions")
+    if arrays["codes"].shape[1] != 2 or arrays["centroids"].shape[1] != 128 \
+            or arrays["lists"].shape[1] != 128:
+        raise ValueError("an array has the wrong width")
 
 
 def _postings_of(arrays: dict[str, np.ndarray]) -> postings.Postings:

@@ -3,14 +3,21 @@
 The base file is "ISAK", its format, a JSON header padded to 4 KiB (each array's dtype,
 shape and offset, the base's token, a checksum), then the arrays at 64-byte boundaries.
 It is written to a temporary file, synced and renamed, so a crash leaves the old base or
-the new one, never a torn one. The checksum covers every array but the postings' own:
-at a million photos those are gigabytes, and checking them would read them all at every
-open, where a memory map reads only what a query touches. A damaged posting can point at
-a wrong photo but never outside the index (core/postings.py bounds every row it reads).
+the new one, never a torn one. The checksum covers the header itself and every array but
+the postings' own: at a million photos those are gigabytes, and checking them would read
+them all at every open, where a memory map reads only what a query touches. A damaged
+posting can point at a wrong photo but never outside the index (core/postings.py bounds
+every row it reads).
 
 The journal beside it (".journal") holds the changes made since the base was written,
 appended as checksummed records (core/index_file.append_records), and names the base it
 extends by its token. Saving a change costs the change's bytes, not the library's.
+
+Two processes may share a library (the app and the command line). Whoever writes the
+files holds a lock file beside them (``writing``) and first checks that the base on disk
+and its journal are still the ones it extends (``extends``); otherwise it writes a base
+of its own, since appending its changes to another process's base would mix two
+vocabularies.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import os
 import struct
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import filelock
 import numpy as np
 import xxhash
 
@@ -32,7 +41,7 @@ from imagesearch.core.index_file import append_records, read_records, write_inde
 from imagesearch.errors import IndexFileError
 
 _MAGIC = b"ISAK"
-FORMAT = 1
+FORMAT = 2  # 2: the checksum covers the header too
 _HEAD = 4096  # bytes reserved for the magic, format and JSON header
 _ALIGN = 64
 # Arrays too large to checksum at every open (see the module's docstring).
@@ -43,10 +52,65 @@ MAP_FILES = os.name == "posix"
 _JOURNAL_MAGIC = b"ISAJ"
 _JOURNAL_FORMAT = 1
 _CHANGE = struct.Struct("<QQQ")  # photos removed, photos added, their postings
+# How long a writer waits for another process's write (a base of a million photos is
+# written in about a minute), and a reader before it reads without the lock.
+WRITE_WAIT_S, READ_WAIT_S = 120.0, 10.0
 
 
 def journal_path(base: Path) -> Path:
     return base.with_name(base.name + ".journal")
+
+
+def lock_path(base: Path) -> Path:
+    return base.with_name(base.name + ".lock")
+
+
+def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock:
+    """``base``'s lock, acquired (an OS file lock, released if the process dies).
+
+    Raises:
+        IndexFileError: another process held it for ``wait_s``, or it cannot be made.
+    """
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(lock_path(base), timeout=wait_s)
+        lock.acquire()
+    except filelock.Timeout as exc:
+        raise IndexFileError(f"another process is writing {base.name}") from exc
+    except OSError as exc:
+        raise IndexFileError(f"cannot lock the local-feature index {base}: "
+                             f"{exc.strerror or exc}") from exc
+    return lock
+
+
+@contextlib.contextmanager
+def writing(base: Path) -> Iterator[None]:
+    """Hold the lock of ``base``'s files while writing them.
+
+    Raises:
+        IndexFileError: another process held it for WRITE_WAIT_S, or it cannot be made.
+    """
+    lock = _lock(base, WRITE_WAIT_S)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def reading(base: Path) -> Iterator[None]:
+    """The lock while a base and its journal are read together, if it can be had within
+    READ_WAIT_S; without it otherwise (a reader then may see a journal of another base,
+    which ``read_journal`` ignores: the index only lacks changes a refresh brings back)."""
+    try:
+        lock: filelock.BaseFileLock | None = _lock(base, READ_WAIT_S)
+    except IndexFileError:
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 class BaseWriter:
@@ -89,8 +153,12 @@ class BaseWriter:
             if int(np.prod(shape, dtype=np.int64)) == 0:
                 self._maps[name] = np.zeros(shape, np.dtype(spec["dtype"]))
             else:
-                self._maps[name] = np.memmap(self.tmp, np.dtype(spec["dtype"]), "r+",
-                                             spec["offset"], shape)
+                try:
+                    self._maps[name] = np.memmap(self.tmp, np.dtype(spec["dtype"]), "r+",
+                                                 spec["offset"], shape)
+                except (OSError, ValueError) as exc:  # out of address space, a lost file
+                    raise IndexFileError(f"could not write the local-feature index "
+                                         f"{self.path}: {exc}") from exc
         return self._maps[name]
 
     def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -108,9 +176,9 @@ class BaseWriter:
                 out = self.array(name)
                 if isinstance(out, np.memmap):
                     out.flush()
-            digest = _checksum({name: self.array(name) for name in self.layout})
-            head = json.dumps({**meta, "token": token, "layout": self.layout,
-                               "checksum": digest}).encode()
+            header = {**meta, "token": token, "layout": self.layout}
+            digest = _checksum(header, {name: self.array(name) for name in self.layout})
+            head = json.dumps({**header, "checksum": digest}).encode()
             if 12 + len(head) > _HEAD:
                 raise IndexFileError("the local-feature index header is too large")
             self._maps.clear()  # unmap before the rename (Windows)
@@ -131,8 +199,11 @@ class BaseWriter:
             self.tmp.unlink()
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
+def _checksum(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    """Over the header (but its checksum) and the arrays but the UNCHECKED ones."""
     h = xxhash.xxh3_64()
+    h.update(json.dumps({key: value for key, value in header.items() if key != "checksum"},
+                        sort_keys=True).encode())
     for name in sorted(arrays):
         if name not in UNCHECKED:
             h.update(name.encode())
@@ -150,44 +221,70 @@ class BaseFile:
         return str(self.meta["token"])
 
 
+def _parse_head(start: bytes, path: Path) -> dict[str, Any]:
+    if len(start) < 12 or start[:4] != _MAGIC:
+        raise IndexFileError(f"{path} is not an imagesearch local-feature index")
+    version, n = struct.unpack("<II", start[4:12])
+    if version != FORMAT:
+        raise IndexFileError(f"{path} has format {version}, expected {FORMAT}")
+    try:
+        meta = json.loads(start[12:12 + n])
+    except ValueError as exc:
+        raise IndexFileError(f"{path} has a damaged header") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("layout"), dict):
+        raise IndexFileError(f"{path} has a damaged header")
+    return meta
+
+
+def read_token(path: Path) -> str | None:
+    """The token of the base at ``path`` from its header alone (unchecked); None if
+    there is no readable base there."""
+    try:
+        with open(path, "rb") as f:
+            return str(_parse_head(f.read(_HEAD), path)["token"])
+    except (OSError, IndexFileError, KeyError):
+        return None
+
+
 def read_base(path: Path, mapped: bool = MAP_FILES) -> BaseFile:
     """The base's header and arrays, the postings memory-mapped (read-only) when
-    ``mapped``.
+    ``mapped``. One open file: a base another process puts in its place meanwhile is
+    never half read.
 
     Raises:
         IndexFileError: missing, not such a file, another format, or damaged.
     """
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
-            start = f.read(_HEAD)
-        if len(start) < 12 or start[:4] != _MAGIC:
-            raise IndexFileError(f"{path} is not an imagesearch local-feature index")
-        version, n = struct.unpack("<II", start[4:12])
-        if version != FORMAT:
-            raise IndexFileError(f"{path} has format {version}, expected {FORMAT}")
-        meta: dict[str, Any] = json.loads(start[12:12 + n])
-        arrays: dict[str, np.ndarray] = {}
-        for name, spec in meta["layout"].items():
-            dtype, shape, offset = np.dtype(spec["dtype"]), tuple(spec["shape"]), \
-                int(spec["offset"])
-            count = int(np.prod(shape, dtype=np.int64))
-            if offset + count * dtype.itemsize > size:
-                raise IndexFileError(f"{path} is truncated")
-            if count == 0:
-                arrays[name] = np.zeros(shape, dtype)
-            elif mapped and name in UNCHECKED:
-                arrays[name] = np.memmap(path, dtype, "r", offset, shape)
-            else:
-                arrays[name] = np.fromfile(path, dtype, count, offset=offset).reshape(shape)
+            size = os.fstat(f.fileno()).st_size
+            meta = _parse_head(f.read(_HEAD), path)
+            arrays = {name: _read_array(f, size, spec, mapped and name in UNCHECKED, path)
+                      for name, spec in meta["layout"].items()}
     except OSError as exc:
         raise IndexFileError(f"cannot read the local-feature index {path}: "
                              f"{exc.strerror or exc}") from exc
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IndexFileError(f"{path} has a damaged header") from exc
-    if _checksum(arrays) != meta.get("checksum"):
+    if _checksum(meta, arrays) != meta.get("checksum"):
         raise IndexFileError(f"{path} is damaged (checksum mismatch)")
     return BaseFile(meta, arrays)
+
+
+def _read_array(f: BinaryIO, size: int, spec: dict[str, Any], mapped: bool,
+                path: Path) -> np.ndarray:
+    dtype, offset = np.dtype(spec["dtype"]), int(spec["offset"])
+    shape = tuple(int(d) for d in spec["shape"])
+    if dtype.hasobject or offset < _HEAD or any(d < 0 for d in shape):
+        raise ValueError("a damaged layout")
+    count = int(np.prod(shape, dtype=np.int64))
+    if offset + count * dtype.itemsize > size:
+        raise IndexFileError(f"{path} is truncated")
+    if count == 0:
+        return np.zeros(shape, dtype)
+    if mapped:  # the map holds the file open: it outlives ``f``, and a rename of the path
+        return np.memmap(f, dtype, "r", offset, shape)
+    f.seek(offset)
+    return np.fromfile(f, dtype, count).reshape(shape)
 
 
 # The journal -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from imagesearch.core.local_features import (
     LocalFeatures,
 )
 from imagesearch.core.local_index import InvertedFile, Vocabulary, vocabulary_size
-from imagesearch.core.local_index_file import journal_path
+from imagesearch.core.local_index_file import journal_path, lock_path
 from imagesearch.errors import CatalogError, FeatureDataError, IndexFileError
 from imagesearch.storage.catalog import Catalog
 
@@ -129,7 +129,8 @@ class LocalIndexService:
             log.warning("%s; tried again next time", exc)
             return 0
         files = {index_file(self.path.parent, name).name for name in current}
-        files |= {journal_path(self.path.parent / name).name for name in files}
+        files |= {other(self.path.parent / name).name for name in files
+                  for other in (journal_path, lock_path)}
         # Earlier versions' files (".npz" before the base was memory-mapped) go too.
         for path in self.path.parent.glob(f"local-{FEATURE_FAMILY}*"):
             if path.name not in files and not path.name.endswith(".tmp"):
