@@ -93,6 +93,24 @@ def test_merged_postings_score_as_asmk_defines(vocabulary: Vocabulary) -> None:
     assert max(got, key=got.get) == 5  # type: ignore[arg-type]
 
 
+def test_scores_do_not_depend_on_how_the_postings_are_grouped(
+        vocabulary: Vocabulary, monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = {pid: signature(pid) for pid in range(1, 41)}
+    inverted = InvertedFile(vocabulary)
+    inverted.add_aggregated_many([(pid, agg, "v") for pid, agg in photos.items()])
+    inverted._merge()
+    assert np.diff(inverted._base.offsets).max() > 3  # some words outgrow a small buffer
+    query = photos[5]
+    want = naive_scores(query, photos)
+    # A word at a time with a buffer smaller than a word; groups that fill the buffer
+    # several times; everything at once.
+    for group, chunk in ((1, 3), (7, 50), (1 << 16, 1 << 22)):
+        monkeypatch.setattr(postings, "_GROUP", group)
+        monkeypatch.setattr(postings, "_CHUNK", chunk)
+        got = merged_scores(inverted, query)
+        assert all(abs(got[p] - want[p]) < 1e-5 for p in want), (group, chunk)
+
+
 def test_changes_then_a_merge_equal_building_afresh(vocabulary: Vocabulary,
                                                     tmp_path: Path) -> None:
     final = {pid: signature(100 + pid) for pid in range(40)}

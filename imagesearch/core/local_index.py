@@ -491,7 +491,7 @@ class InvertedFile:
         if allowed is not None:
             best[~np.isin(ids, allowed)] = 0.0
         n = min(top_k, int((best > 0).sum()))
-        top = np.argsort(-best, kind="stable")[:n]
+        top = _top(best, n)
         return ids[top], best[top]
 
     # Persistence ---------------------------------------------------------------------------
@@ -629,6 +629,19 @@ def _check_layout(arrays: dict[str, np.ndarray]) -> None:
     if arrays["codes"].shape[1] != 2 or arrays["centroids"].shape[1] != 128 \
             or arrays["lists"].shape[1] != 128:
         raise ValueError("an array has the wrong width")
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` best scores, best first, ties in index order (as a stable
+    sort of them all, without sorting a million scores for a hundred)."""
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    candidates = np.arange(len(scores))
+    if n < len(scores):
+        kth = np.partition(scores, len(scores) - n)[len(scores) - n]
+        candidates = np.flatnonzero(scores >= kth)
+    order = np.argsort(-scores[candidates], kind="stable")
+    return candidates[order[:n]]
 
 
 def _postings_of(arrays: dict[str, np.ndarray]) -> postings.Postings:
