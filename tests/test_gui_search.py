@@ -24,7 +24,8 @@ def drop(widget: Any, data: QMimeData) -> None:
     directly; the drag must be accepted before the drop counts.
     """
     pos = QPointF(5, 5)
-    enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, data,
+    # QDragEnterEvent takes whole pixels (PySide6 before 6.12 accepts nothing else).
+    enter = QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, data,
                             Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     widget.dragEnterEvent(enter)
     assert enter.isAccepted(), "the drag was refused"

@@ -6,7 +6,7 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QRectF, QS
 from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette, QPen, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem, QWidget
 
-from imagesearch.gui.results_model import BoxRole, RelativeBox, ScoreRole, ThumbErrorRole
+from imagesearch.gui.results_model import RelativeBox, Tile, TileRole
 from imagesearch.gui.theme import box_pen_color
 
 _PAD = 6
@@ -65,7 +65,10 @@ class ResultDelegate(QStyledItemDelegate):
         # Centred: the grid may hand out cells wider than a tile, to spread a row evenly.
         square = QRect(rect.x() + (rect.width() - self.thumb_size) // 2, rect.y() + _PAD,
                        self.thumb_size, self.thumb_size)
-        pix = index.data(Qt.ItemDataRole.DecorationRole)
+        tile = index.data(TileRole)
+        if not isinstance(tile, Tile):
+            tile = Tile("", 0.0, None, None, None)
+        pix = tile.pixmap
         if isinstance(pix, QPixmap) and not pix.isNull():
             scaled = pix.size().scaled(square.size(), Qt.AspectRatioMode.KeepAspectRatio)
             target = QRectF(square.x() + (square.width() - scaled.width()) / 2,
@@ -73,14 +76,14 @@ class ResultDelegate(QStyledItemDelegate):
                             scaled.width(), scaled.height())
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
             painter.drawPixmap(target, pix, QRectF(pix.rect()))
-            draw_box(painter, target, index.data(BoxRole))
+            draw_box(painter, target, tile.box)
         else:
             painter.setPen(Qt.PenStyle.NoPen)
             placeholder = QColor(palette.color(QPalette.ColorRole.Mid))
             placeholder.setAlpha(70)
             painter.setBrush(placeholder)
             painter.drawRoundedRect(square, 4, 4)
-            if index.data(ThumbErrorRole):
+            if tile.error:
                 painter.setPen(palette.color(QPalette.ColorRole.PlaceholderText))
                 painter.drawText(square, Qt.AlignmentFlag.AlignCenter, "cannot show")
 
@@ -88,13 +91,13 @@ class ResultDelegate(QStyledItemDelegate):
                           rect.bottom() - square.bottom() - 3)
         role = QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text
         painter.setPen(palette.color(role))
-        name = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        name = tile.name
         fm = option.fontMetrics
         painter.drawText(text_rect, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop,
                          fm.elidedText(name, Qt.TextElideMode.ElideMiddle, text_rect.width()))
 
         if hovered or selected:
-            self._paint_score(painter, square, float(index.data(ScoreRole) or 0.0), fm)
+            self._paint_score(painter, square, tile.score, fm)
         painter.restore()
 
     @staticmethod
