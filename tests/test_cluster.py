@@ -21,15 +21,20 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
+def local_cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     local = Cluster(initialize_head=True,
                     head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(2):
         local.add_node(num_cpus=1)
-    yield local.address
+    yield local
     local.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(local_cluster: Any) -> str:
+    return str(local_cluster.address)
 
 
 def _photos(root: Path, count: int) -> Path:
@@ -115,6 +120,68 @@ def test_a_cancelled_cluster_run_resumes_with_nothing_lost_or_duplicated(
         assert index is not None and np.array_equal(np.sort(index.ids()), ids)
     finally:
         ctx.close()
+
+
+def test_a_node_with_a_gpu_gets_a_gpu_worker_with_cpus_to_feed_it(
+        local_cluster: Any, make_settings: Any, tmp_path: Path) -> None:
+    from imagesearch.services.cluster import ClusterSource
+    from imagesearch.services.context import build_context
+
+    # Ray is told this node has a GPU; torch finds none there (no CUDA on this machine),
+    # so the worker Ray gives it to says so and embeds on its CPUs.
+    node = local_cluster.add_node(num_cpus=2, num_gpus=1)
+    try:
+        root = _photos(tmp_path / "photos", 12)
+        settings = make_settings(precision="fp32", batch_size=4)
+        source = ClusterSource(settings, local_cluster.address)
+        try:
+            assert (source.plan.gpu_workers, source.plan.cpus_per_gpu_worker,
+                    source.plan.cpu_workers) == (1, 2, 2)
+            assert source.gpus_unusable == 1
+            ctx = build_context(settings, save_delay_s=0.0, background=False)
+            try:
+                ctx.indexing.cluster = source
+                ctx.library.add_folder(root)
+                assert ctx.indexing.run().added == 12
+                assert len(ctx.catalog.vector_ids(ctx.models.model_id)) == 12
+            finally:
+                ctx.indexing.cluster = None
+                ctx.close()
+        finally:
+            source.close()
+        with_cpu_only = make_settings(precision="fp32", device="cpu")
+        source = ClusterSource(with_cpu_only, local_cluster.address)
+        try:  # told to use the CPU: every free CPU gets a CPU worker
+            assert (source.plan.gpu_workers, source.plan.cpu_workers) == (0, 4)
+        finally:
+            source.close()
+    finally:
+        local_cluster.remove_node(node)
+
+
+def test_workers_are_planned_from_each_nodes_gpus_and_cpus() -> None:
+    from imagesearch.services.cluster import plan_workers
+
+    def node(cpus: int, gpus: int = 0, alive: bool = True) -> dict[str, Any]:
+        resources = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
+        return {"Alive": alive, "Resources": resources}
+
+    def plan(*args: Any, **kwargs: Any) -> tuple[int, int, int]:
+        found = plan_workers(*args, **kwargs)
+        return found.gpu_workers, found.cpus_per_gpu_worker, found.cpu_workers
+
+    cpus_only = [node(2), node(1)]
+    assert plan(cpus_only, 3, True) == (0, 0, 3)
+    assert plan(cpus_only, 3, True, limit=2) == (0, 0, 2)
+    gpu_box = [node(8, 2), node(4)]  # 4 CPUs for each GPU there, the rest CPU workers
+    assert plan(gpu_box, 12, True) == (2, 4, 4)
+    assert plan(gpu_box, 12, False) == (0, 0, 12)  # the device is set to cpu
+    assert plan(gpu_box, 12, True, limit=3) == (2, 4, 1)  # GPUs first
+    assert plan(gpu_box, 12, True, limit=1) == (1, 4, 0)
+    assert plan([node(2, 1), node(4)], 6, True) == (1, 2, 4)  # as many CPUs as it has
+    assert plan([node(0, 1), node(4)], 4, True) == (0, 0, 4)  # no CPU to drive it
+    assert plan([node(8, 2, alive=False), node(4)], 4, True) == (0, 0, 4)
+    assert plan(gpu_box, 6, True) == (1, 4, 2)  # CPUs busy elsewhere: fewer fit
 
 
 def test_a_wrong_address_is_a_clear_error(settings: Settings) -> None:

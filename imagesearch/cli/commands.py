@@ -79,6 +79,11 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
             ctx.models.encoder()
         cluster = ClusterSource(ctx.settings, args.cluster, args.cluster_workers)
         ctx.indexing.cluster = cluster
+        print(f"indexing on the Ray cluster at {args.cluster}: {cluster.plan.describe()}",
+              file=sys.stderr)
+        if cluster.gpus_unusable:
+            print(f"warning: {cluster.gpus_unusable} GPU worker(s) found no CUDA device "
+                  "torch can use and embed on their CPUs", file=sys.stderr)
     try:
         with IndexProgressBar(not args.no_progress) as bar:
             report = ctx.indexing.run(folder_ids, progress=bar, cancel=cancel)

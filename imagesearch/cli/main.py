@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode and embed on the Ray cluster at ADDRESS (host:port, or "
                         "auto); its nodes must see the photos and models at the same paths")
     p.add_argument("--cluster-workers", type=int, metavar="N",
-                   help="workers to start on the cluster (default: one per CPU it offers)")
+                   help="workers to start on the cluster (default: one per GPU, then one "
+                        "per CPU left)")
 
     p = sub.add_parser("search", help="search by description, by image, or both")
     p.add_argument("text", nargs="*", help='description; "-word" pushes results away from it')

@@ -10,6 +10,10 @@ The workers read the photos and the model weights at the paths this process uses
 cluster of several machines the library folders and the models folder must be mounted
 alike on every node (a NAS, as an archive that outgrows one machine usually lives on).
 Ray itself is an optional dependency: ``pip install "imagesearch[cluster]"``.
+
+Nodes with GPUs get a GPU worker per GPU (unless the device is set to cpu), holding a few
+of the node's CPUs to decode and find local features for it: a GPU embeds far faster
+than one CPU decodes. The other CPUs get a worker each.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,10 @@ from imagesearch.errors import ImageSearchError
 log = logging.getLogger(__name__)
 
 IN_FLIGHT_PER_WORKER = 2  # batches queued on each worker: one running, one waiting
+# CPUs a GPU worker holds (fewer where its node has fewer a GPU): they decode and find
+# local features for the GPU, which embeds a batch in a fraction of that time.
+GPU_WORKER_CPUS = 4
+GPU_START_S = 180.0  # for a GPU worker to start (import torch, see its device)
 
 
 class ClusterError(ImageSearchError):
@@ -73,10 +83,60 @@ def _unreachable(address: str, timeout_s: float = 30.0) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    """How many workers of each kind a run starts."""
+
+    gpu_workers: int
+    cpus_per_gpu_worker: int
+    cpu_workers: int
+
+    @property
+    def total(self) -> int:
+        return self.gpu_workers + self.cpu_workers
+
+    def describe(self) -> str:
+        parts = []
+        if self.gpu_workers:
+            parts.append(f"{self.gpu_workers} GPU worker{'s' * (self.gpu_workers > 1)} "
+                         f"({self.cpus_per_gpu_worker} CPU{'s' * (self.cpus_per_gpu_worker > 1)}"
+                         " each)")
+        if self.cpu_workers:
+            parts.append(f"{self.cpu_workers} CPU worker{'s' * (self.cpu_workers > 1)}")
+        return " and ".join(parts) or "no workers"
+
+
+def plan_workers(nodes: Sequence[dict[str, Any]], free_cpus: int, use_gpus: bool,
+                 limit: int | None = None) -> WorkerPlan:
+    """Workers for a cluster's live ``nodes`` (as ``ray.nodes()`` lists them): one per
+    GPU on a node with a CPU to spare for it (up to GPU_WORKER_CPUS each, as the
+    node's CPUs allow), then one per CPU left; at most ``limit`` in all, GPUs first."""
+    gpu_workers, per = 0, GPU_WORKER_CPUS
+    if use_gpus:
+        live = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+        gpu_nodes = [(int(r.get("GPU", 0)), int(r.get("CPU", 0))) for r in live
+                     if int(r.get("GPU", 0)) > 0 and int(r.get("CPU", 0)) > 0]
+        if gpu_nodes:
+            per = max(1, min(GPU_WORKER_CPUS, *(cpus // gpus for gpus, cpus in gpu_nodes)))
+            gpu_workers = sum(min(gpus, cpus // per) for gpus, cpus in gpu_nodes)
+            gpu_workers = min(gpu_workers, free_cpus // per)
+    if limit is not None:
+        gpu_workers = min(gpu_workers, limit)
+    cpu_workers = max(0, free_cpus - gpu_workers * per)
+    if limit is not None:
+        cpu_workers = min(cpu_workers, limit - gpu_workers)
+    return WorkerPlan(gpu_workers, per if gpu_workers else 0, cpu_workers)
+
+
 class EmbedWorker:
     """Runs on a cluster worker (as a Ray actor): the model loaded once, then batches."""
 
-    def __init__(self, settings: dict[str, Any], cpus: int = 1) -> None:
+    def __init__(self, settings: dict[str, Any], cpus: int = 1, gpu: bool = False) -> None:
+        """Args:
+            cpus: the CPUs Ray gave this worker; a GPU worker decodes on that many
+                threads, a CPU worker runs inference on them.
+            gpu: Ray gave this worker a GPU (it sees only that one).
+        """
         # Inference threads to match the CPUs this worker holds, so the workers on one
         # node share its cores instead of each taking all of them.
         os.environ["OMP_NUM_THREADS"] = str(cpus)
@@ -84,14 +144,23 @@ class EmbedWorker:
         import torch
 
         torch.set_num_threads(cpus)
-        cv2.setNumThreads(cpus)  # SIFT's own pool ignores OMP_NUM_THREADS
+        self.decoders = cpus if gpu else 1
+        # SIFT's own pool ignores OMP_NUM_THREADS; a GPU worker's decode threads each
+        # run one SIFT.
+        cv2.setNumThreads(1 if gpu else cpus)
+        self.device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
         from imagesearch.services.models import ModelManager
 
         config = Settings(**{**settings, "library_dir": Path(settings["library_dir"]),
-                             "models_dir": Path(settings["models_dir"])})
+                             "models_dir": Path(settings["models_dir"]),
+                             "device": self.device})
         self.features = FEATURE_MODES.get(config.local_features)
         self.models = ModelManager(config)
         self.encoder: Any = None
+
+    def describe(self) -> str:
+        """Where this worker embeds: "cuda" or "cpu"."""
+        return self.device
 
     def process(self, jobs: list[tuple[str, bool, bool]]
                 ) -> tuple[list[DecodedImage], list[np.ndarray | None]]:
@@ -101,9 +170,17 @@ class EmbedWorker:
             if self.encoder is None:
                 self.encoder = self.models.encoder()
             spec = self.encoder.spec
-        decoded = [decode_for_model(Path(path), spec if pixels else None,
+
+        def decode(job: tuple[str, bool, bool]) -> DecodedImage:
+            path, pixels, features = job
+            return decode_for_model(Path(path), spec if pixels else None,
                                     self.features if features else None)
-                   for path, pixels, features in jobs]
+
+        if self.decoders > 1:  # PIL and OpenCV release the GIL while they work
+            with ThreadPoolExecutor(self.decoders) as pool:
+                decoded = list(pool.map(decode, jobs))
+        else:
+            decoded = [decode(job) for job in jobs]
         with_pixels = [i for i, d in enumerate(decoded) if d.pixels is not None]
         vectors: list[np.ndarray | None] = [None] * len(decoded)
         if with_pixels:
@@ -144,17 +221,40 @@ class ClusterSource:
             raise ClusterError(f"no Ray cluster at {address}: {exc}") from exc
         # Workers beyond the free CPUs would never start, and their batches never end.
         cpus = int(self._ray.available_resources().get("CPU", 0))
-        count = min(workers, cpus) if workers else cpus
-        if count < 1:
+        self.plan = plan_workers(self._ray.nodes(), cpus, settings.device in ("auto", "cuda"),
+                                 workers)
+        if self.plan.total < 1:
             ray.shutdown()
             raise ClusterError(f"the Ray cluster at {address} offers no CPU to work on")
         config = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
         config["library_dir"] = str(settings.library_dir)
         config["models_dir"] = str(settings.models_dir)
-        actor: Any = ray.remote(num_cpus=1)(EmbedWorker)
-        self.workers: list[Any] = [actor.remote(config) for _ in range(count)]
+        per = self.plan.cpus_per_gpu_worker
+        on_gpu: Any = ray.remote(num_cpus=per, num_gpus=1)(EmbedWorker)
+        on_cpu: Any = ray.remote(num_cpus=1)(EmbedWorker)
+        self.workers: list[Any] = (
+            [on_gpu.remote(config, per, True) for _ in range(self.plan.gpu_workers)]
+            + [on_cpu.remote(config) for _ in range(self.plan.cpu_workers)])
         self.address = address
-        log.info("indexing on the Ray cluster at %s with %d workers", address, count)
+        self.gpus_unusable = 0
+        if self.plan.gpu_workers:
+            try:
+                # A GPU node whose CPUs are taken by other jobs never starts its
+                # worker: said here rather than waited for.
+                devices = ray.get([w.describe.remote()
+                                   for w in self.workers[:self.plan.gpu_workers]],
+                                  timeout=GPU_START_S)
+            except ray.exceptions.RayError as exc:
+                self.close()
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ClusterError(f"a GPU worker did not start within {GPU_START_S:.0f} s:"
+                                   f" {first}") from exc
+            self.gpus_unusable = sum(device != "cuda" for device in devices)
+            if self.gpus_unusable:
+                log.warning("%d GPU worker(s) cannot use the GPU Ray gave them (torch "
+                            "sees no CUDA device there); they embed on their CPUs",
+                            self.gpus_unusable)
+        log.info("indexing on the Ray cluster at %s with %s", address, self.plan.describe())
 
     def batches(self, todo: list[DecodeJob], size: int, cancel: threading.Event
                 ) -> Generator[tuple[list[DecodedImage], dict[Path, np.ndarray]], None, None]:
