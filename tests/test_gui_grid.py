@@ -139,3 +139,47 @@ def test_thumbnail_cache_is_keyed_by_mtime(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an image"):
         cache.get(tmp_path / "bad.jpg", None, 128)
     assert not list((tmp_path / "thumbs").rglob("*.part"))
+
+
+def test_a_thumbnail_for_a_tile_that_left_the_screen_is_not_made(
+        qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagesearch.gui import thumbnails
+    from imagesearch.gui.thumbnails import ThumbnailLoader
+
+    class Queue:
+        """A runner that keeps the work until the test runs it."""
+
+        def __init__(self) -> None:
+            self.work: list[tuple[Any, Any, Any]] = []
+
+        def submit(self, pool: str, fn: Any, *, done: Any, error: Any,
+                   priority: int = 0) -> None:
+            self.work.append((fn, done, error))
+
+        def run(self) -> None:
+            work, self.work = self.work, []
+            for fn, done, _ in work:
+                done(fn())
+
+    photos = []
+    for name in ("a", "b"):
+        Image.new("RGB", (96, 64), (200, 40, 40)).save(tmp_path / f"{name}.jpg")
+        photos.append((tmp_path / f"{name}.jpg", None, 64))
+    clock = [100.0]
+    monkeypatch.setattr(thumbnails.time, "monotonic", lambda: clock[0])
+    queue = Queue()
+    loader = ThumbnailLoader(queue, ThumbnailCache(tmp_path / "thumbs"))  # type: ignore[arg-type]
+    announced: list[Any] = []
+    loader.ready.connect(announced.append)
+    a, b = photos
+    assert loader.pixmap(a) is None  # painted: its thumbnail is asked for
+    clock[0] += 1.0  # the grid scrolled on: b is painted, a is not any more
+    assert loader.pixmap(b) is None
+    queue.run()
+    assert loader.pixmap(b) is not None
+    assert loader._pixmaps.keys() == {b}  # a was skipped, not made
+    assert len(list((tmp_path / "thumbs").rglob("*.jpg"))) == 1
+    assert a in announced  # so a tile still on screen repaints, and asks again
+    assert loader.pixmap(a) is None and len(queue.work) == 1  # asked again: queued again
+    queue.run()
+    assert loader.pixmap(a) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 ThumbKey = tuple[Path, float | None, int]
 
 _KEEP = 800  # pixmaps held in memory: a few screens of tiles either way of the viewport
+# A tile not painted for this long while others were has left the screen: its thumbnail
+# is not made when its turn comes (scrolling fast, or jumping, would otherwise queue
+# work for thousands of tiles seen for a frame each).
+STALE_S = 0.25
+_SKIPPED = object()  # what a worker returns for such a tile
 
 
 def load_thumbnail_image(cache: ThumbnailCache, key: ThumbKey) -> QImage:
@@ -34,7 +40,8 @@ class ThumbnailLoader(QObject):
     """Hands out thumbnails by key; missing ones are requested once and announced by ``ready``.
 
     Later requests run first (a rising priority), so the tiles on screen now win over
-    those scrolled past a moment ago. ``reset`` forgets queued work for an old result set.
+    those scrolled past a moment ago, and the work for a tile that has left the screen is
+    skipped (STALE_S). ``reset`` forgets queued work for an old result set.
     """
 
     ready = Signal(object)  # ThumbKey
@@ -50,6 +57,9 @@ class ThumbnailLoader(QObject):
         self._broken: dict[ThumbKey, str] = {}
         self._counter = itertools.count()
         self._generation = threading.Event()  # set: the queued work is obsolete
+        # When each waiting tile was last painted, and when any was (read by workers).
+        self._asked: dict[ThumbKey, float] = {}
+        self._last_ask = 0.0
 
     def set_cache(self, cache: ThumbnailCache) -> None:
         self._cache = cache
@@ -63,7 +73,10 @@ class ThumbnailLoader(QObject):
         if pix is not None:
             self._pixmaps.move_to_end(key)
             return pix
-        if key not in self._pending and key not in self._broken:
+        if key in self._broken:
+            return None
+        self._asked[key] = self._last_ask = time.monotonic()
+        if key not in self._pending:
             self._request(key)
         return None
 
@@ -75,6 +88,7 @@ class ThumbnailLoader(QObject):
         self._generation.set()
         self._generation = threading.Event()
         self._pending.clear()
+        self._asked.clear()
 
     def _request(self, key: ThumbKey) -> None:
         self._pending.add(key)
@@ -82,9 +96,11 @@ class ThumbnailLoader(QObject):
         cache = self._cache
         assert cache is not None
 
-        def work() -> QImage | None:
+        def work() -> QImage | object | None:
             if obsolete.is_set():
                 return None
+            if self._last_ask - self._asked.get(key, self._last_ask) > STALE_S:
+                return _SKIPPED
             return load_thumbnail_image(cache, key)
 
         self._runner.submit(
@@ -92,10 +108,18 @@ class ThumbnailLoader(QObject):
             done=lambda image: self._loaded(key, image, obsolete),
             error=lambda exc: self._failed(key, exc, obsolete))
 
-    def _loaded(self, key: ThumbKey, image: QImage | None, obsolete: threading.Event) -> None:
+    def _loaded(self, key: ThumbKey, image: QImage | object | None,
+                 obsolete: threading.Event) -> None:
         if obsolete is self._generation:
             self._pending.discard(key)
-        if image is None:
+            self._asked.pop(key, None)
+        if image is _SKIPPED:
+            if obsolete is self._generation:
+                # Were it on screen after all (not repainted meanwhile), this repaints it,
+                # and painting asks for it again.
+                self.ready.emit(key)
+            return
+        if not isinstance(image, QImage):
             return
         self._pixmaps[key] = QPixmap.fromImage(image)
         while len(self._pixmaps) > _KEEP:
@@ -105,5 +129,6 @@ class ThumbnailLoader(QObject):
     def _failed(self, key: ThumbKey, exc: BaseException, obsolete: threading.Event) -> None:
         if obsolete is self._generation:
             self._pending.discard(key)
+            self._asked.pop(key, None)
         self._broken[key] = str(exc)
         self.failed.emit(key, str(exc))
