@@ -10,7 +10,8 @@ cache) with them, a third carrying a match box, and scrolls it at 60 frames a se
 
 - ``wheel``: a fast, steady scroll down, three wheel notches a frame (about 4,300
   pixels a second), with the thumbnails made as the grid asks for them (cold cache);
-- ``wheel, cached``: the same again from the top, the thumbnails now in the disk cache;
+- ``wheel, cached``: the same again from the top, the thumbnails now made (the last
+  800 still in memory, all of them in the disk cache);
 - ``jumps``: the scroll bar dragged to a random place ten times a second.
 
 A frame's cost is the GUI thread's busy time in it: the scroll and the synchronous

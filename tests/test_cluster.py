@@ -43,6 +43,19 @@ def _photos(root: Path, count: int) -> Path:
     return root
 
 
+def _wait_for_free_cpus(address: str, count: int) -> None:
+    """Until the workers of a closed source have given their CPUs back (Ray frees them
+    a moment after they are killed)."""
+    import time
+
+    import ray
+
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def _vectors(settings: Settings) -> dict[str, np.ndarray]:
     from imagesearch.services.context import build_context
 
@@ -124,20 +137,23 @@ def test_a_cancelled_cluster_run_resumes_with_nothing_lost_or_duplicated(
 
 def test_a_node_with_a_gpu_gets_a_gpu_worker_with_cpus_to_feed_it(
         local_cluster: Any, make_settings: Any, tmp_path: Path) -> None:
+    import torch
+
     from imagesearch.services.cluster import ClusterSource
     from imagesearch.services.context import build_context
 
-    # Ray is told this node has a GPU; torch finds none there (no CUDA on this machine),
-    # so the worker Ray gives it to says so and embeds on its CPUs.
+    # Ray is told this node has a GPU; where torch finds none there (no CUDA on this
+    # machine), the worker Ray gives it to says so and embeds on its CPUs.
     node = local_cluster.add_node(num_cpus=2, num_gpus=1)
     try:
+        _wait_for_free_cpus(local_cluster.address, 4)
         root = _photos(tmp_path / "photos", 12)
         settings = make_settings(precision="fp32", batch_size=4)
         source = ClusterSource(settings, local_cluster.address)
         try:
-            assert (source.plan.gpu_workers, source.plan.cpus_per_gpu_worker,
-                    source.plan.cpu_workers) == (1, 2, 2)
-            assert source.gpus_unusable == 1
+            assert [count_each[1:] for count_each in source.plan.gpu_nodes] == [(1, 2)]
+            assert source.plan.cpu_workers == 2
+            assert source.gpus_unusable == (0 if torch.cuda.is_available() else 1)
             ctx = build_context(settings, save_delay_s=0.0, background=False)
             try:
                 ctx.indexing.cluster = source
@@ -150,6 +166,7 @@ def test_a_node_with_a_gpu_gets_a_gpu_worker_with_cpus_to_feed_it(
         finally:
             source.close()
         with_cpu_only = make_settings(precision="fp32", device="cpu")
+        _wait_for_free_cpus(local_cluster.address, 4)
         source = ClusterSource(with_cpu_only, local_cluster.address)
         try:  # told to use the CPU: every free CPU gets a CPU worker
             assert (source.plan.gpu_workers, source.plan.cpu_workers) == (0, 4)
@@ -166,22 +183,26 @@ def test_workers_are_planned_from_each_nodes_gpus_and_cpus() -> None:
         resources = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
         return {"Alive": alive, "Resources": resources}
 
-    def plan(*args: Any, **kwargs: Any) -> tuple[int, int, int]:
+    def plan(*args: Any, **kwargs: Any) -> tuple[int, list[int], int]:
         found = plan_workers(*args, **kwargs)
-        return found.gpu_workers, found.cpus_per_gpu_worker, found.cpu_workers
+        each = [cpus for _, count, cpus in found.gpu_nodes for _ in range(count)]
+        return found.gpu_workers, each, found.cpu_workers
 
     cpus_only = [node(2), node(1)]
-    assert plan(cpus_only, 3, True) == (0, 0, 3)
-    assert plan(cpus_only, 3, True, limit=2) == (0, 0, 2)
+    assert plan(cpus_only, 3, True) == (0, [], 3)
+    assert plan(cpus_only, 3, True, limit=2) == (0, [], 2)
     gpu_box = [node(8, 2), node(4)]  # 4 CPUs for each GPU there, the rest CPU workers
-    assert plan(gpu_box, 12, True) == (2, 4, 4)
-    assert plan(gpu_box, 12, False) == (0, 0, 12)  # the device is set to cpu
-    assert plan(gpu_box, 12, True, limit=3) == (2, 4, 1)  # GPUs first
-    assert plan(gpu_box, 12, True, limit=1) == (1, 4, 0)
-    assert plan([node(2, 1), node(4)], 6, True) == (1, 2, 4)  # as many CPUs as it has
-    assert plan([node(0, 1), node(4)], 4, True) == (0, 0, 4)  # no CPU to drive it
-    assert plan([node(8, 2, alive=False), node(4)], 4, True) == (0, 0, 4)
-    assert plan(gpu_box, 6, True) == (1, 4, 2)  # CPUs busy elsewhere: fewer fit
+    assert plan(gpu_box, 12, True) == (2, [4, 4], 4)
+    assert plan(gpu_box, 12, False) == (0, [], 12)  # the device is set to cpu
+    assert plan(gpu_box, 12, True, limit=3) == (2, [4, 4], 1)  # GPUs first
+    assert plan(gpu_box, 12, True, limit=1) == (1, [4], 0)
+    assert plan([node(2, 1), node(4)], 6, True) == (1, [2], 4)  # as many CPUs as it has
+    assert plan([node(32, 1), node(1, 1)], 33, True) == (2, [4, 1], 28)  # node by node
+    assert plan([node(0, 1), node(4)], 4, True) == (0, [], 4)  # no CPU to drive it
+    assert plan([node(8, 2, alive=False), node(4)], 4, True) == (0, [], 4)
+    assert plan(gpu_box, 6, True) == (1, [4], 2)  # CPUs busy elsewhere: fewer fit
+    assert plan_workers(gpu_box, 12, True).describe() == "2 GPU workers (4 CPUs each) " \
+        "and 4 CPU workers"
 
 
 def test_a_wrong_address_is_a_clear_error(settings: Settings) -> None:

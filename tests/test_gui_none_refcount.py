@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -30,9 +31,14 @@ def test_empty_values_from_qt_keep_none_alive(qtbot: object) -> None:
              lambda: index.data(Qt.ItemDataRole.DecorationRole), action.data)
     for read in reads:
         read()
-    before = sys.getrefcount(None)
-    for _ in range(200):
-        for read in reads:
-            assert read() is None
-    assert sys.getrefcount(None) >= before
+    gc.disable()  # a collection freeing objects that hold None would move the count
+    try:
+        before = sys.getrefcount(None)
+        for _ in range(200):
+            for read in reads:
+                assert read() is None
+        after = sys.getrefcount(None)
+    finally:
+        gc.enable()
+    assert after >= before - 20, after - before  # 6.12.0 drops 800 here
     runner.shutdown()

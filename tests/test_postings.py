@@ -4,8 +4,10 @@ photos waiting beside it, and a journal of the changes since the base was writte
 from __future__ import annotations
 
 import json
+import struct
 import threading
 from pathlib import Path
+from typing import Any
 
 import filelock
 import numpy as np
@@ -245,44 +247,87 @@ def test_damaged_files_are_refused_and_damaged_postings_never_crash(
     assert 500 in loaded.versions()
 
 
-def test_a_flipped_digit_in_the_header_is_caught(vocabulary: Vocabulary,
-                                                tmp_path: Path) -> None:
+def rewrite_header(path: Path, out: Path, change: Any, version: int | None = None) -> None:
+    """``path`` copied to ``out`` with its JSON header passed through ``change``."""
+    data = path.read_bytes()
+    old_version, head_len = struct.unpack("<II", data[4:12])
+    header = change(json.loads(data[12:12 + head_len]))
+    head = json.dumps(header).encode()
+    start = data[:4] + struct.pack("<II", version or old_version, len(head)) + head
+    out.write_bytes(start.ljust(4096, b"\0") + data[4096:])
+
+
+def test_a_damaged_header_is_caught(vocabulary: Vocabulary, tmp_path: Path) -> None:
     path = tmp_path / "local.asmk"
     saved_index(vocabulary, path)
-    data = path.read_bytes()
-    head_len = int.from_bytes(data[8:12], "little")
-    header = json.loads(data[12:12 + head_len])
-    shape = header["layout"]["codes"]["shape"]
-    old = json.dumps(header).encode()
-    header["layout"]["codes"]["shape"] = [shape[0] - 1, shape[1]]  # one fewer, same width
-    new = json.dumps(header).encode()
-    assert len(new) == len(old) or len(new) == len(old) - 1
-    new = new.ljust(len(old))  # the JSON parser ignores the trailing space
-    damaged = tmp_path / "layout.asmk"
-    damaged.write_bytes(data[:12] + new + data[12 + len(old):])
+
+    def shorter_codes(header: dict[str, Any]) -> dict[str, Any]:
+        shape = header["layout"]["codes"]["shape"]
+        header["layout"]["codes"]["shape"] = [shape[0] - 1, shape[1]]  # a digit flipped
+        return header
+
+    rewrite_header(path, tmp_path / "layout.asmk", shorter_codes)
     with pytest.raises(IndexFileError, match="checksum"):
-        InvertedFile.load(damaged, "x")
-    (tmp_path / "junk.asmk").write_bytes(data[:12] + b"[1, 2]".ljust(len(old)) +
-                                         data[12 + len(old):])
-    with pytest.raises(IndexFileError, match="damaged header"):
-        InvertedFile.load(tmp_path / "junk.asmk", "x")
+        InvertedFile.load(tmp_path / "layout.asmk", "x")
+    for name, change in (
+            ("junk", lambda header: [1, 2]),
+            ("huge", lambda header: {**header, "layout": {
+                **header["layout"], "ids": {**header["layout"]["ids"], "offset": 1e400}}}),
+            ("wide", lambda header: {**header, "layout": {
+                **header["layout"], "ids": {**header["layout"]["ids"],
+                                            "shape": [2 ** 40, 2 ** 40]}}})):
+        rewrite_header(path, tmp_path / f"{name}.asmk", change)
+        with pytest.raises(IndexFileError, match=r"damaged header|truncated"):
+            InvertedFile.load(tmp_path / f"{name}.asmk", "x")
 
 
-def test_two_processes_never_append_to_each_others_base(vocabulary: Vocabulary,
-                                                        tmp_path: Path) -> None:
+def test_a_base_written_by_the_previous_format_is_still_read(
+        vocabulary: Vocabulary, tmp_path: Path) -> None:
+    path = tmp_path / "local.asmk"
+    inverted = saved_index(vocabulary, path)
+    found = read_base(path)
+
+    def as_format_1(header: dict[str, Any]) -> dict[str, Any]:
+        # Format 1's checksum covered the arrays alone.
+        return {**header, "checksum": local_index_file._checksum(header, found.arrays, 1)}
+
+    rewrite_header(path, tmp_path / "old.asmk", as_format_1, version=1)
+    journal_path(path).rename(journal_path(tmp_path / "old.asmk"))
+    loaded = InvertedFile.load(tmp_path / "old.asmk", "x")
+    assert loaded.versions() == inverted.versions()
+    rewrite_header(path, tmp_path / "wrong.asmk", lambda header: header, version=1)
+    with pytest.raises(IndexFileError, match="checksum"):
+        InvertedFile.load(tmp_path / "wrong.asmk", "x")
+
+
+def test_two_processes_take_turns_and_keep_each_others_changes(
+        vocabulary: Vocabulary, tmp_path: Path) -> None:
     path = tmp_path / "local.asmk"
     app = saved_index(vocabulary, path)
-    # Another process (the command line) opens the files, changes a photo and appends.
+    # Another process (the command line) opens the files, changes photos and appends.
     cli = InvertedFile.load(path, "x")
-    cli.add(501, features_near(vocabulary, 501), "v")
+    cli.add(501, features_near(vocabulary, 501), "cli")
+    cli.add(7, features_near(vocabulary, 7), "cli")
+    cli.remove([8])
     cli.save(path, "x")
-    # The app's next save finds a journal it did not write: it writes a base instead of
-    # appending after the other process's records.
-    token = read_base(path).token
-    app.add(500, features_near(vocabulary, 500), "v")
+    # The app changed photo 7 too, later, and saves after it: it takes in the other
+    # process's record, appends its own after it, and its own change to 7 wins.
+    token, base_bytes = read_base(path).token, path.read_bytes()
+    app.add(500, features_near(vocabulary, 500), "app")
+    app.add(7, features_near(vocabulary, 7), "app")
     app.save(path, "x")
-    assert read_base(path).token != token
-    assert 500 in InvertedFile.load(path, "x").versions()
+    assert read_base(path).token == token and path.read_bytes() == base_bytes
+    loaded = InvertedFile.load(path, "x")
+    for index in (loaded, app):
+        found = index.versions()
+        assert found[500] == "app" and found[501] == "cli" and found[7] == "app"
+        assert 8 not in found
+    # And the other way round: the command line's next save takes in the app's record.
+    cli.add(502, features_near(vocabulary, 502), "cli")
+    cli.save(path, "x")
+    assert read_base(path).token == token
+    assert cli.versions() == InvertedFile.load(path, "x").versions()
+    assert cli.versions()[7] == "app"
     # Another process learns a new vocabulary and writes its base: the app's next save
     # must not extend it with words of its own vocabulary.
     rng = np.random.default_rng(7)
@@ -290,13 +335,13 @@ def test_two_processes_never_append_to_each_others_base(vocabulary: Vocabulary,
     relearned = InvertedFile(other)
     relearned.add_many([(pid, features_near(other, pid), "v") for pid in range(60)])
     relearned.save(path, "x")
-    app.add(502, features_near(vocabulary, 502), "v")
+    app.add(503, features_near(vocabulary, 503), "app")
     app.save(path, "x")
     loaded = InvertedFile.load(path, "x")
     assert np.array_equal(loaded.vocabulary.centroids, vocabulary.centroids)
-    assert {500, 502} <= loaded.versions().keys()
-    ids, _ = loaded.search(features_near(vocabulary, 502), 3)
-    assert ids[0] == 502
+    assert {500, 501, 503} <= loaded.versions().keys()
+    ids, _ = loaded.search(features_near(vocabulary, 503), 3)
+    assert ids[0] == 503
 
 
 def test_a_save_waits_for_another_writer_and_gives_up_cleanly(

@@ -69,6 +69,9 @@ def _index(args: argparse.Namespace, ctx: AppContext, cancel: threading.Event) -
     # Without the model, photos can still be indexed for search by image.
     _ensure_weights(ctx, optional=ctx.local.mode is not None)
     cluster = None
+    workers = getattr(args, "cluster_workers", None)
+    if workers is not None and workers < 1:
+        raise ImageSearchError("--cluster-workers must be at least 1.")
     if getattr(args, "cluster", None):
         from imagesearch.services.cluster import ClusterSource
 

@@ -28,6 +28,7 @@ FORMAT = 2  # 2 added the family and its search parameters; 1 (exact only) still
 _DELTA_MAGIC = b"ISDL"
 _DELTA_FORMAT = 1
 _RECORD = struct.Struct("<I8s")  # payload length, xxh3-64 digest of the payload
+RECORD_HEAD = _RECORD.size  # bytes framing each record of a log
 _CHANGE = struct.Struct("<qqIII")  # generation before, after, removed, added, dim
 
 

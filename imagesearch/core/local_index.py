@@ -280,6 +280,7 @@ class InvertedFile:
         self._file: Path | None = None
         self._token = ""
         self._journal_bytes = 0
+        self._journal_entries = 0  # the records in it (this process's and others')
         self._added: set[int] = set()
         self._removed: set[int] = set()
 
@@ -509,7 +510,7 @@ class InvertedFile:
         """
         with self._changing, writing(path):
             journal = journal_path(path)
-            if not self._extends(path, journal):
+            if not self._extends(path, journal) or not self._catch_up(path, journal):
                 self._merge(into=path, extractor=extractor)
                 with self._lock:
                     self._added.clear()
@@ -519,7 +520,7 @@ class InvertedFile:
                 except IndexFileError:
                     size = 0
                 with self._lock:
-                    self._journal_bytes = size
+                    self._journal_bytes, self._journal_entries = size, 0
                 return
             with self._lock:
                 if not self._added and not self._removed:
@@ -542,21 +543,59 @@ class InvertedFile:
                 raise
             with self._lock:
                 self._journal_bytes = size
+                self._journal_entries += 1
                 self._added.clear()
                 self._removed.clear()
 
     def _extends(self, path: Path, journal: Path) -> bool:
         """Whether a save can append to the journal at ``journal``: this index is the base
-        at ``path`` and the journal is the one this process wrote last (no other process
-        replaced or extended either), and it is still small beside the base."""
+        at ``path`` (no other process replaced it) and the journal, still small beside
+        the base, is the one this process last read or wrote, or that one extended."""
         if self._file != path or self._journal_bytes <= 0:
             return False
         try:
             base_bytes, journal_bytes = path.stat().st_size, journal.stat().st_size
         except OSError:
             return False
-        return (journal_bytes == self._journal_bytes and read_token(path) == self._token
-                and self._journal_bytes * JOURNAL_SHARE <= max(base_bytes, 1 << 20))
+        return (journal_bytes >= self._journal_bytes and read_token(path) == self._token
+                and journal_bytes * JOURNAL_SHARE <= max(base_bytes, 1 << 20))
+
+    def _catch_up(self, path: Path, journal: Path) -> bool:
+        """Take in the records another process appended to the journal since this one
+        last read or wrote it, so that this process's next record follows them and its
+        own unsaved changes still win; False if the journal cannot be extended (torn, or
+        a merge replaced this base meanwhile): a base is written instead. Called under
+        the files' lock."""
+        try:
+            if journal.stat().st_size == self._journal_bytes:
+                return True
+        except OSError:
+            return False
+        entries, size = read_journal(journal, self._token)
+        seen = self._journal_entries
+        if size <= self._journal_bytes or len(entries) < seen:
+            return False
+        with self._lock:
+            mine = [(pid, *self._pending[pid]) for pid in self._added if pid in self._pending]
+            removed = list(self._removed)
+        for entry in entries[seen:]:
+            self._replay(entry)
+        self.remove(removed, journalled=False)
+        self._put_encoded(mine, journalled=False)
+        if self._file != path:
+            return False
+        with self._lock:
+            self._journal_bytes, self._journal_entries = size, len(entries)
+        return True
+
+    def _replay(self, entry: JournalEntry) -> None:
+        self.remove(entry.removed, journalled=False)
+        bounds = np.concatenate([[0], np.cumsum(entry.counts, dtype=np.int64)])
+        self._put_encoded([
+            (int(pid), entry.words[a:b], entry.codes[a:b], bytes(version))
+            for pid, version, a, b in zip(entry.added.tolist(), entry.versions,
+                                          bounds[:-1], bounds[1:], strict=True)],
+            journalled=False)
 
     @classmethod
     def load(cls, path: Path, extractor: str, spill_dir: Path | None = None) -> InvertedFile:
@@ -567,11 +606,7 @@ class InvertedFile:
         """
         with reading(path):
             found = read_base(path)
-            entries, clean = read_journal(journal_path(path), found.token)
-            try:
-                journal_bytes = journal_path(path).stat().st_size if clean else 0
-            except OSError:
-                journal_bytes = 0
+            entries, journal_bytes = read_journal(journal_path(path), found.token)
         meta, arrays = found.meta, found.arrays
         if meta.get("format") != _FORMAT or meta.get("extractor") != extractor:
             raise IndexFileError("the local-feature index is for other features")
@@ -602,15 +637,9 @@ class InvertedFile:
             if len(entry.words) and int(entry.words.max()) >= k:
                 journal_bytes = 0
                 break
-            inverted.remove(entry.removed, journalled=False)
-            bounds = np.concatenate([[0], np.cumsum(entry.counts, dtype=np.int64)])
-            inverted._put_encoded([
-                (int(pid), entry.words[a:b], entry.codes[a:b], bytes(version))
-                for pid, version, a, b in zip(entry.added.tolist(), entry.versions,
-                                              bounds[:-1], bounds[1:], strict=True)],
-                journalled=False)
+            inverted._replay(entry)
         if inverted._file == path:  # no merge replaced the base while replaying
-            inverted._journal_bytes = journal_bytes
+            inverted._journal_bytes, inverted._journal_entries = journal_bytes, len(entries)
         return inverted
 
 

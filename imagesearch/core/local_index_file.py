@@ -15,8 +15,9 @@ extends by its token. Saving a change costs the change's bytes, not the library'
 
 Two processes may share a library (the app and the command line). Whoever writes the
 files holds a lock file beside them (``writing``) and first checks that the base on disk
-and its journal are still the ones it extends (``extends``); otherwise it writes a base
-of its own, since appending its changes to another process's base would mix two
+is still the one it extends, taking in what the other process appended to its journal
+meanwhile (``InvertedFile._extends`` and ``_catch_up``); otherwise it writes a base of
+its own, since appending its changes to another process's base would mix two
 vocabularies.
 """
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
 import struct
 import tempfile
@@ -37,11 +40,19 @@ import filelock
 import numpy as np
 import xxhash
 
-from imagesearch.core.index_file import append_records, read_records, write_index_file
+from imagesearch.core.index_file import (
+    RECORD_HEAD,
+    append_records,
+    read_records,
+    write_index_file,
+)
 from imagesearch.errors import IndexFileError
 
+log = logging.getLogger(__name__)
+
 _MAGIC = b"ISAK"
-FORMAT = 2  # 2: the checksum covers the header too
+FORMAT = 2  # 2: the checksum covers the header too; 1 is still read
+_READABLE = (1, FORMAT)
 _HEAD = 4096  # bytes reserved for the magic, format and JSON header
 _ALIGN = 64
 # Arrays too large to checksum at every open (see the module's docstring).
@@ -53,8 +64,11 @@ _JOURNAL_MAGIC = b"ISAJ"
 _JOURNAL_FORMAT = 1
 _CHANGE = struct.Struct("<QQQ")  # photos removed, photos added, their postings
 # How long a writer waits for another process's write (a base of a million photos is
-# written in about a minute), and a reader before it reads without the lock.
-WRITE_WAIT_S, READ_WAIT_S = 120.0, 10.0
+# written in about a minute), and a reader before it reads without the lock. On Windows
+# a reader never reads without it: a file open there cannot be replaced, so the writer's
+# rename would fail.
+WRITE_WAIT_S = 120.0
+READ_WAIT_S = 10.0 if MAP_FILES else WRITE_WAIT_S
 
 
 def journal_path(base: Path) -> Path:
@@ -65,8 +79,9 @@ def lock_path(base: Path) -> Path:
     return base.with_name(base.name + ".lock")
 
 
-def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock:
-    """``base``'s lock, acquired (an OS file lock, released if the process dies).
+def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock | None:
+    """``base``'s lock, acquired (an OS file lock, released if the process dies); None
+    where the file system has no locks (some network mounts): then nothing is locked.
 
     Raises:
         IndexFileError: another process held it for ``wait_s``, or it cannot be made.
@@ -77,6 +92,11 @@ def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock:
         lock.acquire()
     except filelock.Timeout as exc:
         raise IndexFileError(f"another process is writing {base.name}") from exc
+    except NotImplementedError:
+        log.warning("the file system of %s has no file locks: two processes saving the "
+                    "local-feature index at once may overwrite each other's changes "
+                    "(the next refresh finds them again)", base.parent)
+        return None
     except OSError as exc:
         raise IndexFileError(f"cannot lock the local-feature index {base}: "
                              f"{exc.strerror or exc}") from exc
@@ -94,17 +114,24 @@ def writing(base: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 @contextlib.contextmanager
 def reading(base: Path) -> Iterator[None]:
     """The lock while a base and its journal are read together, if it can be had within
     READ_WAIT_S; without it otherwise (a reader then may see a journal of another base,
-    which ``read_journal`` ignores: the index only lacks changes a refresh brings back)."""
+    which ``read_journal`` ignores: the index only lacks changes a refresh brings back).
+
+    Raises:
+        IndexFileError: on Windows, another process held it for READ_WAIT_S.
+    """
     try:
-        lock: filelock.BaseFileLock | None = _lock(base, READ_WAIT_S)
+        lock = _lock(base, READ_WAIT_S)
     except IndexFileError:
+        if not MAP_FILES:
+            raise
         lock = None
     try:
         yield
@@ -199,11 +226,14 @@ class BaseWriter:
             self.tmp.unlink()
 
 
-def _checksum(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
-    """Over the header (but its checksum) and the arrays but the UNCHECKED ones."""
+def _checksum(header: dict[str, Any], arrays: dict[str, np.ndarray],
+              version: int = FORMAT) -> str:
+    """Over the header (but its checksum; format 1 left the header out) and the arrays
+    but the UNCHECKED ones."""
     h = xxhash.xxh3_64()
-    h.update(json.dumps({key: value for key, value in header.items() if key != "checksum"},
-                        sort_keys=True).encode())
+    if version >= 2:
+        h.update(json.dumps({key: value for key, value in header.items()
+                             if key != "checksum"}, sort_keys=True).encode())
     for name in sorted(arrays):
         if name not in UNCHECKED:
             h.update(name.encode())
@@ -222,10 +252,11 @@ class BaseFile:
 
 
 def _parse_head(start: bytes, path: Path) -> dict[str, Any]:
+    """The header (with the file's format as "file_format"), unchecked."""
     if len(start) < 12 or start[:4] != _MAGIC:
         raise IndexFileError(f"{path} is not an imagesearch local-feature index")
     version, n = struct.unpack("<II", start[4:12])
-    if version != FORMAT:
+    if version not in _READABLE:
         raise IndexFileError(f"{path} has format {version}, expected {FORMAT}")
     try:
         meta = json.loads(start[12:12 + n])
@@ -233,7 +264,7 @@ def _parse_head(start: bytes, path: Path) -> dict[str, Any]:
         raise IndexFileError(f"{path} has a damaged header") from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("layout"), dict):
         raise IndexFileError(f"{path} has a damaged header")
-    return meta
+    return {**meta, "file_format": version}
 
 
 def read_token(path: Path) -> str | None:
@@ -263,9 +294,11 @@ def read_base(path: Path, mapped: bool = MAP_FILES) -> BaseFile:
     except OSError as exc:
         raise IndexFileError(f"cannot read the local-feature index {path}: "
                              f"{exc.strerror or exc}") from exc
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError,
+            MemoryError) as exc:
         raise IndexFileError(f"{path} has a damaged header") from exc
-    if _checksum(meta, arrays) != meta.get("checksum"):
+    version = meta.pop("file_format")
+    if _checksum(meta, arrays, version) != meta.get("checksum"):
         raise IndexFileError(f"{path} is damaged (checksum mismatch)")
     return BaseFile(meta, arrays)
 
@@ -276,7 +309,7 @@ def _read_array(f: BinaryIO, size: int, spec: dict[str, Any], mapped: bool,
     shape = tuple(int(d) for d in spec["shape"])
     if dtype.hasobject or offset < _HEAD or any(d < 0 for d in shape):
         raise ValueError("a damaged layout")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python's integers: a damaged shape cannot wrap around
     if offset + count * dtype.itemsize > size:
         raise IndexFileError(f"{path} is truncated")
     if count == 0:
@@ -330,17 +363,21 @@ def append_journal(path: Path, entry: JournalEntry) -> int:
     return append_records(path, [payload], "the local-feature index's changes")
 
 
-def read_journal(path: Path, token: str) -> tuple[list[JournalEntry], bool]:
-    """The journal's intact entries for the base ``token``, and whether it can be
-    extended (it is this base's and was read to its end with nothing torn)."""
-    payloads, clean = read_records(path, _journal_head(token))
+def read_journal(path: Path, token: str) -> tuple[list[JournalEntry], int]:
+    """The journal's intact entries for the base ``token``, and the journal's size when
+    it can be extended (it is this base's and was read to its end with nothing torn),
+    else 0. The size is what was read: a record another process appends meanwhile is
+    neither in the entries nor counted."""
+    head = _journal_head(token)
+    payloads, clean = read_records(path, head)
     entries: list[JournalEntry] = []
     for payload in payloads:
         entry = _decode(payload)
         if entry is None:
-            return entries, False
+            return entries, 0
         entries.append(entry)
-    return entries, clean
+    size = len(head) + sum(RECORD_HEAD + len(payload) for payload in payloads)
+    return entries, size if clean else 0
 
 
 def _decode(payload: memoryview) -> JournalEntry | None:

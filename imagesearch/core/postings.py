@@ -243,7 +243,7 @@ def score(words: np.ndarray, codes: np.ndarray, postings: Postings, idf: np.ndar
     offsets = np.asarray(postings.offsets)
     starts, ends = offsets[words], offsets[words + 1]
     lengths = ends - starts
-    weight = idf[words].astype(np.float64) ** 2
+    weight = idf[words] ** 2  # float32, as the scores were always computed
     # Plain views of memory maps: slicing a np.memmap makes a memmap, several times the
     # cost of slicing an array, and a query slices thousands.
     all_codes, all_rows = np.asarray(postings.codes), np.asarray(postings.rows)

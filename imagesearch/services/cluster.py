@@ -87,9 +87,12 @@ def _unreachable(address: str, timeout_s: float = 30.0) -> str | None:
 class WorkerPlan:
     """How many workers of each kind a run starts."""
 
-    gpu_workers: int
-    cpus_per_gpu_worker: int
+    gpu_nodes: tuple[tuple[str, int, int], ...]  # (node id, GPU workers, CPUs each)
     cpu_workers: int
+
+    @property
+    def gpu_workers(self) -> int:
+        return sum(count for _, count, _ in self.gpu_nodes)
 
     @property
     def total(self) -> int:
@@ -98,9 +101,10 @@ class WorkerPlan:
     def describe(self) -> str:
         parts = []
         if self.gpu_workers:
+            each = sorted({cpus for _, count, cpus in self.gpu_nodes if count})
+            cpus = (f"{each[0]}" if len(each) == 1 else f"{each[0]}-{each[-1]}")
             parts.append(f"{self.gpu_workers} GPU worker{'s' * (self.gpu_workers > 1)} "
-                         f"({self.cpus_per_gpu_worker} CPU{'s' * (self.cpus_per_gpu_worker > 1)}"
-                         " each)")
+                         f"({cpus} CPU{'s' * (each[-1] > 1)} each)")
         if self.cpu_workers:
             parts.append(f"{self.cpu_workers} CPU worker{'s' * (self.cpu_workers > 1)}")
         return " and ".join(parts) or "no workers"
@@ -108,24 +112,26 @@ class WorkerPlan:
 
 def plan_workers(nodes: Sequence[dict[str, Any]], free_cpus: int, use_gpus: bool,
                  limit: int | None = None) -> WorkerPlan:
-    """Workers for a cluster's live ``nodes`` (as ``ray.nodes()`` lists them): one per
-    GPU on a node with a CPU to spare for it (up to GPU_WORKER_CPUS each, as the
-    node's CPUs allow), then one per CPU left; at most ``limit`` in all, GPUs first."""
-    gpu_workers, per = 0, GPU_WORKER_CPUS
-    if use_gpus:
-        live = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
-        gpu_nodes = [(int(r.get("GPU", 0)), int(r.get("CPU", 0))) for r in live
-                     if int(r.get("GPU", 0)) > 0 and int(r.get("CPU", 0)) > 0]
-        if gpu_nodes:
-            per = max(1, min(GPU_WORKER_CPUS, *(cpus // gpus for gpus, cpus in gpu_nodes)))
-            gpu_workers = sum(min(gpus, cpus // per) for gpus, cpus in gpu_nodes)
-            gpu_workers = min(gpu_workers, free_cpus // per)
-    if limit is not None:
-        gpu_workers = min(gpu_workers, limit)
-    cpu_workers = max(0, free_cpus - gpu_workers * per)
-    if limit is not None:
-        cpu_workers = min(cpu_workers, limit - gpu_workers)
-    return WorkerPlan(gpu_workers, per if gpu_workers else 0, cpu_workers)
+    """Workers for a cluster's ``nodes`` (as ``ray.nodes()`` lists them): on each live
+    node with GPUs, one per GPU, each holding up to GPU_WORKER_CPUS of that node's CPUs
+    (as many as it has a GPU; a GPU with no CPU to drive it gets no worker); then one
+    per CPU left. At most ``limit`` in all, GPUs first."""
+    gpu_nodes: list[tuple[str, int, int]] = []
+    left = limit if limit is not None else free_cpus + sum(
+        int(node.get("Resources", {}).get("GPU", 0)) for node in nodes)
+    held = 0
+    for node in nodes if use_gpus else ():
+        resources = node.get("Resources", {})
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        if not node.get("Alive", True) or gpus < 1 or cpus < 1:
+            continue
+        each = max(1, min(GPU_WORKER_CPUS, cpus // gpus))
+        count = min(gpus, cpus // each, left, (free_cpus - held) // each)
+        if count > 0:
+            gpu_nodes.append((str(node.get("NodeID", "")), count, each))
+            held += count * each
+            left -= count
+    return WorkerPlan(tuple(gpu_nodes), max(0, min(free_cpus - held, left)))
 
 
 class EmbedWorker:
@@ -229,12 +235,16 @@ class ClusterSource:
         config = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
         config["library_dir"] = str(settings.library_dir)
         config["models_dir"] = str(settings.models_dir)
-        per = self.plan.cpus_per_gpu_worker
-        on_gpu: Any = ray.remote(num_cpus=per, num_gpus=1)(EmbedWorker)
-        on_cpu: Any = ray.remote(num_cpus=1)(EmbedWorker)
-        self.workers: list[Any] = (
-            [on_gpu.remote(config, per, True) for _ in range(self.plan.gpu_workers)]
-            + [on_cpu.remote(config) for _ in range(self.plan.cpu_workers)])
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        worker: Any = ray.remote(EmbedWorker)
+        self.workers: list[Any] = [
+            worker.options(num_cpus=each, num_gpus=1,
+                           scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+                           ).remote(config, each, True)
+            for node, count, each in self.plan.gpu_nodes for _ in range(count)]
+        self.workers += [worker.options(num_cpus=1).remote(config)
+                         for _ in range(self.plan.cpu_workers)]
         self.address = address
         self.gpus_unusable = 0
         if self.plan.gpu_workers:
