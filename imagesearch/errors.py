@@ -43,6 +43,10 @@ class IndexFileError(ImageSearchError):
     """The on-disk vector index is missing, stale or unreadable."""
 
 
+class IndexBusyError(IndexFileError):
+    """Another process held an index file's lock too long: the file is fine, try later."""
+
+
 class FolderError(ImageSearchError):
     """A folder cannot be added or read."""
 

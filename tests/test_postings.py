@@ -17,7 +17,7 @@ from imagesearch.core import local_index, local_index_file, postings
 from imagesearch.core.local_features import LocalFeatures
 from imagesearch.core.local_index import Aggregated, InvertedFile, Vocabulary
 from imagesearch.core.local_index_file import journal_path, lock_path, read_base
-from imagesearch.errors import IndexFileError
+from imagesearch.errors import IndexBusyError, IndexFileError
 
 K = 64
 
@@ -344,6 +344,22 @@ def test_two_processes_take_turns_and_keep_each_others_changes(
     assert ids[0] == 503
 
 
+def test_a_save_after_a_merge_here_keeps_the_other_processs_records(
+        vocabulary: Vocabulary, tmp_path: Path) -> None:
+    path = tmp_path / "local.asmk"
+    app = saved_index(vocabulary, path)
+    cli = InvertedFile.load(path, "x")
+    cli.add(501, features_near(vocabulary, 501), "cli")
+    cli.save(path, "x")
+    # The app adds enough photos to merge them into its base in memory: its base is no
+    # longer the file's, so it writes a whole base, with the other process's photo in.
+    app.add_many([(pid, features_near(vocabulary, pid), "app") for pid in range(600, 620)])
+    assert app._file is None
+    app.save(path, "x")
+    found = InvertedFile.load(path, "x").versions()
+    assert found[501] == "cli" and found[615] == "app" and len(found) == 81
+
+
 def test_a_save_waits_for_another_writer_and_gives_up_cleanly(
         vocabulary: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "local.asmk"
@@ -357,8 +373,13 @@ def test_a_save_waits_for_another_writer_and_gives_up_cleanly(
         with pytest.raises(IndexFileError, match="another process"):
             inverted.save(path, "x")
         assert (path.read_bytes(), journal_path(path).read_bytes()) == before
-        # A reader does not wait for ever: it reads what is there.
+        # A reader does not wait for ever: it reads what is there. On Windows, where an
+        # open file cannot be replaced, it says the file is busy instead.
         assert len(InvertedFile.load(path, "x")) == 60
+        monkeypatch.setattr(local_index_file, "MAP_FILES", False)
+        with pytest.raises(IndexBusyError):
+            InvertedFile.load(path, "x")
+        monkeypatch.setattr(local_index_file, "MAP_FILES", True)
         released = threading.Timer(0.1, other.release)
         released.start()
         monkeypatch.setattr(local_index_file, "WRITE_WAIT_S", 10.0)

@@ -280,7 +280,10 @@ class InvertedFile:
         self._file: Path | None = None
         self._token = ""
         self._journal_bytes = 0
-        self._journal_entries = 0  # the records in it (this process's and others')
+        # The base file this index comes from, even after merges in memory, and how much
+        # of its journal it holds: (path, token, records, bytes). Records another process
+        # appends after those are taken in before this one saves (``_catch_up``).
+        self._origin: tuple[Path, str, int, int] | None = None
         self._added: set[int] = set()
         self._removed: set[int] = set()
 
@@ -510,7 +513,8 @@ class InvertedFile:
         """
         with self._changing, writing(path):
             journal = journal_path(path)
-            if not self._extends(path, journal) or not self._catch_up(path, journal):
+            self._catch_up(path, journal)
+            if not self._extends(path, journal):
                 self._merge(into=path, extractor=extractor)
                 with self._lock:
                     self._added.clear()
@@ -520,7 +524,8 @@ class InvertedFile:
                 except IndexFileError:
                     size = 0
                 with self._lock:
-                    self._journal_bytes, self._journal_entries = size, 0
+                    self._journal_bytes = size
+                    self._origin = (path, self._token, 0, size) if size else None
                 return
             with self._lock:
                 if not self._added and not self._removed:
@@ -540,53 +545,63 @@ class InvertedFile:
             except IndexFileError:
                 with self._lock:
                     self._journal_bytes = 0  # a torn record would hide what follows it
+                    self._origin = None
                 raise
             with self._lock:
                 self._journal_bytes = size
-                self._journal_entries += 1
+                records = self._origin[2] + 1 if self._origin is not None else 1
+                self._origin = (path, self._token, records, size)
                 self._added.clear()
                 self._removed.clear()
 
     def _extends(self, path: Path, journal: Path) -> bool:
         """Whether a save can append to the journal at ``journal``: this index is the base
-        at ``path`` (no other process replaced it) and the journal, still small beside
-        the base, is the one this process last read or wrote, or that one extended."""
+        at ``path`` (no other process replaced it, no merge here since), it holds all the
+        journal's records, and the journal is still small beside the base."""
         if self._file != path or self._journal_bytes <= 0:
             return False
         try:
             base_bytes, journal_bytes = path.stat().st_size, journal.stat().st_size
         except OSError:
             return False
-        return (journal_bytes >= self._journal_bytes and read_token(path) == self._token
+        return (journal_bytes == self._journal_bytes and read_token(path) == self._token
                 and journal_bytes * JOURNAL_SHARE <= max(base_bytes, 1 << 20))
 
-    def _catch_up(self, path: Path, journal: Path) -> bool:
-        """Take in the records another process appended to the journal since this one
-        last read or wrote it, so that this process's next record follows them and its
-        own unsaved changes still win; False if the journal cannot be extended (torn, or
-        a merge replaced this base meanwhile): a base is written instead. Called under
-        the files' lock."""
+    def _catch_up(self, path: Path, journal: Path) -> None:
+        """Take in the records another process appended to the journal of the base this
+        index comes from, since this one last read or wrote it, whether this save then
+        appends or writes a whole base: so neither loses the other's changes. This
+        process's own unsaved changes are applied again after them, and win (those of
+        its photos already merged here are not: the next refresh, which compares every
+        photo with the catalog, settles them). Called under the files' lock."""
+        origin = self._origin
+        if origin is None or origin[0] != path:
+            return
+        _, token, seen, seen_bytes = origin
         try:
-            if journal.stat().st_size == self._journal_bytes:
-                return True
+            grown = journal.stat().st_size > seen_bytes
         except OSError:
-            return False
-        entries, size = read_journal(journal, self._token)
-        seen = self._journal_entries
-        if size <= self._journal_bytes or len(entries) < seen:
-            return False
+            return
+        if not grown or read_token(path) != token:
+            return  # nothing new; or another base, which a whole base of this one replaces
+        entries, size = read_journal(journal, token)
+        new = entries[seen:]
+        if not new or any(len(e.words) and int(e.words.max()) >= self.vocabulary.k
+                          for e in new):
+            with self._lock:
+                self._journal_bytes = 0 if size == 0 or new else self._journal_bytes
+            return
         with self._lock:
             mine = [(pid, *self._pending[pid]) for pid in self._added if pid in self._pending]
             removed = list(self._removed)
-        for entry in entries[seen:]:
+        for entry in new:
             self._replay(entry)
         self.remove(removed, journalled=False)
         self._put_encoded(mine, journalled=False)
-        if self._file != path:
-            return False
         with self._lock:
-            self._journal_bytes, self._journal_entries = size, len(entries)
-        return True
+            self._origin = (path, token, len(entries), size) if size else None
+            if self._file == path:
+                self._journal_bytes = size  # 0 (torn): the save writes a whole base
 
     def _replay(self, entry: JournalEntry) -> None:
         self.remove(entry.removed, journalled=False)
@@ -638,8 +653,10 @@ class InvertedFile:
                 journal_bytes = 0
                 break
             inverted._replay(entry)
-        if inverted._file == path:  # no merge replaced the base while replaying
-            inverted._journal_bytes, inverted._journal_entries = journal_bytes, len(entries)
+        if journal_bytes:
+            inverted._origin = (path, found.token, len(entries), journal_bytes)
+            if inverted._file == path:  # no merge replaced the base while replaying
+                inverted._journal_bytes = journal_bytes
         return inverted
 
 

@@ -24,6 +24,7 @@ vocabularies.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -46,7 +47,7 @@ from imagesearch.core.index_file import (
     read_records,
     write_index_file,
 )
-from imagesearch.errors import IndexFileError
+from imagesearch.errors import IndexBusyError, IndexFileError
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,10 @@ _JOURNAL_FORMAT = 1
 _CHANGE = struct.Struct("<QQQ")  # photos removed, photos added, their postings
 # How long a writer waits for another process's write (a base of a million photos is
 # written in about a minute), and a reader before it reads without the lock. On Windows
-# a reader never reads without it: a file open there cannot be replaced, so the writer's
-# rename would fail.
+# a reader never reads without it (a file open there cannot be replaced, so the writer's
+# rename would fail): it gives up instead, and the index is opened at a later search.
 WRITE_WAIT_S = 120.0
-READ_WAIT_S = 10.0 if MAP_FILES else WRITE_WAIT_S
+READ_WAIT_S = 10.0
 
 
 def journal_path(base: Path) -> Path:
@@ -82,24 +83,28 @@ def lock_path(base: Path) -> Path:
 def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock | None:
     """``base``'s lock, acquired (an OS file lock, released if the process dies); None
     where the file system has no locks (some network mounts): then nothing is locked.
+    (filelock would fall back to a marker file there, which a crashed process leaves
+    behind, and every later save would wait for it in vain.)
 
     Raises:
-        IndexFileError: another process held it for ``wait_s``, or it cannot be made.
+        IndexBusyError: another process held it for ``wait_s``.
+        IndexFileError: it cannot be made (a read-only folder, say).
     """
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(lock_path(base), timeout=wait_s)
+        lock = filelock.FileLock(lock_path(base), timeout=wait_s, fallback_to_soft=False)
         lock.acquire()
     except filelock.Timeout as exc:
-        raise IndexFileError(f"another process is writing {base.name}") from exc
-    except NotImplementedError:
+        raise IndexBusyError(f"another process is writing {base.name}") from exc
+    except (NotImplementedError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSYS, errno.ENOLCK,
+                                                          errno.EOPNOTSUPP):
+            raise IndexFileError(f"cannot lock the local-feature index {base}: "
+                                 f"{exc.strerror or exc}") from exc
         log.warning("the file system of %s has no file locks: two processes saving the "
                     "local-feature index at once may overwrite each other's changes "
                     "(the next refresh finds them again)", base.parent)
         return None
-    except OSError as exc:
-        raise IndexFileError(f"cannot lock the local-feature index {base}: "
-                             f"{exc.strerror or exc}") from exc
     return lock
 
 
@@ -125,13 +130,15 @@ def reading(base: Path) -> Iterator[None]:
     which ``read_journal`` ignores: the index only lacks changes a refresh brings back).
 
     Raises:
-        IndexFileError: on Windows, another process held it for READ_WAIT_S.
+        IndexBusyError: on Windows, another process held it for READ_WAIT_S.
     """
     try:
         lock = _lock(base, READ_WAIT_S)
-    except IndexFileError:
+    except IndexBusyError:
         if not MAP_FILES:
             raise
+        lock = None
+    except IndexFileError:  # no lock can be made here: read as it is
         lock = None
     try:
         yield
@@ -294,8 +301,9 @@ def read_base(path: Path, mapped: bool = MAP_FILES) -> BaseFile:
     except OSError as exc:
         raise IndexFileError(f"cannot read the local-feature index {path}: "
                              f"{exc.strerror or exc}") from exc
-    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError,
-            MemoryError) as exc:
+    except MemoryError as exc:
+        raise IndexFileError(f"not enough memory to read {path}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
         raise IndexFileError(f"{path} has a damaged header") from exc
     version = meta.pop("file_format")
     if _checksum(meta, arrays, version) != meta.get("checksum"):

@@ -243,8 +243,6 @@ class ClusterSource:
                            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
                            ).remote(config, each, True)
             for node, count, each in self.plan.gpu_nodes for _ in range(count)]
-        self.workers += [worker.options(num_cpus=1).remote(config)
-                         for _ in range(self.plan.cpu_workers)]
         self.address = address
         self.gpus_unusable = 0
         if self.plan.gpu_workers:
@@ -264,6 +262,9 @@ class ClusterSource:
                 log.warning("%d GPU worker(s) cannot use the GPU Ray gave them (torch "
                             "sees no CUDA device there); they embed on their CPUs",
                             self.gpus_unusable)
+        # Only now: started first, CPU workers could take the CPUs a GPU worker needs.
+        self.workers += [worker.options(num_cpus=1).remote(config)
+                         for _ in range(self.plan.cpu_workers)]
         log.info("indexing on the Ray cluster at %s with %s", address, self.plan.describe())
 
     def batches(self, todo: list[DecodeJob], size: int, cancel: threading.Event

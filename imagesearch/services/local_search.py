@@ -29,7 +29,12 @@ from imagesearch.core.local_features import (
 )
 from imagesearch.core.local_index import InvertedFile, Vocabulary, vocabulary_size
 from imagesearch.core.local_index_file import journal_path, lock_path
-from imagesearch.errors import CatalogError, FeatureDataError, IndexFileError
+from imagesearch.errors import (
+    CatalogError,
+    FeatureDataError,
+    IndexBusyError,
+    IndexFileError,
+)
 from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -156,6 +161,11 @@ class LocalIndexService:
         try:
             self._inverted = InvertedFile.load(self.path, self.mode.extractor_id,
                                                self.path.parent)
+        except IndexBusyError as exc:
+            # The file is fine, another process is writing it (Windows readers wait for
+            # that): tried again at the next search or refresh, never rebuilt for it.
+            self._loaded = False
+            log.info("the local-feature index is not open yet: %s", exc)
         except IndexFileError as exc:
             log.info("the local-feature index will be rebuilt: %s", exc)
 
@@ -171,6 +181,8 @@ class LocalIndexService:
             with self._lock:
                 if not self._loaded:
                     self._load()
+                if not self._loaded:
+                    return False  # busy: the next refresh tries again
                 inv = self._inverted
             have = self.catalog.feature_versions(extractor)
             if len(have) < MIN_PHOTOS:
