@@ -300,13 +300,19 @@ def test_a_base_written_by_the_previous_format_is_still_read(
         InvertedFile.load(tmp_path / "wrong.asmk", "x")
 
 
+def app_and_cli(vocabulary: Vocabulary, path: Path) -> tuple[InvertedFile, InvertedFile]:
+    """The app's index, saved at ``path``, and another process's (the command line's),
+    opened from the files, with photo 501 added and not saved yet."""
+    app = saved_index(vocabulary, path)
+    cli = InvertedFile.load(path, "x")
+    cli.add(501, features_near(vocabulary, 501), "cli")
+    return app, cli
+
+
 def test_two_processes_take_turns_and_keep_each_others_changes(
         vocabulary: Vocabulary, tmp_path: Path) -> None:
     path = tmp_path / "local.asmk"
-    app = saved_index(vocabulary, path)
-    # Another process (the command line) opens the files, changes photos and appends.
-    cli = InvertedFile.load(path, "x")
-    cli.add(501, features_near(vocabulary, 501), "cli")
+    app, cli = app_and_cli(vocabulary, path)
     cli.add(7, features_near(vocabulary, 7), "cli")
     cli.remove([8])
     cli.save(path, "x")
@@ -347,9 +353,7 @@ def test_two_processes_take_turns_and_keep_each_others_changes(
 def test_a_save_after_a_merge_here_keeps_the_other_processs_records(
         vocabulary: Vocabulary, tmp_path: Path) -> None:
     path = tmp_path / "local.asmk"
-    app = saved_index(vocabulary, path)
-    cli = InvertedFile.load(path, "x")
-    cli.add(501, features_near(vocabulary, 501), "cli")
+    app, cli = app_and_cli(vocabulary, path)
     cli.save(path, "x")
     # The app adds enough photos to merge them into its base in memory: its base is no
     # longer the file's, so it writes a whole base, with the other process's photo in.
