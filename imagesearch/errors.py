@@ -43,8 +43,9 @@ class IndexFileError(ImageSearchError):
     """The on-disk vector index is missing, stale or unreadable."""
 
 
-class IndexBusyError(IndexFileError):
-    """Another process held an index file's lock too long: the file is fine, try later."""
+class IndexUnavailableError(IndexFileError):
+    """An index file that is fine cannot be opened now (another process held its lock
+    too long, or there is not enough memory): try later, never rebuild it for that."""
 
 
 class FolderError(ImageSearchError):

@@ -17,7 +17,7 @@ from imagesearch.core import local_index, local_index_file, postings
 from imagesearch.core.local_features import LocalFeatures
 from imagesearch.core.local_index import Aggregated, InvertedFile, Vocabulary
 from imagesearch.core.local_index_file import journal_path, lock_path, read_base
-from imagesearch.errors import IndexBusyError, IndexFileError
+from imagesearch.errors import IndexFileError, IndexUnavailableError
 
 K = 64
 
@@ -364,6 +364,29 @@ def test_a_save_after_a_merge_here_keeps_the_other_processs_records(
     assert found[501] == "cli" and found[615] == "app" and len(found) == 81
 
 
+def test_a_failed_save_loses_neither_process_s_changes(
+        vocabulary: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "local.asmk"
+    app, cli = app_and_cli(vocabulary, path)
+    # The app removes photo 5 and adds it back; its save fails (a full disk, say), and
+    # the photo is then merged into its base in memory with 20 new ones.
+    app.remove([5])
+    app.add(5, features_near(vocabulary, 5), "again")
+
+    def full_disk(*args: Any) -> int:
+        raise IndexFileError("no space left on the device")
+
+    monkeypatch.setattr(local_index, "append_journal", full_disk)
+    with pytest.raises(IndexFileError, match="no space"):
+        app.save(path, "x")
+    monkeypatch.undo()
+    app.add_many([(pid, features_near(vocabulary, pid), "app") for pid in range(600, 620)])
+    cli.save(path, "x")  # meanwhile the other process appends its photo 501
+    app.save(path, "x")
+    found = InvertedFile.load(path, "x").versions()
+    assert found[5] == "again" and found[501] == "cli" and found[610] == "app"
+
+
 def test_a_save_waits_for_another_writer_and_gives_up_cleanly(
         vocabulary: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "local.asmk"
@@ -381,7 +404,7 @@ def test_a_save_waits_for_another_writer_and_gives_up_cleanly(
         # open file cannot be replaced, it says the file is busy instead.
         assert len(InvertedFile.load(path, "x")) == 60
         monkeypatch.setattr(local_index_file, "MAP_FILES", False)
-        with pytest.raises(IndexBusyError):
+        with pytest.raises(IndexUnavailableError):
             InvertedFile.load(path, "x")
         monkeypatch.setattr(local_index_file, "MAP_FILES", True)
         released = threading.Timer(0.1, other.release)

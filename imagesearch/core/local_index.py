@@ -522,7 +522,8 @@ class InvertedFile:
                 try:
                     size = start_journal(journal, self._token)
                 except IndexFileError:
-                    size = 0
+                    # It may be in place all the same (only the folder's sync failed).
+                    size = read_journal(journal, self._token)[1]
                 with self._lock:
                     self._journal_bytes = size
                     self._origin = (path, self._token, 0, size) if size else None
@@ -544,8 +545,10 @@ class InvertedFile:
                 size = append_journal(journal, entry)
             except IndexFileError:
                 with self._lock:
-                    self._journal_bytes = 0  # a torn record would hide what follows it
-                    self._origin = None
+                    # A torn record would hide what follows it: the next save writes a
+                    # base, after taking in what others appended (a torn record stops
+                    # that reading, and a whole one is this process's own changes).
+                    self._journal_bytes = 0
                 raise
             with self._lock:
                 self._journal_bytes = size
@@ -593,7 +596,7 @@ class InvertedFile:
             return
         with self._lock:
             mine = [(pid, *self._pending[pid]) for pid in self._added if pid in self._pending]
-            removed = list(self._removed)
+            removed = [pid for pid in self._removed if pid not in self._added]
         for entry in new:
             self._replay(entry)
         self.remove(removed, journalled=False)

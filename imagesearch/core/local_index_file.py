@@ -47,7 +47,7 @@ from imagesearch.core.index_file import (
     read_records,
     write_index_file,
 )
-from imagesearch.errors import IndexBusyError, IndexFileError
+from imagesearch.errors import IndexFileError, IndexUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ def lock_path(base: Path) -> Path:
     return base.with_name(base.name + ".lock")
 
 
+# What flock answers where a file system has no locks (ENOTSUP is macOS's number).
+_NO_LOCKS = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP,
+                       getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
+_WARNED: set[Path] = set()  # folders whose lack of locks was logged
+
+
 def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock | None:
     """``base``'s lock, acquired (an OS file lock, released if the process dies); None
     where the file system has no locks (some network mounts): then nothing is locked.
@@ -87,7 +93,7 @@ def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock | None:
     behind, and every later save would wait for it in vain.)
 
     Raises:
-        IndexBusyError: another process held it for ``wait_s``.
+        IndexUnavailableError: another process held it for ``wait_s``.
         IndexFileError: it cannot be made (a read-only folder, say).
     """
     try:
@@ -95,15 +101,16 @@ def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock | None:
         lock = filelock.FileLock(lock_path(base), timeout=wait_s, fallback_to_soft=False)
         lock.acquire()
     except filelock.Timeout as exc:
-        raise IndexBusyError(f"another process is writing {base.name}") from exc
+        raise IndexUnavailableError(f"another process is writing {base.name}") from exc
     except (NotImplementedError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSYS, errno.ENOLCK,
-                                                          errno.EOPNOTSUPP):
+        if isinstance(exc, OSError) and exc.errno not in _NO_LOCKS:
             raise IndexFileError(f"cannot lock the local-feature index {base}: "
                                  f"{exc.strerror or exc}") from exc
-        log.warning("the file system of %s has no file locks: two processes saving the "
-                    "local-feature index at once may overwrite each other's changes "
-                    "(the next refresh finds them again)", base.parent)
+        if base.parent not in _WARNED:
+            _WARNED.add(base.parent)
+            log.warning("the file system of %s has no file locks: two processes saving "
+                        "the local-feature index at once may overwrite each other's "
+                        "changes (the next refresh finds them again)", base.parent)
         return None
     return lock
 
@@ -130,11 +137,11 @@ def reading(base: Path) -> Iterator[None]:
     which ``read_journal`` ignores: the index only lacks changes a refresh brings back).
 
     Raises:
-        IndexBusyError: on Windows, another process held it for READ_WAIT_S.
+        IndexUnavailableError: on Windows, another process held it for READ_WAIT_S.
     """
     try:
         lock = _lock(base, READ_WAIT_S)
-    except IndexBusyError:
+    except IndexUnavailableError:
         if not MAP_FILES:
             raise
         lock = None
@@ -302,7 +309,7 @@ def read_base(path: Path, mapped: bool = MAP_FILES) -> BaseFile:
         raise IndexFileError(f"cannot read the local-feature index {path}: "
                              f"{exc.strerror or exc}") from exc
     except MemoryError as exc:
-        raise IndexFileError(f"not enough memory to read {path}") from exc
+        raise IndexUnavailableError(f"not enough memory to read {path}") from exc
     except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
         raise IndexFileError(f"{path} has a damaged header") from exc
     version = meta.pop("file_format")

@@ -32,8 +32,8 @@ from imagesearch.core.local_index_file import journal_path, lock_path
 from imagesearch.errors import (
     CatalogError,
     FeatureDataError,
-    IndexBusyError,
     IndexFileError,
+    IndexUnavailableError,
 )
 from imagesearch.storage.catalog import Catalog
 
@@ -44,6 +44,7 @@ _SAMPLE_PER_PHOTO = 64  # descriptors each photo gives vocabulary training, at l
 TRAIN_DESCRIPTORS = 500_000  # the vocabulary is learned from at most this many (seconds)
 _MIN_DESCRIPTORS = 500
 ADD_BATCH = 16_384  # descriptors decoded before they are added to the inverted file
+RETRY_S = 30.0  # an index file another process was writing is not tried again sooner
 
 Report = Callable[[int, int], None]  # (done, total) while (re)building
 
@@ -78,6 +79,7 @@ class LocalIndexService:
         self._loaded = False
         self._lock = threading.RLock()  # guards _inverted and _loaded, briefly
         self._refreshing = threading.Lock()  # one refresh at a time; searches go on meanwhile
+        self._retry_at = 0.0  # when an unavailable file may be tried again (monotonic)
         self._thread: threading.Thread | None = None
         self._again = False
         self._closing = threading.Event()
@@ -100,8 +102,7 @@ class LocalIndexService:
                   allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Best photos by ASMK similarity; None when there is no index (yet)."""
         with self._lock:
-            if not self._loaded:
-                self._load()
+            self._load_if_due()
             inv = self._inverted
         if inv is None or len(inv) == 0:
             return None
@@ -113,8 +114,9 @@ class LocalIndexService:
         if self.mode is None:
             return False
         with self._lock:
+            self._load_if_due()
             if not self._loaded:
-                self._load()
+                return False  # there, but another process is writing it
             if self._inverted is not None and len(self._inverted) > 0:
                 return False
         return len(self.catalog.feature_ids(self.mode.extractor_id)) >= MIN_PHOTOS
@@ -154,6 +156,15 @@ class LocalIndexService:
             log.info("forgot %d photo-detail records of earlier versions", dropped)
         return dropped
 
+    def _load_if_due(self) -> None:
+        """Open the file if not yet done, unless it was unavailable moments ago (then
+        searches go on without it rather than each wait for another process's write)."""
+        if not self._loaded and time.monotonic() >= self._retry_at:
+            self._load()
+            if self._loaded and self._retry_at:
+                self._retry_at = 0.0
+                self.refresh_later()  # the refresh that found it unavailable gave up
+
     def _load(self) -> None:
         self._loaded = True
         if self.mode is None or not self.path.exists():
@@ -161,10 +172,11 @@ class LocalIndexService:
         try:
             self._inverted = InvertedFile.load(self.path, self.mode.extractor_id,
                                                self.path.parent)
-        except IndexBusyError as exc:
-            # The file is fine, another process is writing it (Windows readers wait for
-            # that): tried again at the next search or refresh, never rebuilt for it.
+        except IndexUnavailableError as exc:
+            # The file is fine, but another process is writing it (Windows readers wait
+            # for that) or memory is short: tried again later, never rebuilt for it.
             self._loaded = False
+            self._retry_at = time.monotonic() + RETRY_S
             log.info("the local-feature index is not open yet: %s", exc)
         except IndexFileError as exc:
             log.info("the local-feature index will be rebuilt: %s", exc)
@@ -182,7 +194,7 @@ class LocalIndexService:
                 if not self._loaded:
                     self._load()
                 if not self._loaded:
-                    return False  # busy: the next refresh tries again
+                    return False  # unavailable: the search that opens it asks again
                 inv = self._inverted
             have = self.catalog.feature_versions(extractor)
             if len(have) < MIN_PHOTOS:
