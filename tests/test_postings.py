@@ -415,6 +415,31 @@ def test_a_save_waits_for_another_writer_and_gives_up_cleanly(
     assert 500 in InvertedFile.load(path, "x").versions()
 
 
+def test_a_file_system_without_locks_is_warned_of_and_still_saved(
+        vocabulary: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "local.asmk"
+    inverted = saved_index(vocabulary, path)
+
+    def no_flock(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("FileSystem does not appear to support flock")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", no_flock)
+    inverted.add(500, features_near(vocabulary, 500), "v")
+    inverted.save(path, "x")
+    assert "has no file locks" in caplog.text
+    assert 500 in InvertedFile.load(path, "x").versions()
+    denied = OSError(13, "Permission denied")
+
+    def read_only(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise denied
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", read_only)
+    inverted.add(501, features_near(vocabulary, 501), "v")
+    with pytest.raises(IndexFileError, match="cannot lock"):
+        inverted.save(path, "x")
+
+
 def test_a_large_merge_is_written_to_a_mapped_file_that_leaves_nothing_behind(
         vocabulary: Vocabulary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_index, "SPILL_MIN", 100)

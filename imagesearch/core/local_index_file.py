@@ -103,6 +103,8 @@ def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock | None:
     except filelock.Timeout as exc:
         raise IndexUnavailableError(f"another process is writing {base.name}") from exc
     except (NotImplementedError, OSError) as exc:
+        # filelock raises NotImplementedError where flock() does not exist (with the
+        # soft fallback off); some file systems answer flock() with an errno instead.
         if isinstance(exc, OSError) and exc.errno not in _NO_LOCKS:
             raise IndexFileError(f"cannot lock the local-feature index {base}: "
                                  f"{exc.strerror or exc}") from exc
