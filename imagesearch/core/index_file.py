@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ import numpy as np
 import xxhash
 
 from imagesearch.errors import IndexFileError
+
+# Bytes to write: a FAISS blob is a view of FAISS's array (no copy made into bytes).
+Buffer = bytes | bytearray | memoryview
 
 _MAGIC = b"ISIX"
 FORMAT = 2  # 2 added the family and its search parameters; 1 (exact only) still reads
@@ -63,12 +67,18 @@ class Change:
 
 # The base file ------------------------------------------------------------------------------
 
-def pack_index(header: IndexHeader, blob: bytes) -> bytes:
+def index_parts(header: IndexHeader, blob: Sequence[Buffer]) -> list[Buffer]:
+    """A base file's content in parts, its head then the FAISS blob's pieces (written one
+    after the other, so a large blob is never copied to be joined)."""
     head = json.dumps(asdict(header)).encode()
-    return _MAGIC + struct.pack("<II", FORMAT, len(head)) + head + blob
+    return [_MAGIC + struct.pack("<II", FORMAT, len(head)) + head, *blob]
 
 
-def unpack_index(data: bytes, path: Path) -> tuple[IndexHeader, memoryview]:
+def pack_index(header: IndexHeader, blob: Sequence[Buffer]) -> bytes:
+    return b"".join(index_parts(header, blob))
+
+
+def unpack_index(data: bytes | memoryview, path: Path) -> tuple[IndexHeader, memoryview]:
     """The header and the FAISS blob of a base file, checked against its checksum.
 
     Raises:
@@ -81,7 +91,7 @@ def unpack_index(data: bytes, path: Path) -> tuple[IndexHeader, memoryview]:
     return header, blob
 
 
-def unpack_header(data: bytes, path: Path) -> IndexHeader:
+def unpack_header(data: bytes | memoryview, path: Path) -> IndexHeader:
     """The header at the start of ``data``.
 
     Raises:
@@ -93,7 +103,7 @@ def unpack_header(data: bytes, path: Path) -> IndexHeader:
     if version not in (1, FORMAT):
         raise IndexFileError(f"{path} has index format {version}, expected {FORMAT}")
     try:
-        raw: dict[str, Any] = json.loads(data[12:12 + n])
+        raw: dict[str, Any] = json.loads(bytes(data[12:12 + n]))
         header = IndexHeader(
             str(raw["model_id"]), int(raw["dim"]), int(raw["generation"]),
             int(raw["count"]), str(raw["checksum"]), str(raw.get("family", "flat")),
@@ -118,8 +128,9 @@ def peek_header(path: Path) -> IndexHeader | None:
         return None
 
 
-def write_index_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+def write_index_file(path: Path, data: Buffer | Sequence[Buffer]) -> None:
+    """Write ``data`` (or its parts, one after the other) to ``path`` atomically: temp
+    file in the same folder, fsync, rename.
 
     Raises:
         IndexFileError: the file could not be written; any previous file is intact.
@@ -130,7 +141,8 @@ def write_index_file(path: Path, data: bytes) -> None:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
                                          suffix=".tmp", delete=False) as tmp:
             tmp_name = tmp.name
-            tmp.write(data)
+            for part in (data if isinstance(data, (list, tuple)) else (data,)):
+                tmp.write(part)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)

@@ -6,8 +6,11 @@ model it reflects, so a mismatch is detected on open and answered with a rebuild
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import xxhash
 
 from imagesearch.core.index_family import FLAT, IVF_SQ8
 from imagesearch.core.index_file import (
+    Buffer,
     Change,
     IndexHeader,
     delta_path,
@@ -24,6 +28,14 @@ from imagesearch.core.index_file import (
     read_changes,
     unpack_index,
     write_index_file,
+)
+from imagesearch.core.index_overlay import (
+    Overlay,
+    map_file,
+    merge_top,
+    read_copy,
+    read_in_place,
+    serialize,
 )
 from imagesearch.core.native_libs import faiss_module
 from imagesearch.errors import IndexFileError
@@ -34,11 +46,21 @@ from imagesearch.errors import IndexFileError
 # training ones come out near 1x; a new kind of photo (other clusters) 100-260x here.
 DRIFT_FACTOR = 10.0
 DRIFT_MIN_ADDED = 1000
+# Saved bases are read in place from a memory map (core/index_overlay.py), except on
+# Windows: there a mapped file cannot be replaced, so the next save of a whole base by
+# this process or another would fail while the map is open.
+MAP_FILES = os.name != "nt"
+
+log = logging.getLogger(__name__)
 
 
 class VectorIndex:
     """Inner-product search keyed by catalog photo id: exact (IDMap2 over Flat), or
     IVF-SQ8 with a calibrated probe count (core/index_family.py).
+
+    The FAISS object is either the index's own (built here, or read into memory) or a
+    base read in place from its memory-mapped file, read-only: then changes go to an
+    ``Overlay`` on top of it, which a search consults too.
 
     Thread-safe: every read and write of the FAISS object takes one lock.
     """
@@ -60,6 +82,13 @@ class VectorIndex:
         self.refused_at = 0  # size at which new lists missed the recall target (this process)
         self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.RLock()
+        # A base read in place: the mapped file's blob, which ``_index`` points into
+        # (None: ``_index`` is the index's own), its ids (sorted, on first need) and the
+        # changes made on top of it.
+        self._mapped: np.ndarray | None = None
+        self._mapped_ids: np.ndarray | None = None
+        self._overlay: Overlay | None = None
+        self.version = 0  # bumped by every change (a save can tell if one came after it)
 
     @classmethod
     def from_trained(cls, trained: Any, ids: np.ndarray, vectors: np.ndarray, model_id: str,
@@ -87,18 +116,39 @@ class VectorIndex:
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._index.ntotal)
+            extra = self._overlay.size() if self._overlay is not None else 0
+            return int(self._index.ntotal) + extra
+
+    @property
+    def mapped(self) -> bool:
+        """The index reads its base in place from the file's memory map."""
+        return self._mapped is not None
 
     def ids(self) -> np.ndarray:
-        faiss = _faiss()
         with self._lock:
-            if self.family == FLAT:
-                return np.asarray(faiss.vector_to_array(self._index.id_map), dtype=np.int64)
-            lists = self._index.invlists
-            parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-                     for i in range(lists.nlist) if lists.list_size(i)]
-            return (np.concatenate(parts).astype(np.int64) if parts
-                    else np.zeros(0, np.int64))
+            if self._overlay is not None:
+                return self._overlay.ids()
+            return self._base_ids()
+
+    def _base_ids(self) -> np.ndarray:
+        faiss = _faiss()
+        if self._mapped_ids is not None:
+            return self._mapped_ids.copy()
+        if self.family == FLAT:
+            return np.asarray(faiss.vector_to_array(self._index.id_map), dtype=np.int64)
+        lists = self._index.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(lists.nlist) if lists.list_size(i)]
+        return (np.concatenate(parts).astype(np.int64) if parts
+                else np.zeros(0, np.int64))
+
+    def _changes_on_top(self) -> Overlay:
+        """The overlay that takes the changes to a mapped base (made on first need)."""
+        if self._overlay is None:
+            if self._mapped_ids is None:
+                self._mapped_ids = np.sort(self._base_ids())
+            self._overlay = Overlay(self.dim, self._mapped_ids)
+        return self._overlay
 
     def apply(self, change: Change) -> None:
         """Replay one commit: its removals, then its additions (one removal pass: an
@@ -108,6 +158,7 @@ class VectorIndex:
             self._remove(np.union1d(np.asarray(change.removed, dtype=np.int64), ids))
             self._add_new(ids, vectors)
             self.generation = change.after
+            self.version += 1
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add or replace vectors for ``ids``."""
@@ -115,6 +166,7 @@ class VectorIndex:
         with self._lock:
             self._remove(ids)
             self._add_new(ids, vectors)
+            self.version += 1
 
     def _checked(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -131,7 +183,10 @@ class VectorIndex:
     def _add_new(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if not len(ids):
             return
-        self._index.add_with_ids(vectors, ids)
+        if self._mapped is not None:
+            self._changes_on_top().add(ids, vectors)
+        else:
+            self._index.add_with_ids(vectors, ids)
         if self.family != FLAT:
             # Vectors unlike those the lists were trained on come back distorted (8-bit
             # ranges clip them): counted, so the index is retrained when many are.
@@ -158,12 +213,16 @@ class VectorIndex:
 
     def remove(self, ids: np.ndarray) -> int:
         with self._lock:
-            return self._remove(np.ascontiguousarray(ids, dtype=np.int64))
+            self.version += 1
+            return self._remove(np.unique(np.asarray(ids, dtype=np.int64)))
 
     def _remove(self, ids: np.ndarray) -> int:
+        """Remove distinct ``ids``; returns how many were in the index."""
         faiss = _faiss()
-        if len(ids) == 0 or self._index.ntotal == 0:
+        if len(ids) == 0 or len(self) == 0:
             return 0
+        if self._mapped is not None:
+            return self._changes_on_top().remove(ids)
         if self.family == FLAT:
             return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
         # The IVF's id hashtable removes only by an explicit array (it skips ids it does
@@ -193,14 +252,24 @@ class VectorIndex:
             share = 1.0 if allowed is None else min(1.0, max(len(allowed), 1) / n)
             params.nprobe = int(min(self._index.nlist,
                                     math.ceil(max(self.nprobe, 1) / share)))
+        selector = None
         if allowed is not None:
+            # ``selector`` must outlive the search: FAISS keeps a pointer
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            params.sel = selector  # ``selector`` must outlive the search: FAISS keeps a pointer
+            params.sel = selector
             k = min(k, len(allowed))
         # FAISS is not safe to read while another thread adds or removes vectors.
         with self._lock:
-            scores, ids = self._index.search(queries, k, params=params)
-        return scores, ids
+            overlay = self._overlay
+            if overlay is None or overlay.empty:
+                scores, ids = self._index.search(queries, k, params=params)
+                return np.asarray(scores), np.asarray(ids)
+            base_sel, keep_alive = overlay.base_selector(selector)
+            params.sel = base_sel
+            base = self._index.search(queries, min(k, int(self._index.ntotal)), params=params)
+            found = merge_top(base, overlay.search(queries, k, selector), k)
+            del keep_alive
+            return found
 
     # Persistence ---------------------------------------------------------------------------
 
@@ -220,21 +289,80 @@ class VectorIndex:
         """
         return pack_index(*self.snapshot())
 
-    def snapshot(self) -> tuple[IndexHeader, bytes]:
-        """The header and FAISS blob of the current state, taken under the lock."""
-        faiss = _faiss()
+    def snapshot(self) -> tuple[IndexHeader, Sequence[Buffer]]:
+        """The header and FAISS blob of the current state, taken under the lock.
+
+        A mapped base with changes on top is folded into one index first (a copy of
+        the base in memory while this runs).
+        """
         with self._lock:
-            blob = bytes(faiss.serialize_index(self._index))
+            blob: Sequence[Buffer]
+            if self._mapped is not None and (self._overlay is None or self._overlay.empty):
+                blob = [self._mapped.data]  # the base as it was serialised (read-only)
+            elif self._mapped is not None:
+                blob = serialize(self._folded())
+            else:
+                blob = serialize(self._index)
+            digest = xxhash.xxh3_64()
+            for piece in blob:
+                digest.update(piece)
             header = IndexHeader(self.model_id, self.dim, self.generation, len(self),
-                                 xxhash.xxh3_64_hexdigest(blob), self.family, self.nprobe,
+                                 digest.hexdigest(), self.family, self.nprobe,
                                  self.trained_on, self.recall, self.coding_error)
         return header, blob
 
+    def _folded(self) -> Any:
+        """The mapped base with the overlay's changes applied, as an index of its own."""
+        assert self._mapped is not None and self._overlay is not None
+        own = read_copy(self._mapped)
+        overlay = self._overlay
+        hidden = np.ascontiguousarray(overlay.hidden)
+        if len(hidden):
+            faiss = _faiss()
+            own.remove_ids(faiss.IDSelectorBatch(hidden) if self.family == FLAT
+                           else faiss.IDSelectorArray(len(hidden), faiss.swig_ptr(hidden)))
+        if overlay.added.ntotal:
+            own.add_with_ids(overlay.added_vectors(), overlay.added_ids())
+        return own
+
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of ``ids`` (each must be present)."""
+        """The stored vectors of ``ids`` (each must be present), as the index codes them."""
         with self._lock:
-            return np.stack([self._index.reconstruct(int(i)) for i in ids]) if len(ids) \
-                else np.zeros((0, self.dim), np.float32)
+            if not len(ids):
+                return np.zeros((0, self.dim), np.float32)
+            ids = np.asarray(ids, dtype=np.int64)
+            held = (self._overlay.held(ids) if self._overlay is not None
+                    else np.zeros(len(ids), bool))
+            rows = []
+            for i, here in zip(ids.tolist(), held.tolist(), strict=True):
+                if here:  # kept exactly on top of the base: coded as the base would be
+                    assert self._overlay is not None
+                    rows.append(self.requantized(self._overlay.vector(i)[None])[0])
+                else:
+                    rows.append(np.asarray(self._index.reconstruct(i), dtype=np.float32))
+            return np.stack(rows)
+
+    def adopt_file(self, path: Path, checksum: str, version: int) -> bool:
+        """Read the base just saved to ``path`` in place, in place of what is in memory.
+
+        Only if no change came after the snapshot it was written from (``version``) and
+        the file is the one written (``checksum``); a save that wrote a whole base so
+        gives back the memory the index held. Returns whether it did.
+        """
+        if not MAP_FILES:
+            return False
+        try:
+            header, index, blob, _ = _read_in_place(path)
+        except IndexFileError as exc:
+            log.info("the saved search index stays in memory: %s", exc)
+            return False
+        with self._lock:
+            if self.version != version or header.checksum != checksum:
+                return False
+            self._index, self._mapped = index, blob
+            self._mapped_ids = None
+            self._overlay = None
+        return True
 
     @classmethod
     def load(cls, path: Path) -> VectorIndex:
@@ -256,22 +384,67 @@ class VectorIndex:
         Raises:
             IndexFileError: truncated, corrupt, or of another format.
         """
-        faiss = _faiss()
         header, blob = unpack_index(data, path)
-        if header.family not in (FLAT, IVF_SQ8):
-            raise IndexFileError(f"{path} holds an index family this version does not know "
-                                 f"({header.family})")
-        try:
-            index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-        except RuntimeError as exc:
-            raise IndexFileError(f"{path} is not a readable FAISS index: {exc}") from exc
-        if index.d != header.dim or index.ntotal != header.count:
-            raise IndexFileError(f"{path} does not match its own header")
+        index = _read_faiss(header, np.frombuffer(blob, dtype=np.uint8), path, read_copy)
+        return cls._from_header(header, index), header.checksum
+
+    @classmethod
+    def open_in_place(cls, path: Path) -> tuple[VectorIndex, str, int]:
+        """The index in a base file, read in place from its memory map; the file's
+        checksum and size.
+
+        Raises:
+            IndexFileError: missing, truncated, corrupt, or of another format.
+        """
+        header, index, blob, size = _read_in_place(path)
+        loaded = cls._from_header(header, index)
+        loaded._mapped = blob
+        return loaded, header.checksum, size
+
+    @classmethod
+    def _from_header(cls, header: IndexHeader, index: Any) -> VectorIndex:
         loaded = cls(header.dim, header.model_id, header.generation, index, header.family,
                      header.nprobe, header.trained_on)
         loaded.recall = header.recall
         loaded.coding_error = header.coding_error
-        return loaded, header.checksum
+        return loaded
+
+
+def _read_in_place(path: Path) -> tuple[IndexHeader, Any, np.ndarray, int]:
+    """A base file's header, its FAISS index read in place, the mapped blob the index
+    points into (keep it as long as the index), and the file's size.
+
+    Raises:
+        IndexFileError: missing, truncated, corrupt, or of another format.
+    """
+    try:
+        data = map_file(path)
+    except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+        raise IndexFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+                             ) from exc
+    header, blob = unpack_index(memoryview(data.data), path)
+    array = np.frombuffer(blob, dtype=np.uint8)
+    return header, _read_faiss(header, array, path, read_in_place), array, int(data.size)
+
+
+def _read_faiss(header: IndexHeader, blob: np.ndarray, path: Path,
+                read: Callable[[np.ndarray], Any]) -> Any:
+    """The FAISS index in a base file's checked blob, by ``read``, checked against the
+    file's header.
+
+    Raises:
+        IndexFileError: of an unknown family, unreadable, or not what the header says.
+    """
+    if header.family not in (FLAT, IVF_SQ8):
+        raise IndexFileError(f"{path} holds an index family this version does not know "
+                             f"({header.family})")
+    try:
+        index = read(blob)
+    except RuntimeError as exc:
+        raise IndexFileError(f"{path} is not a readable FAISS index: {exc}") from exc
+    if index.d != header.dim or index.ntotal != header.count:
+        raise IndexFileError(f"{path} does not match its own header")
+    return index
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +460,8 @@ class Saved:
 
 
 def load_saved(path: Path) -> Saved:
-    """The saved index: the base file with its delta log replayed.
+    """The saved index: the base file (read in place, except on Windows) with its delta
+    log replayed (on top of it, core/index_overlay.py).
 
     A log for another base is ignored and a gap stops the replay; either way the
     index's generation then says how far it got, for the caller to check. The replay
@@ -297,16 +471,20 @@ def load_saved(path: Path) -> Saved:
     Raises:
         IndexFileError: the base is missing or unreadable.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IndexFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    index, checksum = VectorIndex.from_bytes(data, path)
-    log = read_changes(delta_path(path), checksum)
-    extendable = log.clean
+    if MAP_FILES:
+        index, checksum, base_bytes = VectorIndex.open_in_place(path)
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise IndexFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        index, checksum = VectorIndex.from_bytes(data, path)
+        base_bytes = len(data)
+    journal = read_changes(delta_path(path), checksum)
+    extendable = journal.clean
     latest: dict[int, np.ndarray | None] = {}
     generation = index.generation
-    for change in log.changes:
+    for change in journal.changes:
         if change.after <= generation:
             continue  # already in the base (a log not yet restarted after a merge)
         if change.before != generation:
@@ -327,7 +505,7 @@ def load_saved(path: Path) -> Saved:
         log_bytes = delta_path(path).stat().st_size
     except OSError:
         log_bytes = 0
-    return Saved(index, checksum, len(data), log_bytes, log.records, extendable)
+    return Saved(index, checksum, base_bytes, log_bytes, journal.records, extendable)
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
