@@ -183,3 +183,27 @@ def test_a_thumbnail_for_a_tile_that_left_the_screen_is_not_made(
     assert loader.pixmap(a) is None and len(queue.work) == 1  # asked again: queued again
     queue.run()
     assert loader.pixmap(a) is not None
+
+
+def test_a_thumbnail_that_cannot_become_a_pixmap_says_so(
+        qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PySide6.QtGui import QPixmap
+
+    from imagesearch.gui import thumbnails
+    from imagesearch.gui.thumbnails import ThumbnailLoader
+
+    class Now:
+        def submit(self, pool: str, fn: Any, *, done: Any, error: Any,
+                   priority: int = 0) -> None:
+            done(fn())
+
+    Image.new("RGB", (96, 64), (200, 40, 40)).save(tmp_path / "a.jpg")
+    key = (tmp_path / "a.jpg", None, 64)
+    monkeypatch.setattr(thumbnails.QPixmap, "fromImage", lambda image: QPixmap())
+    loader = ThumbnailLoader(Now(), ThumbnailCache(tmp_path / "thumbs"))  # type: ignore[arg-type]
+    failed: list[Any] = []
+    loader.failed.connect(lambda k, reason: failed.append((k, reason)))
+    assert loader.pixmap(key) is None
+    assert failed == [(key, "cannot display the thumbnail")]
+    assert loader.error(key) == "cannot display the thumbnail"  # the tile: "cannot show"
+    assert loader.pixmap(key) is None and not loader._pixmaps  # not asked for again

@@ -121,7 +121,11 @@ class ThumbnailLoader(QObject):
             return
         if not isinstance(image, QImage):
             return
-        self._pixmaps[key] = QPixmap.fromImage(image)
+        pixmap = QPixmap.fromImage(image)
+        if pixmap.isNull():  # no memory for it, say: the tile says it cannot show it
+            self._failed(key, ValueError("cannot display the thumbnail"), obsolete)
+            return
+        self._pixmaps[key] = pixmap
         while len(self._pixmaps) > _KEEP:
             self._pixmaps.popitem(last=False)
         self.ready.emit(key)
