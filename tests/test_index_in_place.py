@@ -259,3 +259,59 @@ def test_on_windows_the_saved_index_is_read_into_memory(tmp_path: Path,
     queries = _unit(4, seed=7)
     np.testing.assert_array_equal(saved.index.search(queries, 25)[1],
                                   index.search(queries, 25)[1])
+
+
+@pytest.mark.parametrize("family", ["flat", IVF_SQ8])
+def test_an_empty_mapped_base_with_photos_added_on_top_is_searched(tmp_path: Path,
+                                                                   family: str) -> None:
+    index = _index(family)
+    index.remove(index.ids())
+    path = _saved(tmp_path, index)
+    empty = VectorIndex.open_in_place(path)[0]
+    assert empty.mapped and len(empty) == 0
+    empty.add(np.array([1, 2, 3]), _unit(3, seed=8))
+    _, found = empty.search(_unit(2, seed=8), 10)
+    assert found.shape == (2, 3) and found[0][0] == 1 and found[1][0] == 2
+    _, within = empty.search(_unit(1, seed=8), 10, np.array([2, 3, 99]))
+    assert sorted(within[0][within[0] >= 0].tolist()) == [2, 3]
+
+
+def test_many_changes_make_the_index_its_own_copy(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vector_index, "OVERLAY_MAX_ADDED", 60)
+    _, in_place, in_memory = _both_ways(tmp_path, "flat")
+    change = _change(in_memory, seed=1)  # 80 added: past the limit
+    in_place.apply(change)
+    in_memory.apply(change)
+    assert not in_place.mapped and in_place._overlay is None
+    queries = _unit(5, seed=4)
+    np.testing.assert_array_equal(in_place.search(queries, 30)[1],
+                                  in_memory.search(queries, 30)[1])
+    in_place.add(np.array([1003]), _unit(1, seed=3))  # changed in place from now on
+    assert 1003 in in_place.ids() and len(in_place) == len(in_memory)
+
+
+def test_a_snapshot_with_changes_on_top_leaves_an_index_of_its_own(tmp_path: Path) -> None:
+    path, in_place, in_memory = _both_ways(tmp_path, "flat")
+    change = _change(in_memory, seed=1)
+    in_place.apply(change)
+    in_memory.apply(change)
+    header, _ = in_place.snapshot()
+    version = in_place.version
+    in_place.save(path)
+    in_place.add(np.array([1003]), _unit(1, seed=3))  # a commit while the file is written
+    assert not in_place.adopt_file(path, header.checksum, version)
+    assert not in_place.mapped and in_place._overlay is None  # nothing piles up on top
+    in_memory.add(np.array([1003]), _unit(1, seed=3))
+    queries = _unit(5, seed=4)
+    np.testing.assert_array_equal(in_place.search(queries, 30)[1],
+                                  in_memory.search(queries, 30)[1])
+
+
+def test_the_vector_of_a_photo_removed_from_a_mapped_base_is_not_handed_out(
+        tmp_path: Path) -> None:
+    _, in_place, _ = _both_ways(tmp_path, "flat")
+    in_place.remove(np.array([1005]))
+    with pytest.raises(RuntimeError):
+        in_place.vectors_of(np.array([1004, 1005]))
+    assert in_place.vectors_of(np.array([1004])).shape == (1, D)

@@ -95,7 +95,8 @@ class Overlay:
         self.dim = dim
         self._base_ids = base_ids
         self.hidden = np.zeros(0, np.int64)  # base ids no longer in the index, sorted
-        self.added = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))  # exact: it stays small
+        # Searched exactly: it is kept small (vector_index.OVERLAY_MAX_ADDED).
+        self.added = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._keep: Any = None  # a selector of the base ids not hidden (made on demand)
         self._keep_parts: tuple[Any, ...] = ()  # what it points to: kept alive with it
 
