@@ -212,6 +212,25 @@ def test_non_utf8_paths_round_trip_and_filter(catalog: Catalog, tmp_path: Path) 
     assert catalog.ids_under(tmp_path / "caf").size == 0  # a prefix is not a parent folder
 
 
+def test_vectors_come_back_in_id_order_across_read_batches(catalog: Catalog,
+                                                            tmp_path: Path) -> None:
+    fid = catalog.add_folder(tmp_path)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(9000, 4)).astype(np.float32)  # more than one read batch
+    ids = catalog.store("m", [_update(tmp_path / f"{i}.jpg", fid, v)
+                              for i, v in enumerate(vectors)])
+    catalog.store("other", [_update(tmp_path / "0.jpg", fid, np.ones(4, np.float32))])
+    got_ids, got = catalog.vectors("m")
+    order = np.argsort(ids)
+    assert got_ids.tolist() == sorted(ids) and catalog.vector_ids("m").tolist() == sorted(ids)
+    np.testing.assert_allclose(got, vectors[order], atol=1e-2)
+    with sqlite3.connect(tmp_path / "catalog.sqlite3") as conn:  # one damaged row
+        conn.execute("UPDATE embeddings SET vector = x'0000' WHERE photo_id = ?",
+                     (int(ids[5000]),))
+    with pytest.raises(ValueError, match="differ in length"):
+        catalog.vectors("m")
+
+
 def test_remove_folder_cascades(catalog: Catalog, tmp_path: Path) -> None:
     fid = catalog.add_folder(tmp_path)
     catalog.store("m", [_update(tmp_path / "a.jpg", fid, np.ones(4, np.float32))])
