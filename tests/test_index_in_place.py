@@ -244,22 +244,6 @@ def test_a_store_reads_its_saved_index_in_place_and_keeps_changes_on_top(
         library.catalog.close()
 
 
-def test_on_windows_the_saved_index_is_read_into_memory(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vector_index, "MAP_FILES", False)
-    index = _index("flat")
-    path = _saved(tmp_path, index)
-    start_delta_log(delta_path(path), index.snapshot()[0].checksum)
-    change = _change(index, seed=1)
-    append_changes(delta_path(path), [change])
-    index.apply(change)
-    saved = load_saved(path)
-    assert not saved.index.mapped and saved.log_records == 1
-    assert not saved.index.adopt_file(path, saved.checksum, saved.index.version)
-    queries = _unit(4, seed=7)
-    np.testing.assert_array_equal(saved.index.search(queries, 25)[1],
-                                  index.search(queries, 25)[1])
-
 
 @pytest.mark.parametrize("family", ["flat", IVF_SQ8])
 def test_an_empty_mapped_base_with_photos_added_on_top_is_searched(tmp_path: Path,
@@ -315,3 +299,74 @@ def test_the_vector_of_a_photo_removed_from_a_mapped_base_is_not_handed_out(
     with pytest.raises(RuntimeError):
         in_place.vectors_of(np.array([1004, 1005]))
     assert in_place.vectors_of(np.array([1004])).shape == (1, D)
+
+
+def test_many_photos_removed_make_the_index_its_own_copy(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vector_index, "OVERLAY_MAX_HIDDEN", 100)
+    _, in_place, in_memory = _both_ways(tmp_path, "flat")
+    gone = np.arange(1000, 1150)
+    in_place.remove(gone)
+    in_memory.remove(gone)
+    assert not in_place.mapped and len(in_place) == len(in_memory) == 450
+    queries = _unit(5, seed=4)
+    np.testing.assert_array_equal(in_place.search(queries, 30)[1],
+                                  in_memory.search(queries, 30)[1])
+
+
+_MEASURE = """
+import sys
+from pathlib import Path
+import numpy as np
+from imagesearch.core.native_libs import faiss_module
+from imagesearch.core.vector_index import VectorIndex
+def private_mb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+faiss_module()
+before = private_mb()
+if sys.argv[2] == "in place":
+    index = VectorIndex.open_in_place(Path(sys.argv[1]))[0]
+else:
+    index = VectorIndex.load(Path(sys.argv[1]))
+query = np.asarray(index.vectors_of(np.array([0])))
+assert index.search(query, 5)[1][0][0] == 0  # every vector compared: every page read
+print(private_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_a_base_read_in_place_takes_no_private_memory_for_its_vectors(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    vectors = np.random.default_rng(0).normal(size=(40_000, 512)).astype(np.float32)
+    path = _saved(tmp_path, VectorIndex.build(np.arange(40_000), vectors, 512, "m", 1))
+    del vectors  # 80 MB of vectors in the file
+
+    def private_mb(way: str) -> float:  # in a fresh process: a clean heap
+        out = subprocess.run([sys.executable, "-c", _MEASURE, str(path), way],
+                             capture_output=True, text=True, check=True, timeout=120)
+        return float(out.stdout.split()[-1])
+
+    assert private_mb("in place") < 30
+    assert private_mb("in memory") > 70  # the same file read into memory: its vectors
+
+
+def test_a_file_system_without_memory_maps_reads_the_base_into_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def no_maps(path: Path) -> np.ndarray:
+        raise OSError(errno.ENODEV, "No such device")
+
+    index = _index("flat")
+    path = _saved(tmp_path, index)
+    monkeypatch.setattr(vector_index, "map_file", no_maps)
+    saved = load_saved(path)
+    assert not saved.index.mapped and saved.base_bytes == path.stat().st_size
+    queries = _unit(3, seed=2)
+    np.testing.assert_array_equal(saved.index.search(queries, 10)[1],
+                                  index.search(queries, 10)[1])
+    assert not saved.index.adopt_file(path, saved.checksum, saved.index.version)

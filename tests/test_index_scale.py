@@ -95,10 +95,19 @@ def test_the_family_follows_size_and_memory() -> None:
     assert choose_family(3_000, 512, 1).family == FLAT  # too few to be worth training
 
 
-def test_probed_lists_are_calibrated_to_the_recall_target() -> None:
+@pytest.mark.parametrize("two_level", [False, True])
+def test_probed_lists_are_calibrated_to_the_recall_target(
+        two_level: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 8,000 vectors get 256 lists: learned in two levels when that threshold is lower.
+    monkeypatch.setattr(index_family, "TWO_LEVEL_LISTS", 64 if two_level else 1 << 20)
     vectors = _clustered(8_000)
     ids = np.arange(8_000) * 5 + 3
     trained, on = index_family.train_ivf(vectors)
+    if two_level:  # FAISS kept the lists learned in two levels (it trained the coder only)
+        from imagesearch.core.clustering import spherical_two_level
+
+        np.testing.assert_array_equal(trained.quantizer.reconstruct_n(0, trained.nlist),
+                                      spherical_two_level(vectors, 256, 0, refine=2))
     index = VectorIndex.from_trained(trained, ids, vectors, MODEL, 0, 0, on)
     nprobe, recall = index_family.calibrate_nprobe(trained, ids, vectors)
     assert recall >= index_family.RECALL_TARGET and 1 <= nprobe <= trained.nlist
@@ -405,3 +414,28 @@ def test_one_id_twice_in_a_change_keeps_its_last_vector() -> None:
         assert index.search(fresh[1], 1)[1][0][0] == 3
         index.remove(np.array([3]))
         assert 3 not in index.ids()
+
+
+def test_lists_learned_in_two_levels_are_unit_length_and_as_many_as_asked() -> None:
+    from imagesearch.core.clustering import spherical_two_level
+
+    vectors = _clustered(3_000, seed=4)
+    centres = spherical_two_level(vectors, 256, seed=0)
+    assert centres.shape == (256, DIM)
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-5)
+    again = spherical_two_level(vectors, 256, seed=0)
+    np.testing.assert_array_equal(centres, again)  # seeded: the same lists every time
+    few = spherical_two_level(vectors[:40], 64, seed=0)  # cells with fewer points than
+    assert few.shape == (64, DIM)                        # their share still give it
+
+
+def test_refined_lists_fit_the_vectors_at_least_as_well() -> None:
+    from imagesearch.core.clustering import spherical_two_level
+
+    vectors = _clustered(4_000, seed=5)
+    rough = spherical_two_level(vectors, 128, seed=0)
+    refined = spherical_two_level(vectors, 128, seed=0, refine=2)
+    assert refined.shape == rough.shape
+    np.testing.assert_allclose(np.linalg.norm(refined, axis=1), 1.0, atol=1e-5)
+    # Each vector's best inner product with a centre: refining does not make it worse.
+    assert (vectors @ refined.T).max(axis=1).mean() > (vectors @ rough.T).max(axis=1).mean()

@@ -101,3 +101,25 @@ def test_an_index_file_of_the_first_format_still_opens(tmp_path: Path) -> None:
     path.write_bytes(b"ISIX" + struct.pack("<II", 1, len(old)) + old + data[12 + head_len:])
     loaded = VectorIndex.load(path)
     assert (loaded.family, loaded.generation, len(loaded)) == ("flat", 5, 12)
+
+
+def test_on_windows_the_saved_index_is_read_into_memory(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagesearch.core import vector_index
+    from imagesearch.core.index_file import Change, append_changes, delta_path, start_delta_log
+    from imagesearch.core.vector_index import load_saved
+
+    monkeypatch.setattr(vector_index, "MAP_FILES", False)
+    index = VectorIndex.build(np.arange(40), _unit(40, 8), 8, "m", 1)
+    path = tmp_path / "idx.faiss"
+    index.save(path)
+    start_delta_log(delta_path(path), index.snapshot()[0].checksum)
+    change = Change(1, 2, np.array([3]), np.array([5, 99]), _unit(2, 8, seed=4))
+    append_changes(delta_path(path), [change])
+    index.apply(change)
+    saved = load_saved(path)
+    assert not saved.index.mapped and saved.log_records == 1 and len(saved.index) == 40
+    assert not saved.index.adopt_file(path, saved.checksum, saved.index.version)
+    queries = _unit(4, 8, seed=7)
+    np.testing.assert_array_equal(saved.index.search(queries, 25)[1],
+                                  index.search(queries, 25)[1])

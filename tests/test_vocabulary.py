@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagesearch.core import local_index
+from imagesearch.core import clustering, local_index
 from imagesearch.core.local_features import LocalFeatures
 from imagesearch.core.local_index import (
     APPROXIMATE_MIN,
@@ -54,7 +54,7 @@ def test_vocabulary_size_is_a_power_of_two_within_bounds() -> None:
 
 def test_shares_split_exactly_and_in_proportion() -> None:
     counts = np.array([500, 250, 250, 0, 1])
-    shares = local_index._shares(counts, 64)
+    shares = clustering.shares(counts, 64)
     assert shares.sum() == 64 and shares[3] == 0
     assert abs(shares[0] - 32) <= 1 and abs(shares[1] - 16) <= 1
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from imagesearch.core.clustering import spherical_two_level
 from imagesearch.core.native_libs import faiss_module
 
 FLAT = "flat"
@@ -81,6 +82,12 @@ def worth_it(nprobe: int, nlist: int) -> bool:
     return nprobe <= nlist // 4
 
 
+# From this many lists on they are learned in two levels and refined twice over all of
+# the sample (core/clustering.py): at a million photos 12 s instead of 49 s; the probe
+# calibration then chooses twice the lists (bench/ivf_training.py).
+TWO_LEVEL_LISTS = 1024
+
+
 def list_count(count: int) -> int:
     """Inverted lists for ``count`` vectors: about 4 sqrt(N), a power of two."""
     target = 4.0 * math.sqrt(max(count, 1))
@@ -109,6 +116,9 @@ def train_ivf(vectors: np.ndarray, seed: int = 0) -> tuple[Any, int]:
     index.cp.niter = 10
     index.cp.seed = seed
     index.cp.spherical = True  # the vectors are unit length; so are the centroids
+    if nlist >= TWO_LEVEL_LISTS:
+        # Lists learned in two levels: FAISS then trains only the 8-bit coder.
+        quantizer.add(spherical_two_level(sample, nlist, seed, refine=2))
     index.train(sample)
     # Removal by id and reading a vector back both need an id -> position map.
     index.set_direct_map_type(faiss.DirectMap.Hashtable)

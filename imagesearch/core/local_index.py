@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from imagesearch.core import postings
+from imagesearch.core.clustering import coarse_count, kmeans, nearest, shares
 from imagesearch.core.local_features import LocalFeatures, mirrored
 from imagesearch.core.local_index_file import (
     MAP_FILES,
@@ -75,32 +76,6 @@ _WORDS_PER_LIST, _PROBED_SHARE = 64, 16
 _ASSIGN_BATCH = 16_384  # descriptors given their words in one search when photos are added
 
 
-def kmeans(data: np.ndarray, k: int, seed: int) -> np.ndarray:
-    import faiss
-
-    learner = faiss.Kmeans(data.shape[1], k, niter=12, seed=seed, verbose=False,
-                           min_points_per_centroid=1, max_points_per_centroid=64)
-    learner.train(np.ascontiguousarray(data, dtype=np.float32))
-    return np.asarray(learner.centroids, dtype=np.float32)
-
-
-def _nearest(centroids: np.ndarray, data: np.ndarray) -> np.ndarray:
-    import faiss
-
-    flat = faiss.IndexFlatL2(centroids.shape[1])
-    flat.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    _, nearest = flat.search(np.ascontiguousarray(data, dtype=np.float32), 1)
-    return np.asarray(nearest[:, 0], dtype=np.int64)
-
-
-def _shares(counts: np.ndarray, total: int) -> np.ndarray:
-    """``total`` split over cells in proportion to ``counts`` (largest remainders)."""
-    exact = total * counts / max(int(counts.sum()), 1)
-    share = np.floor(exact).astype(np.int64)
-    share[np.argsort(-(exact - share), kind="stable")[:total - int(share.sum())]] += 1
-    return share
-
-
 def _capped_shares(counts: np.ndarray, caps: np.ndarray, total: int) -> np.ndarray:
     """``total`` split in proportion to ``counts``, no cell above its cap: what a full
     cell cannot take goes to the others, in proportion again."""
@@ -109,7 +84,7 @@ def _capped_shares(counts: np.ndarray, caps: np.ndarray, total: int) -> np.ndarr
         room = caps - share
         if not (counts[room > 0] > 0).any():
             break
-        share += np.minimum(_shares(np.where(room > 0, counts, 0), left), room)
+        share += np.minimum(shares(np.where(room > 0, counts, 0), left), room)
     return share
 
 
@@ -126,8 +101,8 @@ def _two_level(data: np.ndarray, k: int, seed: int) -> np.ndarray:
     number of words in proportion to the descriptors it holds (a vocabulary tree of depth
     two), but no more than its distinct descriptors: repeated ones would only give
     repeated words."""
-    coarse = kmeans(data, 2 ** round(float(np.log2(np.sqrt(k)))), seed)
-    cell = _nearest(coarse, data)
+    coarse = kmeans(data, coarse_count(k), seed)
+    cell = nearest(coarse, data)
     order = np.argsort(cell, kind="stable")
     counts = np.bincount(cell, minlength=len(coarse))
     bounds = np.concatenate([[0], np.cumsum(counts)])

@@ -60,6 +60,10 @@ OVERLAY_MAX_HIDDEN = 65536
 log = logging.getLogger(__name__)
 
 
+class CannotMapError(IndexFileError):
+    """The file could not be memory-mapped (it may still be readable)."""
+
+
 class VectorIndex:
     """Inner-product search keyed by catalog photo id: exact (IDMap2 over Flat), or
     IVF-SQ8 with a calibrated probe count (core/index_family.py).
@@ -449,8 +453,8 @@ def _read_in_place(path: Path) -> tuple[IndexHeader, Any, np.ndarray, int]:
     try:
         data = map_file(path)
     except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
-        raise IndexFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
-                             ) from exc
+        raise CannotMapError(f"cannot map {path}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from exc
     header, blob = unpack_index(memoryview(data.data), path)
     array = np.frombuffer(blob, dtype=np.uint8)
     return header, _read_faiss(header, array, path, read_in_place), array, int(data.size)
@@ -500,13 +504,20 @@ def load_saved(path: Path) -> Saved:
     Raises:
         IndexFileError: the base is missing or unreadable.
     """
-    if MAP_FILES:
+    try:
+        if not MAP_FILES:
+            raise CannotMapError("memory maps are not used here")
         index, checksum, base_bytes = VectorIndex.open_in_place(path)
-    else:
+    except CannotMapError as exc:
+        # A file system without memory maps, say, or no address space left: read into
+        # memory as on Windows (a missing or empty file then fails as it should).
+        if MAP_FILES and path.exists() and path.stat().st_size:
+            log.warning("the search index is read into memory: %s", exc)
         try:
             data = path.read_bytes()
-        except OSError as exc:
-            raise IndexFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        except OSError as error:
+            raise IndexFileError(f"cannot read {path}: {error.strerror or error}"
+                                 ) from error
         index, checksum = VectorIndex.from_bytes(data, path)
         base_bytes = len(data)
     journal = read_changes(delta_path(path), checksum)
