@@ -224,9 +224,12 @@ def test_vectors_come_back_in_id_order_across_read_batches(catalog: Catalog,
     order = np.argsort(ids)
     assert got_ids.tolist() == sorted(ids) and catalog.vector_ids("m").tolist() == sorted(ids)
     np.testing.assert_allclose(got, vectors[order], atol=1e-2)
-    with sqlite3.connect(tmp_path / "catalog.sqlite3") as conn:  # one damaged row
-        conn.execute("UPDATE embeddings SET vector = x'0000' WHERE photo_id = ?",
+    with sqlite3.connect(tmp_path / "catalog.sqlite3") as conn:
+        # Two damaged rows in one read batch whose lengths make up for each other.
+        conn.execute("UPDATE embeddings SET vector = x'00000000' WHERE photo_id = ?",
                      (int(ids[5000]),))
+        conn.execute("UPDATE embeddings SET vector = zeroblob(12) WHERE photo_id = ?",
+                     (int(ids[5001]),))
     with pytest.raises(ValueError, match="differ in length"):
         catalog.vectors("m")
 

@@ -425,6 +425,7 @@ def test_lists_learned_in_two_levels_are_unit_length_and_as_many_as_asked() -> N
     np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-5)
     again = spherical_two_level(vectors, 256, seed=0)
     np.testing.assert_array_equal(centres, again)  # seeded: the same lists every time
+    assert not np.array_equal(centres, spherical_two_level(vectors, 256, seed=1))
     few = spherical_two_level(vectors[:40], 64, seed=0)  # cells with fewer points than
     assert few.shape == (64, DIM)                        # their share still give it
 

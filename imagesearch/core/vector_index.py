@@ -511,7 +511,11 @@ def load_saved(path: Path) -> Saved:
     except CannotMapError as exc:
         # A file system without memory maps, say, or no address space left: read into
         # memory as on Windows (a missing or empty file then fails as it should).
-        if MAP_FILES and path.exists() and path.stat().st_size:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0  # missing or unreadable: reading it fails below, as it should
+        if MAP_FILES and size:
             log.warning("the search index is read into memory: %s", exc)
         try:
             data = path.read_bytes()
