@@ -300,7 +300,8 @@ def inline_context(make_settings: Callable[..., Settings], shared_encoder: Any,
                    monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from imagesearch.services.context import build_context
 
-    monkeypatch.setattr("imagesearch.core.decode_pool.default_workers", lambda: 0)
+    monkeypatch.setattr("imagesearch.core.decode_pool.default_workers",
+                        lambda features=False: 0)
     ctx = build_context(make_settings(decode_workers=0), encoder=shared_encoder)
     yield ctx
     ctx.close()

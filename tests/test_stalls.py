@@ -139,3 +139,22 @@ def test_quitting_the_window_does_not_hang_on_stuck_work(qtbot: Any) -> None:
     finally:
         release.set()
         assert runner.wait_idle(20_000)
+
+
+@pytest.mark.parametrize(("cores", "plain", "with_features"),
+                         [(1, 1, 1), (2, 1, 2), (4, 3, 4), (16, 4, 4)])
+def test_decode_processes_follow_the_cores_and_the_work(
+        monkeypatch: pytest.MonkeyPatch, cores: int, plain: int, with_features: int) -> None:
+    """Photo details make decoding heavy enough for one process per core."""
+    from imagesearch.core import decode_pool
+    from imagesearch.core.local_features import FEATURE_MODES
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert decode_pool.default_workers() == plain
+    assert decode_pool.default_workers(features=True) == with_features
+    compact = FEATURE_MODES["compact"]
+    for pool, expected in ((DecodePool(SPEC), plain),
+                           (DecodePool(SPEC, features=compact), with_features),
+                           (DecodePool(SPEC, workers=1, features=compact), 1)):
+        with pool:
+            assert pool.workers == expected
