@@ -207,3 +207,24 @@ def test_a_thumbnail_that_cannot_become_a_pixmap_says_so(
     assert failed == [(key, "cannot display the thumbnail")]
     assert loader.error(key) == "cannot display the thumbnail"  # the tile: "cannot show"
     assert loader.pixmap(key) is None and not loader._pixmaps  # not asked for again
+
+
+def test_preview_dates_a_photo_without_a_date_taken_by_its_file(
+        qtbot: Any, make_window: WindowFactory, tmp_path: Path) -> None:
+    from datetime import datetime
+
+    photo = tmp_path / "scan.png"
+    Image.new("RGB", (40, 30), (90, 90, 90)).save(photo)
+    changed = datetime(2024, 3, 9, 14, 5).timestamp()
+    taken = datetime(2019, 7, 1, 8, 30)
+    window = make_window()
+    shown = []
+    for hit in (SearchHit(1, photo, 0.5, mtime=changed),
+                SearchHit(2, photo, 0.5, captured_at=taken, mtime=changed),
+                SearchHit(3, photo, 0.5)):
+        window.preview.show_hit(hit)
+        shown.append((window.preview.date.text(), window.preview.date.toolTip()))
+    assert shown[0][0] == "2024-03-09 14:05 (file modified)"
+    assert "no date taken" in shown[0][1]
+    assert shown[1] == ("2019-07-01 08:30", "When the photo was taken")
+    assert shown[2] == ("unknown", "")

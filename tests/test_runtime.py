@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,6 +170,46 @@ def test_decisions_follow_the_thresholds() -> None:
     assert decide_text(text) == "onnx-fp32"
     text["text onnx-fp32"]["top10"] = 0.5
     assert decide_text(text) == "torch"
+
+
+def test_a_far_slower_rung_is_scouted_not_measured() -> None:
+    """A rung twice as slow as fp32 on a few images is left after them, shown, never chosen."""
+    import time
+
+    from imagesearch.core.runtime_measure import measure_visual
+    from imagesearch.core.runtime_probe import SCOUT_IMAGES, RuntimeChoice, probe_images
+
+    pixels = probe_images(16)
+    project = np.random.default_rng(0).standard_normal((16 * 16 * 3, 8))
+    calls = {"slow": 0}
+
+    def rung(seconds_per_image: float, name: str = "") -> Any:
+        def run(px: np.ndarray) -> np.ndarray:
+            calls[name] = calls.get(name, 0) + 1
+            time.sleep(seconds_per_image * len(px))
+            return np.asarray(px.reshape(len(px), -1) / 255.0 @ project, np.float32)
+        return run
+
+    ref_txt = np.random.default_rng(1).standard_normal((24, 8))
+    ref_txt /= np.linalg.norm(ref_txt, axis=1, keepdims=True)
+    # Far apart, so a loaded machine's hiccups cannot swap the verdicts: fp32 80 ms for
+    # the scout's images, the slow rung 10x that, the fast one 1/40 of it.
+    rungs = {"fp32": rung(0.02), "bf16": rung(0.2, "slow"), "onnx-int8": rung(0.0005)}
+    ref_img = rungs["fp32"](pixels)
+    ref_img /= np.linalg.norm(ref_img, axis=1, keepdims=True)
+    figures = measure_visual(rungs, pixels, ref_img, ref_txt)
+    assert calls["slow"] == 2  # a warm-up and one timed call of the scout's images
+    assert figures["bf16"]["scouted_only"] == 1.0
+    assert figures["bf16"]["images_per_s"] < figures["fp32"]["images_per_s"]
+    assert "min_cosine" not in figures["bf16"]
+    assert figures["onnx-int8"]["min_cosine"] > 0.999 and "scouted_only" not in figures[
+        "onnx-int8"]
+    assert decide_visual(figures) == "onnx-int8"
+    figures["onnx-int8"]["min_cosine"] = 0.5  # unfaithful: the scouted rung still is not
+    assert decide_visual(figures) == "fp32"  # a candidate
+    line = RuntimeChoice("fp32", "onnx-int8", figures).summary()
+    assert f"bf16 {figures['bf16']['images_per_s']:.1f}/s (far slower than fp32 on " \
+        f"{SCOUT_IMAGES} images: not measured further)" in line
 
 
 def test_top10_overlap() -> None:

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 MIN_COSINE = 0.99
 MIN_TOP10 = 0.9
 MIN_SPEEDUP = 1.2
+# A rung this many times slower than fp32 on SCOUT_IMAGES images is not measured further
+# (core/runtime_measure.measure_visual): twice as slow on a few images leaves no chance of
+# being MIN_SPEEDUP faster on a batch.
+SCOUT_IMAGES, SCOUT_SLOWER = 4, 2.0
 TIE_SCORE = 0.002  # fp32 scores this close to the tenth neighbour's count as ties
 CHOICES_FILE = "runtime-choice.json"
 RUNTIME_DIR = "runtime"
@@ -69,11 +73,16 @@ class RuntimeChoice:
         """One line for `models list` and the status bar tooltip."""
         parts = []
         for name, fig in self.figures.items():
-            if "images_per_s" in fig:
-                parts.append(f"{name} {fig['images_per_s']:.1f}/s"
-                             + ("" if name == "fp32" else
-                                f" (cos {fig.get('min_cosine', 0):.4f}, "
-                                f"top-10 {fig.get('top10', 0):.2f})"))
+            if "images_per_s" not in fig:
+                continue
+            if fig.get("scouted_only"):
+                parts.append(f"{name} {fig['images_per_s']:.1f}/s (far slower than fp32 on "
+                             f"{SCOUT_IMAGES} images: not measured further)")
+                continue
+            parts.append(f"{name} {fig['images_per_s']:.1f}/s"
+                         + ("" if name == "fp32" else
+                            f" (cos {fig.get('min_cosine', 0):.4f}, "
+                            f"top-10 {fig.get('top10', 0):.2f})"))
         text = f"images: {self.visual}; text: {self.text}"
         if parts:
             text += " — probed " + ", ".join(parts)

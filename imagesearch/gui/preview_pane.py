@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import urllib.parse
+from datetime import datetime
 from pathlib import Path
 
 from PySide6.QtCore import QProcess, QRectF, QSize, Qt, QUrl, Signal
@@ -152,12 +153,14 @@ class PreviewPane(QWidget):
             self.view.show_pixmap(None, None, "Select a result to see it here.")
             for label in (self.name, self.path, self.date, self.file_size, self.dims, self.score):
                 label.clear()
+            self.date.setToolTip("")
             return
         self.view.show_pixmap(hit, None, "Loading…")
         self.name.setText(hit.path.name)
         self.path.setText(str(hit.path.parent))
-        when = hit.captured_at
-        self.date.setText(when.strftime("%Y-%m-%d %H:%M") if when else "unknown")
+        date, explained = describe_date(hit)
+        self.date.setText(date)
+        self.date.setToolTip(explained)
         self.file_size.setText(human_size(hit.size))
         self.dims.setText(f"{hit.width} × {hit.height}" if hit.width and hit.height else "—")
         self.score.setText(describe_score(hit).removeprefix("score "))
@@ -183,3 +186,18 @@ class PreviewPane(QWidget):
     def _more_like(self) -> None:
         if self.hit is not None:
             self.more_like.emit(self.hit.photo_id)
+
+
+def describe_date(hit: SearchHit) -> tuple[str, str]:
+    """The preview's date and its tooltip: when the photo was taken, or else when its file
+    last changed, said as such (scans and edited copies often carry no date taken)."""
+    if hit.captured_at is not None:
+        return hit.captured_at.strftime("%Y-%m-%d %H:%M"), "When the photo was taken"
+    if hit.mtime is not None:
+        try:
+            changed = datetime.fromtimestamp(hit.mtime)
+        except (OverflowError, OSError, ValueError):
+            return "unknown", ""
+        return (f"{changed:%Y-%m-%d %H:%M} (file modified)",
+                "The photo records no date taken; this is when its file last changed")
+    return "unknown", ""
