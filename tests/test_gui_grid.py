@@ -221,10 +221,10 @@ def test_preview_dates_a_photo_without_a_date_taken_by_its_file(
     shown = []
     for hit in (SearchHit(1, photo, 0.5, mtime=changed),
                 SearchHit(2, photo, 0.5, captured_at=taken, mtime=changed),
-                SearchHit(3, photo, 0.5)):
+                SearchHit(3, photo, 0.5), SearchHit(4, photo, 0.5, mtime=0.0)):
         window.preview.show_hit(hit)
         shown.append((window.preview.date.text(), window.preview.date.toolTip()))
     assert shown[0][0] == "2024-03-09 14:05 (file modified)"
     assert "no date taken" in shown[0][1]
     assert shown[1] == ("2019-07-01 08:30", "When the photo was taken")
-    assert shown[2] == ("unknown", "")
+    assert shown[2] == shown[3] == ("unknown", "")

@@ -149,7 +149,7 @@ def test_decode_processes_follow_the_cores_and_the_work(
     from imagesearch.core import decode_pool
     from imagesearch.core.local_features import FEATURE_MODES
 
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(decode_pool, "usable_cores", lambda: cores)
     assert decode_pool.default_workers() == plain
     assert decode_pool.default_workers(features=True) == with_features
     compact = FEATURE_MODES["compact"]
@@ -158,3 +158,20 @@ def test_decode_processes_follow_the_cores_and_the_work(
                            (DecodePool(SPEC, workers=1, features=compact), 1)):
         with pool:
             assert pool.workers == expected
+
+
+def test_usable_cores_follow_the_affinity_then_the_count(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    from imagesearch.core.cpu import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert usable_cores() == 3  # a container or taskset allowing 3 of the machine's cores
+
+    def no_affinity(pid: int) -> set[int]:
+        raise AttributeError("no affinity call on this system")
+
+    monkeypatch.setattr(os, "sched_getaffinity", no_affinity, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert usable_cores() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: assume a small machine
+    assert usable_cores() == 2

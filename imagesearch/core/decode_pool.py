@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from imagesearch.core.cpu import usable_cores
 from imagesearch.core.imaging import DecodedImage, PreprocessSpec, decode_for_model
 from imagesearch.core.local_features import FeatureMode
 
@@ -47,7 +48,7 @@ def default_workers(features: bool = False) -> int:
     against 40.1 without (``python bench/index_throughput.py --features compact
     --workers N``, medians of 3).
     """
-    cores = os.cpu_count() or 2
+    cores = usable_cores()
     return max(1, min(4, cores if features else cores - 1))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from imagesearch.core.clip_tokenizer import VOCAB_FILE, ClipTokenizer
+from imagesearch.core.cpu import usable_cores
 from imagesearch.core.onnx_export import TOKEN_TABLE, RuntimeManifest, tower_file
 from imagesearch.core.priority_gate import PriorityGate
 
@@ -39,11 +40,11 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
 
 def thread_budget() -> int:
     """Threads for inference: OMP_NUM_THREADS where set (a cluster worker holding one CPU,
-    a user's own limit), else every core."""
+    a user's own limit), else every core this process may use."""
     try:
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
     except ValueError:
-        return os.cpu_count() or 1
+        return usable_cores()
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

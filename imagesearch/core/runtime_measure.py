@@ -24,6 +24,7 @@ from imagesearch.core.onnx_export import (
 from imagesearch.core.runtime_probe import (
     _PROBE_BATCH,
     PROBE_TEXTS,
+    SCOUT_CALLS,
     SCOUT_IMAGES,
     SCOUT_SLOWER,
     RuntimeChoice,
@@ -85,7 +86,9 @@ def measure(weights: InstalledWeights, folder: Path, forced: str | None = None
             session)
 
     ref_img = unit_rows(rungs["fp32"](pixels))
-    figures = measure_visual(rungs, pixels, ref_img, ref_txt)
+    # A forced rung is measured in full whatever the scout says: its figures are shown.
+    figures = measure_visual(rungs, pixels, ref_img, ref_txt,
+                             exempt=frozenset({forced} if forced else ()))
     visual = forced or decide_visual(figures)
 
     if manifest.text:
@@ -117,21 +120,24 @@ def measure(weights: InstalledWeights, folder: Path, forced: str | None = None
 
 
 def measure_visual(rungs: dict[str, Any], pixels: np.ndarray, ref_img: np.ndarray,
-                   ref_txt: np.ndarray) -> dict[str, dict[str, float]]:
+                   ref_txt: np.ndarray, exempt: frozenset[str] = frozenset()
+                   ) -> dict[str, dict[str, float]]:
     """Each image rung's faithfulness to fp32 (``ref_img``, ``rungs["fp32"]``'s unit
     embeddings of ``pixels``) and its speed.
 
-    A rung first runs a few images beside fp32 (a scout). One that takes SCOUT_SLOWER
-    times fp32's time or more cannot end up MIN_SPEEDUP faster, so it is not measured
-    further: torch bf16 on a CPU without native bf16 (about 10x slower than fp32 on an
-    AVX2-only EPYC) would otherwise hold up the first start by a minute or more.
+    A rung first runs a few images beside fp32 (a scout: the best of a few calls of each,
+    fp32 timed again just before, so a moment of load on the machine does not decide).
+    One that takes SCOUT_SLOWER times fp32's time or more cannot end up MIN_SPEEDUP
+    faster, so it is not measured further: torch bf16 on a CPU without native bf16 (about
+    10x slower than fp32 on an AVX2-only EPYC) would otherwise hold up the first start by
+    a minute or more. Rungs in ``exempt`` are always measured in full.
     """
     figures: dict[str, dict[str, float]] = {}
     scout = pixels[:SCOUT_IMAGES]
-    reference = _seconds(rungs["fp32"], scout)
     for name, run in rungs.items():
         try:
-            if name != "fp32":
+            if name != "fp32" and name not in exempt:
+                reference = _seconds(rungs["fp32"], scout)
                 took = _seconds(run, scout)
                 if took >= SCOUT_SLOWER * reference:
                     log.info("runtime probe: %s took %.2f s for %d images against fp32's "
@@ -150,12 +156,15 @@ def measure_visual(rungs: dict[str, Any], pixels: np.ndarray, ref_img: np.ndarra
     return figures
 
 
-def _seconds(run: Any, pixels: np.ndarray) -> float:
-    """One call's time, after a first call that pays the one-off set-up."""
+def _seconds(run: Any, pixels: np.ndarray, calls: int = SCOUT_CALLS) -> float:
+    """The best of ``calls`` timed calls, after a first that pays the one-off set-up."""
     run(pixels)
-    start = time.perf_counter()
-    run(pixels)
-    return max(time.perf_counter() - start, 1e-9)
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        run(pixels)
+        best = min(best, time.perf_counter() - start)
+    return max(best, 1e-9)
 
 
 def _copy_to(model: Any, dtype: Any) -> Any:
