@@ -123,13 +123,22 @@ class RuntimeEncoder:
     def _token_table(self) -> np.ndarray:
         table = self._towers.get("table")
         if table is None:
-            table = np.load(self._folder / TOKEN_TABLE, mmap_mode="r")  # 77 rows are read
-            self._towers["table"] = table
+            with self._load_lock:
+                table = self._towers.get("table")
+                if table is None:  # 77 rows are read
+                    table = np.load(self._folder / TOKEN_TABLE, mmap_mode="r")
+                    self._towers["table"] = table
         return np.asarray(table)
 
     def _tokenizer(self) -> ClipTokenizer:
         tokenizer: ClipTokenizer | None = self._towers.get("tokenizer")
         if tokenizer is None:
-            tokenizer = ClipTokenizer(self._folder / VOCAB_FILE, self._manifest.context_length)
-            self._towers["tokenizer"] = tokenizer
+            # A query arriving while the preload builds it waits for that one: two builds
+            # at once would only share the interpreter and both finish late.
+            with self._load_lock:
+                tokenizer = self._towers.get("tokenizer")
+                if tokenizer is None:
+                    tokenizer = ClipTokenizer(self._folder / VOCAB_FILE,
+                                              self._manifest.context_length)
+                    self._towers["tokenizer"] = tokenizer
         return tokenizer
