@@ -45,6 +45,39 @@ def test_tokenizer_matches_open_clip() -> None:
     assert ours(["word " * 100])[0, -1] == ours.eot
 
 
+def test_tokenizer_tables_read_only_what_they_use(tmp_path: Path) -> None:
+    """The BPE file is read in chunks up to the lines used: a character cut by the last
+    chunk, in the lines not used, changes nothing (and a short file is read whole)."""
+    import gzip
+
+    from imagesearch.core.clip_tokenizer import _MERGES, _tables
+
+    used = [f"{chr(0x61 + i % 26)} {chr(0x61 + i // 26 % 26)}{i}" for i in range(_MERGES)]
+    head = ("#version\n" + "\n".join(used) + "\n").encode()
+    pad = (1 << 16) - len(head) % (1 << 16) - 1  # the next character straddles a chunk end
+    tail = b"x" * (pad - 1) + b"\n" + "é q\nmore lines\n".encode()
+    path = tmp_path / "bpe.txt.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(head + tail)
+    tokens, ranks = _tables(path, ["<start_of_text>", "<end_of_text>"])
+    assert list(ranks) == used and ranks[used[-1]] == _MERGES - 1
+    assert tokens[used[0].replace(" ", "")] == 512
+    short = tmp_path / "short.txt.gz"
+    with gzip.open(short, "wb") as fh:
+        fh.write(b"#version\na b\nab c")  # fewer merges than used, no final newline
+    assert list(_tables(short, [])[1]) == ["a b", "ab c"]
+
+
+def test_a_forced_choice_is_not_kept_once_back_to_automatic(tmp_path: Path) -> None:
+    from imagesearch.core.encoder_loading import _usable
+    from imagesearch.core.runtime_probe import RuntimeChoice
+
+    forced = RuntimeChoice("fp32", "torch", note="forced fp32")
+    assert _usable(forced, "fp32", "sha", tmp_path)
+    assert not _usable(forced, None, "sha", tmp_path)  # automatic: measured again
+    assert _usable(RuntimeChoice("fp32", "torch"), None, "sha", tmp_path)
+
+
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory: pytest.TempPathFactory,
            tiny_checkpoint: tuple[Path, Path]) -> WeightStore:
@@ -187,16 +220,20 @@ def test_a_far_slower_rung_is_scouted_not_measured(monkeypatch: pytest.MonkeyPat
     def rung(name: str) -> Any:
         def run(px: np.ndarray) -> np.ndarray:
             calls[name] = calls.get(name, 0) + 1
-            if name == "broken":
-                raise RuntimeError("no such kernel on this CPU")
             return np.asarray(px.reshape(len(px), -1) / 255.0 @ project, np.float32)
         run.rung = name  # type: ignore[attr-defined]
         return run
 
     # The scout's clock, by rung: the slow one takes 2x fp32 (the limit), the rest less.
     scout_s = {"fp32": 0.5, "bf16": 1.0, "onnx-int8": 0.1, "onnx-fp32": 0.99}
-    monkeypatch.setattr(runtime_measure, "_seconds",
-                        lambda run, px, calls=2: run(px) is None or scout_s[run.rung])
+    timed: list[str] = []
+
+    def seconds(run: Any, px: np.ndarray, calls: int = 2) -> float:
+        run(px)
+        timed.append(run.rung)
+        return scout_s[run.rung]
+
+    monkeypatch.setattr(runtime_measure, "_seconds", seconds)
     rates = {"fp32": 10.0, "bf16": 5.0, "onnx-int8": 50.0, "onnx-fp32": 11.0}  # batch rates
     monkeypatch.setattr(runtime_measure, "_rate", lambda run, px: rates[run.rung])
     rungs = {name: rung(name) for name in ("fp32", "bf16", "onnx-fp32", "onnx-int8")}
@@ -206,6 +243,8 @@ def test_a_far_slower_rung_is_scouted_not_measured(monkeypatch: pytest.MonkeyPat
     ref_img /= np.linalg.norm(ref_img, axis=1, keepdims=True)
     figures = measure_visual(rungs, pixels, ref_img, ref_txt)
     assert calls["bf16"] == 1  # the scout's call only, never the probe set
+    # fp32 timed again just before each rung it is compared with
+    assert timed == ["fp32", "bf16", "fp32", "onnx-fp32", "fp32", "onnx-int8"]
     assert figures["bf16"] == {"images_per_s": round(SCOUT_IMAGES / 1.0, 2),
                                "scouted_only": 1.0}
     for name in ("onnx-fp32", "onnx-int8"):  # under the limit: measured in full
@@ -221,10 +260,19 @@ def test_a_far_slower_rung_is_scouted_not_measured(monkeypatch: pytest.MonkeyPat
     forced = measure_visual(rungs, pixels, ref_img, ref_txt, exempt=frozenset({"bf16"}))
     assert "scouted_only" not in forced["bf16"] and forced["bf16"]["min_cosine"] > 0.999
 
-    rungs["onnx-fp32"] = rung("broken")
-    rungs["onnx-fp32"].rung = "onnx-fp32"
+    class Fail(Exception):  # ONNX Runtime's errors derive from Exception alone
+        pass
+
+    def broken(px: np.ndarray) -> np.ndarray:
+        raise Fail("no such kernel on this CPU")
+
+    broken.rung = "onnx-fp32"  # type: ignore[attr-defined]
+    rungs["onnx-fp32"] = broken
     figures = measure_visual(rungs, pixels, ref_img, ref_txt)
     assert "onnx-fp32" not in figures and figures["onnx-int8"]["min_cosine"] > 0.999
+    rungs["fp32"] = broken  # no reference at all: the probe fails (torch fp32 is used)
+    with pytest.raises(Fail):
+        measure_visual(rungs, pixels, ref_img, ref_txt)
 
 
 def test_the_scout_takes_the_best_of_its_calls() -> None:

@@ -164,14 +164,21 @@ def test_usable_cores_follow_the_affinity_then_the_count(monkeypatch: pytest.Mon
                                                         ) -> None:
     from imagesearch.core.cpu import usable_cores
 
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 5, raising=False)  # Python 3.13+
+    assert usable_cores() == 5
+    monkeypatch.delattr(os, "process_cpu_count")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert usable_cores() == 3  # a container or taskset allowing 3 of the machine's cores
 
     def no_affinity(pid: int) -> set[int]:
         raise AttributeError("no affinity call on this system")
 
-    monkeypatch.setattr(os, "sched_getaffinity", no_affinity, raising=False)
+    def refused(pid: int) -> set[int]:
+        raise OSError("not permitted")
+
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
-    assert usable_cores() == 6
+    for broken in (no_affinity, refused):
+        monkeypatch.setattr(os, "sched_getaffinity", broken, raising=False)
+        assert usable_cores() == 6
     monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: assume a small machine
     assert usable_cores() == 2

@@ -59,7 +59,10 @@ def _tables(vocab_path: Path, specials: list[str]) -> tuple[dict[str, int], dict
         while newlines <= _MERGES + 1 and (chunk := fh.read(1 << 16)):
             chunks.append(chunk)
             newlines += chunk.count(b"\n")
-    lines = b"".join(chunks).decode("utf-8").split("\n", _MERGES + 1)[1:_MERGES + 1]
+    data = b"".join(chunks)
+    if newlines > _MERGES + 1:  # stopped early: the last chunk may end inside a character
+        data = data[:data.rfind(b"\n") + 1]
+    lines = data.decode("utf-8").split("\n", _MERGES + 1)[1:_MERGES + 1]
     base = list(_bytes_to_unicode().values())
     vocab = [*base, *(v + "</w>" for v in base), *(m.replace(" ", "") for m in lines),
              *specials]

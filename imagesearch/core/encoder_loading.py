@@ -134,6 +134,8 @@ def _usable(choice: RuntimeChoice, forced: str | None, sha256: str, folder: Path
     and in this version's format."""
     if forced is not None and choice.visual != forced:
         return False
+    if forced is None and choice.note.startswith("forced"):
+        return False  # back to automatic: measure again rather than keep what was forced
     picks = [(t, p) for t, p in (("visual", choice.visual), ("textual", choice.text))
              if p.startswith("onnx-")]
     if not picks:

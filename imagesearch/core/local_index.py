@@ -75,7 +75,7 @@ TWO_LEVEL_MIN = 1024
 #   4,096 words, 8 lists probed: 99.71%, 3.8 us (a sixteenth, 4 lists: 97.45%, 3.0 us)
 #   8,192 words, 8 lists: 99.24%, 4.0-4.9 us
 #   16,384 words, 16 lists: 99.91%
-#   32,768 words, 16 lists: 99.78%, 9.5 us (a sixteenth, 32 lists: 99.98%, 18.4 us; its
+#   32,768 words, 16 lists: 99.8%, 9.5 us (a sixteenth, 32 lists: 99.98%, 18.4 us; its
 #   ASMK shortlist ranked no better: mAP@100 55.8 against 56.2, README)
 APPROXIMATE_MIN = 4096
 _WORDS_PER_LIST, _PROBED_SHARE, _PROBED_MIN, _PROBED_MAX = 64, 16, 8, 16

@@ -73,6 +73,9 @@ class RuntimeEncoder:
         self._torch_loader = torch_loader
         self._towers: dict[str, Any] = {}
         self._load_lock = threading.Lock()
+        # The tokenizer and token table have their own: a query must not wait behind the
+        # image tower's load (seconds with torch) to tokenise its text.
+        self._text_lock = threading.Lock()
         self._gate = PriorityGate()
         self.choice: Any = None  # the RuntimeChoice behind it, for display
 
@@ -123,7 +126,7 @@ class RuntimeEncoder:
     def _token_table(self) -> np.ndarray:
         table = self._towers.get("table")
         if table is None:
-            with self._load_lock:
+            with self._text_lock:
                 table = self._towers.get("table")
                 if table is None:  # 77 rows are read
                     table = np.load(self._folder / TOKEN_TABLE, mmap_mode="r")
@@ -135,7 +138,7 @@ class RuntimeEncoder:
         if tokenizer is None:
             # A query arriving while the preload builds it waits for that one: two builds
             # at once would only share the interpreter and both finish late.
-            with self._load_lock:
+            with self._text_lock:
                 tokenizer = self._towers.get("tokenizer")
                 if tokenizer is None:
                     tokenizer = ClipTokenizer(self._folder / VOCAB_FILE,

@@ -193,7 +193,8 @@ def describe_date(hit: SearchHit) -> tuple[str, str]:
     last changed, said as such (scans and edited copies often carry no date taken)."""
     if hit.captured_at is not None:
         return hit.captured_at.strftime("%Y-%m-%d %H:%M"), "When the photo was taken"
-    if hit.mtime is not None and hit.mtime > 0:  # archive tools may zero it: no date
+    # Archive tools may zero a file's time; a time before 1970 is as unlikely to be true.
+    if hit.mtime is not None and hit.mtime > 0:
         try:
             changed = datetime.fromtimestamp(hit.mtime)
         except (OverflowError, OSError, ValueError):
