@@ -102,7 +102,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import emit
 
-FAMILIES = ("flat", "ivf-flat", "ivf-pq", "ivf-sq8", "hnsw", "lsh", "annoy")
+FAMILIES = ("flat", "ivf-flat", "ivf-pq", "ivf-sq8", "hnsw", "lsh", "annoy", "compact")
 NLOGN_FAMILIES = ("hnsw", "annoy")  # build time extrapolated as N log N
 COST_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 README_IMAGE_RATE = 39.6  # photos/s, README "Performance": first full index, features off
@@ -409,6 +409,8 @@ def build(name: str, base: np.ndarray, p: Params) -> tuple[Searcher, float, floa
         info = {"n_trees": p.annoy_trees, "search_k": "default (n_trees*k)"}
         return (AnnoySearcher(name, info, index, dim), time.perf_counter() - added,
                 added - started)
+    if name == "compact":
+        return _compact(base, p)
     nlist = nlist_for(n)
     built: faiss.Index
     if name == "flat":
@@ -450,6 +452,31 @@ def build(name: str, base: np.ndarray, p: Params) -> tuple[Searcher, float, floa
     if name.startswith("ivf"):
         faiss.extract_index_ivf(built).nprobe = p.nprobe
     return FaissSearcher(name, info, built), trained - started, added - trained
+
+
+def _compact(base: np.ndarray, p: Params) -> tuple[Searcher, float, float]:
+    """A compact library as the app builds it (services/stored_vectors.py): 64-byte
+    product codes learned from the vectors replace them, and IVF-PQ over those very codes
+    is searched with the lists probed that the app's calibration picks (recall 0.97
+    against exact search over what the codes stand for). Its recall against exact search
+    over the original vectors is the cost of keeping only the codes."""
+    from imagesearch.core.index_family import calibrate_nprobe, train_ivf
+    from imagesearch.core.vector_codec import CODE_BYTES, VectorCodec
+
+    faiss.omp_set_num_threads(p.threads)
+    started = time.perf_counter()
+    codec = VectorCodec.train(base, math.gcd(base.shape[1], CODE_BYTES), seed=p.seed)
+    decoded = np.concatenate([codec.decode(codec.encode(base[i:i + CHUNK]))
+                              for i in range(0, len(base), CHUNK)])
+    index, _ = train_ivf(decoded, seed=p.seed, codes=codec.centres)
+    trained = time.perf_counter()
+    ids = np.arange(len(base), dtype=np.int64)
+    index.add_with_ids(decoded, ids)
+    added = time.perf_counter()
+    index.nprobe, recall = calibrate_nprobe(index, ids, decoded, seed=p.seed)
+    info = {"codes": f"{codec.parts} B", "nlist": int(index.nlist), "nprobe": index.nprobe,
+            "recall_vs_codes": round(recall, 3)}
+    return FaissSearcher("compact", info, index), trained - started, added - trained
 
 
 # Measuring -------------------------------------------------------------------------------

@@ -53,6 +53,9 @@ class Settings:
     thumbnail_cache_mb: int = 500  # thumbnails on disk; the least recently used go past it
     image_weight: float = 0.5
     local_features: str = "compact"  # off | compact | detailed (core/local_features.py)
+    # standard | compact: a compact library keeps each photo in at most 2 KB (product-
+    # coded vectors, fewer details, no details index; services/stored_vectors.py).
+    storage: str = "standard"
     rerank: str = "spatial"  # off | spatial | ames: how image queries are re-ranked
     shortlist: int = 100  # candidates re-ranked per image query
     ames_model: str = "dist"  # dist | fp: which AMES checkpoint (core/ames/registry.py)
@@ -72,6 +75,11 @@ class Settings:
     def thumbnails_dir(self) -> Path:
         return self.library_dir / "thumbnails"
 
+    @property
+    def compact(self) -> bool:
+        """The library keeps each photo in at most 2 KB (README, "Compact library")."""
+        return self.storage == "compact"
+
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
@@ -80,7 +88,7 @@ class Settings:
     _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers",
                   "decode_timeout_s", "top_k", "thumbnail_size", "thumbnail_cache_mb",
                   "image_weight", "local_features", "rerank", "shortlist", "ames_model",
-                  "index_memory_mb")
+                  "index_memory_mb", "storage")
 
     def save(self) -> None:
         """Write the user-editable settings atomically to the library folder."""

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", metavar="ADDRESS",
                    help="decode and embed on the Ray cluster at ADDRESS (host:port, or "
                         "auto); its nodes must see the photos and models at the same paths")
+    p.add_argument("--storage", choices=["standard", "compact"],
+                   help="how much the library keeps of each photo, saved for the next "
+                        "runs: compact keeps at most 2 KB (128-byte vector codes, fewer "
+                        "details, no details index); back to standard embeds every photo "
+                        "again (README, \"Compact library\")")
     p.add_argument("--cluster-workers", type=int, metavar="N",
                    help="workers to start on the cluster (default: one per GPU, then one "
                         "per CPU left)")
@@ -129,7 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     from imagesearch.config import Settings
 
-    return Settings.load(args.library, model_id=args.model, device=args.device)
+    settings = Settings.load(args.library, model_id=args.model, device=args.device)
+    storage = getattr(args, "storage", None)
+    if storage is not None and storage != settings.storage:
+        # A choice for the library, kept for the app and later runs (the file gets that
+        # alone: not this command's --model or --device).
+        Settings.load(args.library).with_changes(storage=storage).save()
+        settings = settings.with_changes(storage=storage)
+    return settings
 
 
 def _answered_by_running_app(args: argparse.Namespace) -> bool:

@@ -21,7 +21,10 @@ from imagesearch.core.native_libs import faiss_module
 
 FLAT = "flat"
 IVF_SQ8 = "ivf-sq8"
-FAMILIES = (FLAT, IVF_SQ8)
+# A compact library's (core/vector_codec.py): inverted lists holding the catalog's own
+# product codes, scored against the vectors they stand for (no residuals).
+IVF_PQ = "ivf-pq"
+FAMILIES = (FLAT, IVF_SQ8, IVF_PQ)
 
 # Exact search's cost grows with the library: about 17 ms at 100,000 512-d vectors on two
 # cores, 166 ms at 1,000,000 (issue figures). Up to here a query stays near 35 ms.
@@ -41,11 +44,19 @@ class Plan:
     reason: str
 
 
-def choose_family(count: int, dim: int, memory_mb: int, flat_max: int = FLAT_MAX) -> Plan:
-    """Exact while small enough to be quick and to fit ``memory_mb``; IVF-SQ8 beyond."""
+def choose_family(count: int, dim: int, memory_mb: int, flat_max: int = FLAT_MAX,
+                  coded: bool = False) -> Plan:
+    """Exact while small enough to be quick and to fit ``memory_mb``; IVF-SQ8 beyond.
+
+    ``coded``: the catalog keeps product codes (a compact library): IVF-PQ over those
+    codes once the library is large enough for lists, whatever the memory.
+    """
     flat_bytes = count * dim * 4
     if count < max(IVF_MIN, 1):
         return Plan(FLAT, f"{count:,} photos: exact search is instant")
+    if coded:
+        return Plan(IVF_PQ, f"{count:,} photos in a compact library: inverted lists over "
+                            "its 128-byte codes")
     if count <= flat_max and flat_bytes <= memory_mb * 2 ** 20:
         return Plan(FLAT, f"{count:,} photos: exact search stays quick")
     why = (f"more than {flat_max:,} photos" if count > flat_max
@@ -59,13 +70,14 @@ def describe(family: str, count: int, nprobe: int = 0, recall: float = 0.0) -> s
     if family == FLAT:
         return f"exact search over {count:,} photos"
     measured = f", recall@10 {recall:.2f} against exact search when built" if recall else ""
-    return (f"approximate search over {count:,} photos (inverted lists with 8-bit codes, "
+    codes = "the library's product codes" if family == IVF_PQ else "8-bit codes"
+    return (f"approximate search over {count:,} photos (inverted lists with {codes}, "
             f"{nprobe} lists probed a query{measured})")
 
 
 def needs_retraining(family: str, count: int, trained_on: int) -> bool:
     """An IVF index whose lists were sized for a much smaller (or larger) library."""
-    if family != IVF_SQ8 or trained_on <= 0:
+    if family == FLAT or trained_on <= 0:
         return False
     return count > trained_on * RETRAIN_GROWTH or count * RETRAIN_GROWTH < trained_on
 
@@ -94,8 +106,12 @@ def list_count(count: int) -> int:
     return int(min(65536, max(16, 2 ** round(math.log2(target)))))
 
 
-def train_ivf(vectors: np.ndarray, seed: int = 0) -> tuple[Any, int]:
-    """An empty, trained IVF-SQ8 inner-product index for vectors like ``vectors``.
+def train_ivf(vectors: np.ndarray, seed: int = 0, codes: np.ndarray | None = None
+              ) -> tuple[Any, int]:
+    """An empty, trained inverted-file inner-product index for vectors like ``vectors``:
+    IVF-SQ8, or with ``codes`` (a product quantiser's centres, parts x 256 x dim/parts,
+    core/vector_codec.py) IVF-PQ storing those very codes (no residuals), so that the
+    index holds what a compact catalog holds.
 
     Returns the index and how many vectors it was trained for. The coarse lists learn
     from a seeded sample of at most 40 vectors a list (FAISS's own advice is 30-256).
@@ -108,21 +124,42 @@ def train_ivf(vectors: np.ndarray, seed: int = 0) -> tuple[Any, int]:
         rng.choice(n, 40 * nlist, replace=False))]
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist,
-                                          faiss.ScalarQuantizer.QT_8bit,
-                                          faiss.METRIC_INNER_PRODUCT)
+    if codes is None:
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist,
+                                              faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, int(codes.shape[0]), 8,
+                                 faiss.METRIC_INNER_PRODUCT)
+        index.by_residual = False
+        index.do_polysemous_training = False
     index.own_fields = True
     quantizer.this.disown()
     index.cp.niter = 10
     index.cp.seed = seed
     index.cp.spherical = True  # the vectors are unit length; so are the centroids
-    if nlist >= TWO_LEVEL_LISTS:
-        # Lists learned in two levels: FAISS then trains only the 8-bit coder.
-        quantizer.add(spherical_two_level(sample, nlist, seed, refine=2))
-    index.train(sample)
+    if nlist >= TWO_LEVEL_LISTS or codes is not None:
+        # Lists learned here (in two levels when many): FAISS then trains only the coder.
+        quantizer.add(spherical_two_level(sample, nlist, seed, refine=2)
+                      if nlist >= TWO_LEVEL_LISTS else _spherical(sample, nlist, seed))
+    if codes is None:
+        index.train(sample)
+    else:  # the coder is the catalog's: nothing left to learn
+        faiss.copy_array_to_vector(np.ascontiguousarray(codes, dtype=np.float32).ravel(),
+                                   index.pq.centroids)
+        index.is_trained = True
     # Removal by id and reading a vector back both need an id -> position map.
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
     return index, n
+
+
+def _spherical(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k unit-length centres of ``sample`` by spherical k-means (10 iterations)."""
+    faiss = faiss_module()
+    learner = faiss.Kmeans(sample.shape[1], k, niter=10, seed=seed, spherical=True,
+                           verbose=False, min_points_per_centroid=16)
+    learner.train(sample)
+    return np.asarray(learner.centroids, dtype=np.float32)
 
 
 def calibrate_nprobe(index: Any, ids: np.ndarray, vectors: np.ndarray, k: int = 10,

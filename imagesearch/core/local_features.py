@@ -44,6 +44,9 @@ FEATURE_MODES: dict[str, FeatureMode] = {
     "compact": FeatureMode("compact", 384, 225, "rq5"),  # 2,045 B a photo
     "detailed": FeatureMode("detailed", 384, 1000, "pq16"),  # ~18 KB a photo
 }
+# A compact library's details, whatever the mode chosen: 211 keypoints (1,919 B) leave
+# room for the photo's 128-byte vector codes within 2 KB (services/stored_vectors.py).
+COMPACT_LIBRARY_MODE = FeatureMode("lean", 384, 211, "rq5")
 DEFAULT_FEATURE_MODE = "compact"
 
 # A query is extracted once per search, so it can afford many features. Found at 500 px

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from imagesearch.core.index_family import FLAT, IVF_SQ8
+from imagesearch.core.index_family import FAMILIES, FLAT, IVF_PQ, IVF_SQ8
 from imagesearch.core.index_file import (
     Buffer,
     Change,
@@ -102,15 +102,16 @@ class VectorIndex:
 
     @classmethod
     def from_trained(cls, trained: Any, ids: np.ndarray, vectors: np.ndarray, model_id: str,
-                     generation: int, nprobe: int, trained_on: int) -> VectorIndex:
-        """An IVF-SQ8 index around ``trained`` (core/index_family.py), filled with ``ids``."""
+                     generation: int, nprobe: int, trained_on: int,
+                     family: str = IVF_SQ8) -> VectorIndex:
+        """An IVF index around ``trained`` (core/index_family.py), filled with ``ids``."""
         if len(np.unique(ids)) != len(ids):
             raise ValueError("an index is built from distinct ids")
         for start in range(0, len(ids), 65536):  # float32 copies of a slice at a time
             trained.add_with_ids(
                 np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32),
                 np.ascontiguousarray(ids[start:start + 65536], dtype=np.int64))
-        index = cls(int(trained.d), model_id, generation, trained, IVF_SQ8, nprobe,
+        index = cls(int(trained.d), model_id, generation, trained, family, nprobe,
                     trained_on)
         sample = np.ascontiguousarray(vectors[:2000], dtype=np.float32)
         index.coding_error = float(np.mean(1.0 - row_cosines(index.requantized(sample), sample)))
@@ -217,8 +218,8 @@ class VectorIndex:
     def drifted(self) -> bool:
         """Many vectors added since training are coded poorly: the library's content has
         moved away from what the lists learned, and recall with it."""
-        if self.family == FLAT or self.added_since_training < DRIFT_MIN_ADDED:
-            return False
+        if self.family in (FLAT, IVF_PQ) or self.added_since_training < DRIFT_MIN_ADDED:
+            return False  # (a compact library's codes are the catalog's own: fixed)
         mean = self.added_error / self.added_since_training
         return mean > DRIFT_FACTOR * max(self.coding_error, 1e-9)
 
@@ -468,7 +469,7 @@ def _read_faiss(header: IndexHeader, blob: np.ndarray, path: Path,
     Raises:
         IndexFileError: of an unknown family, unreadable, or not what the header says.
     """
-    if header.family not in (FLAT, IVF_SQ8):
+    if header.family not in FAMILIES:
         raise IndexFileError(f"{path} holds an index family this version does not know "
                              f"({header.family})")
     try:

@@ -331,5 +331,6 @@ def _reopen_needed(old: Settings, new: Settings) -> bool:
     (the re-ranker in use and AMES's descriptors and backfill come with it)."""
     def key(s: Settings) -> tuple[object, ...]:
         ames = s.rerank == "ames"
-        return (s.model_id, s.device, s.local_features, ames, s.ames_model if ames else None)
+        return (s.model_id, s.device, s.local_features, s.storage, ames,
+                s.ames_model if ames else None)
     return key(old) != key(new)

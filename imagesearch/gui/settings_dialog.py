@@ -26,6 +26,10 @@ OBJECT_MATCHING = (
     ("ames", "Match details with AMES (learned; needs its weights, best on a GPU)"),
     ("off", "Off: overall look only"),
 )
+STORAGE = (
+    ("standard", "Standard: exact vectors and an index of photo details"),
+    ("compact", "Compact: at most 2 KB a photo, for very large archives"),
+)
 LOCAL_FEATURES = (
     ("compact", "Compact: about 2 KB a photo"),
     ("detailed", "Detailed: about 18 KB a photo, finds smaller objects"),
@@ -81,6 +85,12 @@ class SettingsDialog(QDialog):
         self.features = _combo(self, LOCAL_FEATURES, settings.local_features)
         self.features.setToolTip("What the library keeps of each photo's details. "
                                  "Changing it goes through the library once more.")
+        self.storage = _combo(self, STORAGE, settings.storage)
+        self.storage.setToolTip(
+            "Compact keeps each photo in at most 2 KB: its vector as 128-byte codes "
+            "(learned once the library has 5,000 photos), 211 details and no index of "
+            "them, so search by image starts from the model's results. Searches are a "
+            "little less exact. Going back to standard embeds every photo again.")
         form = QFormLayout()
         form.addRow("Model", self.model)
         form.addRow("", self.model_info)
@@ -89,14 +99,16 @@ class SettingsDialog(QDialog):
         form.addRow("Thumbnail size", self.thumb)
         form.addRow("Find the same object", self.matching)
         form.addRow("Photo details kept", self.features)
+        form.addRow("Library storage", self.storage)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
                                    | QDialogButtonBox.StandardButton.Cancel, self)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        note = QLabel("A different model, device or detail setting reopens the library; "
-                      "a new model or detail setting goes through the photos again.", self)
+        note = QLabel("A different model, device, detail or storage setting reopens the "
+                      "library; a new model, detail or storage setting goes through the "
+                      "photos again.", self)
         note.setWordWrap(True)
         layout.addWidget(note)
         layout.addWidget(buttons)
@@ -112,4 +124,5 @@ class SettingsDialog(QDialog):
             model_id=str(self.model.currentData()), device=self.device.currentText(),
             top_k=self.top_k.value(), thumbnail_size=self.thumb.value(),
             rerank=str(self.matching.currentData()),
-            local_features=str(self.features.currentData()))
+            local_features=str(self.features.currentData()),
+            storage=str(self.storage.currentData()))

@@ -37,8 +37,8 @@ import numpy as np
 from imagesearch.config import Settings
 from imagesearch.core.decode_pool import DecodeJob
 from imagesearch.core.imaging import DecodedImage, decode_for_model
-from imagesearch.core.local_features import FEATURE_MODES
 from imagesearch.errors import ImageSearchError
+from imagesearch.services.local_search import feature_mode
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class EmbedWorker:
         config = Settings(**{**settings, "library_dir": Path(settings["library_dir"]),
                              "models_dir": Path(settings["models_dir"]),
                              "device": self.device})
-        self.features = FEATURE_MODES.get(config.local_features)
+        self.features = feature_mode(config)
         self.models = ModelManager(config)
         self.encoder: Any = None
 

@@ -14,10 +14,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from imagesearch.core.index_family import FLAT, Plan, calibrate_nprobe, train_ivf, worth_it
+from imagesearch.core.index_family import (
+    FLAT,
+    IVF_PQ,
+    Plan,
+    calibrate_nprobe,
+    train_ivf,
+    worth_it,
+)
 from imagesearch.core.index_file import Change
 from imagesearch.core.vector_index import VectorIndex
-from imagesearch.storage.catalog import Catalog
+from imagesearch.services.stored_vectors import StoredVectors
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +41,29 @@ class Upgrade:
     recall: float | None = None  # recall@10 the calibration reached (IVF families)
 
 
-def build(upgrade: Upgrade, catalog: Catalog, model_id: str) -> VectorIndex | None:
+def build(upgrade: Upgrade, rows: StoredVectors) -> VectorIndex | None:
     """The new index from the catalog's vectors, not yet caught up with the journal.
 
-    None if cancelled or if the catalog holds no vectors any more.
+    None if cancelled, if the catalog holds no vectors any more, or if the plan was
+    IVF-PQ and the library is no longer compact.
     """
     started = time.perf_counter()
-    ids, vectors = catalog.vectors(model_id)
-    if upgrade.cancelled.is_set() or len(ids) == 0:
+    model_id = rows.model_id
+    codec = rows.codec() if upgrade.plan.family == IVF_PQ else None
+    ids, vectors = rows.all()
+    if upgrade.cancelled.is_set() or len(ids) == 0 or (
+            upgrade.plan.family == IVF_PQ and codec is None):
         return None
     base = upgrade.base
     if upgrade.plan.family == FLAT:
         index = VectorIndex.build(ids, vectors, base.dim, model_id, base.generation)
     else:
-        trained, trained_on = train_ivf(vectors)
+        trained, trained_on = train_ivf(vectors) if codec is None else train_ivf(
+            vectors, codes=codec.centres)
         if upgrade.cancelled.is_set():
             return None
         index = VectorIndex.from_trained(trained, ids, vectors, model_id, base.generation,
-                                         0, trained_on)
+                                         0, trained_on, upgrade.plan.family)
         index.nprobe, index.recall = calibrate_nprobe(trained, ids, vectors)
         upgrade.recall = index.recall
         if not worth_it(index.nprobe, int(trained.nlist)):

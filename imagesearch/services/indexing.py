@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -125,6 +125,7 @@ class IndexingService:
             self._retired = True
             with self.lane:
                 self.local.retire_old_extractors()
+        self._expand_if_standard()
         scan = _Scan()
         for folder in folders:
             self._scan_folder(folder, scan, report, cancel)
@@ -138,6 +139,7 @@ class IndexingService:
         for folder in folders:
             if folder.path not in scan.offline:
                 self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
+        self._compress_if_compact()
         warnings = self._save_index()
         self._after_changes(result, work)
         warnings += self._follow_up(report, cancel)
@@ -242,6 +244,7 @@ class IndexingService:
                     want_features=want_features)
         result = self._apply(work, folder_of, progress or _no_progress,
                              cancel or threading.Event())
+        self._compress_if_compact()
         warnings = self._save_index()
         self._after_changes({**result, "removed": removed}, work)
         warnings += self._follow_up(progress or _no_progress, cancel or threading.Event())
@@ -446,9 +449,15 @@ class IndexingService:
             # A folder removed from the library while this run was under way: drop its photos.
             live = self.catalog.folder_ids()
             updates = [u for u in updates if u.folder_id in live]
+            codec = self.vectors.rows.codec()
+            if codec is not None:  # a compact library: its vectors are stored as codes
+                updates = [u if u.vector is None else replace(u, vector=codec.encode(u.vector)[0])
+                           for u in updates]
             ids = self.catalog.store(model_id, updates, self.local.extractor)
             pairs = list(zip(ids, updates, strict=True))
-            kept = [u.vector for u in updates if u.vector is not None]
+            # The index holds what the catalog holds: the vectors the codes stand for.
+            kept = [u.vector if codec is None else codec.decode(u.vector[None])[0]
+                    for u in updates if u.vector is not None]
             ok = np.asarray([i for i, u in pairs if u.vector is not None], dtype=np.int64)
             # Unreadable now: out of the live index at once. Without a new vector (a local
             # feature backfill) the indexed vector stays.
@@ -467,6 +476,27 @@ class IndexingService:
             else:
                 counts["completed"] += 1
         return handled
+
+    def _compress_if_compact(self) -> None:
+        """A compact library codes its vectors once it holds enough to learn the codes
+        from (core/vector_codec.TRAIN_MIN); the index is then rebuilt from the codes."""
+        if not self.settings.compact:
+            return
+        with self.lane:
+            if self.vectors.rows.compress():
+                self.vectors.refresh()  # the catalog's generation moved: rebuilt from it
+
+    def _expand_if_standard(self) -> None:
+        """A library set back to standard storage forgets its coded vectors, which cannot
+        be made exact again: this run embeds its photos anew."""
+        if self.settings.compact or not self.models.weights_present() \
+                or self.vectors.rows.codec() is None:
+            return  # (without the model the codes are all the library has)
+        with self.lane:
+            dropped = self.catalog.drop_coded_vectors(self.models.model_id)
+            self.vectors.refresh()
+        log.info("standard storage: %d coded vectors forgotten; their photos are embedded "
+                 "again", dropped)
 
     def _after_changes(self, result: dict[str, int], work: Plan) -> None:
         """Let the local-feature index catch up (in the background) with what changed."""

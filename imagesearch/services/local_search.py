@@ -22,6 +22,7 @@ import numpy as np
 from imagesearch.config import Settings
 from imagesearch.core.feature_codec import decode_features
 from imagesearch.core.local_features import (
+    COMPACT_LIBRARY_MODE,
     FEATURE_FAMILY,
     FEATURE_MODES,
     FeatureMode,
@@ -50,8 +51,10 @@ Report = Callable[[int, int], None]  # (done, total) while (re)building
 
 
 def feature_mode(settings: Settings) -> FeatureMode | None:
-    """The local-feature mode in force, or None when local features are off."""
-    return FEATURE_MODES.get(settings.local_features)
+    """The local-feature mode in force, or None when local features are off (a compact
+    library keeps fewer details, whichever mode is chosen)."""
+    mode = FEATURE_MODES.get(settings.local_features)
+    return COMPACT_LIBRARY_MODE if mode is not None and settings.compact else mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,9 @@ class LocalIndexService:
         self.catalog = catalog
         self.background = background
         self.mode = feature_mode(settings)
+        # A compact library keeps no details index (its 4 KB a photo would break the 2 KB
+        # budget): the model's shortlist is verified instead.
+        self.compact = settings.compact
         self.path = index_file(settings.index_dir, self.mode.extractor_id if self.mode else "")
         self._inverted: InvertedFile | None = None
         self._loaded = False
@@ -100,7 +106,10 @@ class LocalIndexService:
 
     def shortlist(self, features: LocalFeatures, k: int,
                   allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-        """Best photos by ASMK similarity; None when there is no index (yet)."""
+        """Best photos by ASMK similarity; None when there is no index (yet, or in a
+        compact library)."""
+        if self.compact:
+            return None
         with self._lock:
             self._load_if_due()
             inv = self._inverted
@@ -111,7 +120,7 @@ class LocalIndexService:
     def missing(self) -> bool:
         """True when the library has photo details enough for an index but none is built
         (a one-shot process builds it before searching, rather than finding nothing)."""
-        if self.mode is None:
+        if self.mode is None or self.compact:
             return False
         with self._lock:
             self._load_if_due()
@@ -130,6 +139,8 @@ class LocalIndexService:
         records deleted; a busy catalog or an undeletable file is left for the next run.
         """
         current = {mode.extractor_id for mode in FEATURE_MODES.values()}
+        if self.compact and self.mode is not None:
+            current = {self.mode.extractor_id}  # at most 2 KB a photo: nothing else kept
         try:
             dropped = self.catalog.drop_other_features(FEATURE_FAMILY, current)
         except CatalogError as exc:
@@ -186,7 +197,7 @@ class LocalIndexService:
     def refresh(self, progress: Report | None = None,
                 cancel: threading.Event | None = None) -> bool:
         """Bring the inverted file in step with the catalog now; True if it changed."""
-        if self.mode is None:
+        if self.mode is None or self.compact:
             return False
         extractor = self.mode.extractor_id
         with self._refreshing:
@@ -299,7 +310,7 @@ class LocalIndexService:
         Returns whether a refresh is under way (False: local features off, closing, or a
         one-shot process that refreshes in the foreground).
         """
-        if self.mode is None or self._closing.is_set() or not self.background:
+        if self.mode is None or self.compact or self._closing.is_set() or not self.background:
             return False
         with self._lock:
             if self._thread is not None and self._thread.is_alive():

@@ -131,7 +131,8 @@ class SearchService:
             # A photo already in the library: its stored vector, no decode needed.
             record = self.catalog.photo_by_path(image)
             if record is not None and record.mtime == _mtime(image):
-                stored = self.catalog.vector(record.id, encoder.model_id)
+                stored = self.vectors.rows.one(record.id) \
+                    if encoder.model_id == self.vectors.model_id else None
                 if stored is not None:
                     return stored / max(float(np.linalg.norm(stored)), 1e-12)
         try:
@@ -221,7 +222,7 @@ class SearchService:
     def more_like(self, photo_id: int, top_k: int, folder: Path | None = None
                   ) -> list[SearchHit]:
         """Photos like one already in the library, from its stored vector."""
-        vec = self.catalog.vector(photo_id, self.models.model_id)
+        vec = self.vectors.rows.one(photo_id)
         if vec is None:
             raise QueryError("That photo has no embedding yet; index it first.")
         return self.search_vector(vec, top_k, folder)
@@ -293,6 +294,11 @@ class SearchService:
         have = self.catalog.feature_ids(extractor)
         if allowed is not None:
             have = np.intersect1d(have, allowed)
+        if len(have) > 4 * MIN_PHOTOS and self.local.compact:
+            if not self.models.weights_present():
+                notes.append("a compact library keeps no index of photo details: search "
+                             "by image needs the model installed")
+            return []  # the model's shortlist is what gets verified
         if len(have) > 4 * MIN_PHOTOS:
             building = self.local.refresh_later()  # the index is missing or being built
             notes.append(("the index of photo details is still being built; until it is ready, "
@@ -314,7 +320,7 @@ class SearchService:
         query = search_round.vector.astype(np.float32)
         # Few: the global shortlist already covers most of the merged one.
         for pid in [p for p, _ in search_round.shortlist if p not in scores]:
-            stored = self.catalog.vector(pid, self.models.model_id)
+            stored = self.vectors.rows.one(pid)
             if stored is not None:
                 scores[pid] = float(stored @ query) / max(float(np.linalg.norm(stored)), 1e-12)
         return scores

@@ -130,7 +130,7 @@ class AnnoyRunner(GlobalRunner):
         super().__init__(ctx, ids)
         from annoy import AnnoyIndex
 
-        photo_ids, vectors = ctx.catalog.vectors(ctx.models.model_id)
+        photo_ids, vectors = ctx.vectors.rows.all()
         self._ids = photo_ids
         self._index = AnnoyIndex(vectors.shape[1], "angular")
         for row, vec in enumerate(vectors):

@@ -41,6 +41,7 @@ from imagesearch.errors import IndexFileError
 from imagesearch.services import index_upgrade
 from imagesearch.services.index_upgrade import Upgrade
 from imagesearch.services.save_schedule import SaveSchedule
+from imagesearch.services.stored_vectors import StoredVectors
 from imagesearch.storage.catalog import Catalog, Commit
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class VectorStore:
                  memory_mb: int = INDEX_MEMORY_MB, background: bool = True,
                  flat_max: int | None = None) -> None:
         self.catalog = catalog
+        self.rows = StoredVectors(catalog, model_id)
         self.path = index_path(index_dir, model_id)
         self.delta = delta_path(self.path)
         self.model_id = model_id
@@ -169,7 +171,7 @@ class VectorStore:
                 self._consider_family(loaded)
                 return loaded, False
             self._forget_files()
-        ids, vectors = self.catalog.vectors(self.model_id)
+        ids, vectors = self.rows.all()
         if len(ids) == 0 and dim is None:
             return None, False
         d = vectors.shape[1] if len(ids) else int(dim or 0)
@@ -238,7 +240,7 @@ class VectorStore:
         # while this file claimed its generation): compare a spread of them too.
         sample = stored[np.unique(np.linspace(0, len(stored) - 1, CHECK_SAMPLE).astype(int))]
         try:
-            expected = self.catalog.vectors_of(self.model_id, sample)
+            expected = self.rows.of(sample)
         except KeyError:
             return "the catalog changed while the file was being checked"
         if not _same_vectors(index.vectors_of(sample), index.requantized(expected)):
@@ -305,10 +307,11 @@ class VectorStore:
 
     def _wanted(self, index: VectorIndex) -> Upgrade | None:
         kwargs = {} if self.flat_max is None else {"flat_max": self.flat_max}
-        plan = choose_family(len(index), index.dim, self.memory_mb, **kwargs)
+        coded = self.rows.codec() is not None
+        plan = choose_family(len(index), index.dim, self.memory_mb, coded=coded, **kwargs)
         # Going back to exact search only once well below the line, so a library that
         # hovers around it is not rebuilt back and forth.
-        if plan.family == FLAT and index.family != FLAT and \
+        if plan.family == FLAT and index.family != FLAT and not coded and \
                 len(index) * 2 > (self.flat_max or FLAT_MAX):
             plan = Plan(index.family, f"{len(index):,} photos, near the line: staying "
                                       "approximate")
@@ -324,7 +327,7 @@ class VectorStore:
 
     def _run_upgrade(self, upgrade: Upgrade) -> None:
         try:
-            built = index_upgrade.build(upgrade, self.catalog, self.model_id)
+            built = index_upgrade.build(upgrade, self.rows)
         except Exception:  # the exact index goes on serving; logged
             log.exception("building the new search index failed; the current one goes "
                           "on serving, and this is not tried again until the next start")
@@ -352,7 +355,7 @@ class VectorStore:
             upgrade = None if index is None else self._wanted(index)
             if upgrade is None:
                 return False
-            built = index_upgrade.build(upgrade, self.catalog, self.model_id)
+            built = index_upgrade.build(upgrade, self.rows)
             if built is None:
                 return False
             self._index = index_upgrade.catch_up(upgrade, built)

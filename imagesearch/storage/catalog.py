@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from imagesearch.storage.schema import (
     LocalFeatureRow,
     MetaRow,
     PhotoRow,
+    VectorCodecRow,
 )
 
 _GENERATION = "generation"
@@ -324,10 +325,10 @@ class Catalog:
                      != u.content_hash]
             for table in (EmbeddingRow, LocalFeatureRow):
                 s.execute(delete(table).where(table.photo_id.in_(stale)))
-            vec_rows = [{"photo_id": pid, "model": model,
-                         "vector": np.asarray(u.vector, dtype=np.float16).tobytes()}
+            vec_rows = [{"photo_id": pid, "model": model, "vector": _vector_bytes(u.vector)}
                         for pid, u in pairs if u.vector is not None]
             if vec_rows:
+                _check_coding(s, model, [u.vector for _, u in pairs if u.vector is not None])
                 s.execute(delete(EmbeddingRow).where(
                     EmbeddingRow.photo_id.in_([r["photo_id"] for r in vec_rows]),
                     EmbeddingRow.model == model))
@@ -413,9 +414,10 @@ class Catalog:
 
     # Vectors -------------------------------------------------------------------------------
 
-    def vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(self, model: str, code_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """All (ids, float32 vectors) stored for ``model``, ids ascending, for rebuilding
-        the index.
+        the index; with ``code_size`` (a compact library, ``vector_codec``) the rows of
+        uint8 product codes instead.
 
         Read in the primary key's order (no sort of a gigabyte of vectors in a temporary
         B-tree, as ordering the model index's rows took) a few thousand rows at a time,
@@ -436,22 +438,26 @@ class Catalog:
                 size = 0
                 while rows := cursor.fetchmany(4096):
                     size = size or len(rows[0][1])
-                    if any(len(r[1]) != size for r in rows) or size % 2:
+                    if any(len(r[1]) != size for r in rows) or size % 2 or (
+                            code_size and size != code_size):
                         raise ValueError(f"the vectors stored for {model} differ in length")
                     id_parts.append(np.fromiter((r[0] for r in rows), np.int64, len(rows)))
-                    parts.append(np.frombuffer(b"".join(r[1] for r in rows), np.float16)
+                    parts.append(np.frombuffer(b"".join(r[1] for r in rows),
+                                               np.uint8 if code_size else np.float16)
                                  .reshape(len(rows), -1))
             finally:
                 cursor.close()
         if not parts:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+            return np.zeros(0, dtype=np.int64), np.zeros((0, code_size), dtype=np.uint8
+                                                         if code_size else np.float32)
         ids = np.concatenate(id_parts)
         half = np.concatenate(parts)
         del parts  # the batches, before the float32 copy doubles the peak
-        return ids, half.astype(np.float32)
+        return ids, half if code_size else half.astype(np.float32)
 
-    def vectors_of(self, model: str, ids: np.ndarray) -> np.ndarray:
-        """float32 vectors of ``ids`` for ``model``, in that order (each must have one)."""
+    def vectors_of(self, model: str, ids: np.ndarray, code_size: int = 0) -> np.ndarray:
+        """float32 vectors of ``ids`` for ``model``, in that order (each must have one);
+        with ``code_size`` their uint8 codes."""
         wanted = [int(i) for i in ids]
         found: dict[int, bytes] = {}
         with self._sessions() as s:
@@ -461,9 +467,10 @@ class Catalog:
                                         EmbeddingRow.photo_id.in_(wanted[start:start + 500])))
                 found.update((int(pid), bytes(blob)) for pid, blob in rows)
         if not wanted:
-            return np.zeros((0, 0), np.float32)
-        return np.stack([np.frombuffer(found[i], dtype=np.float16) for i in wanted]) \
-            .astype(np.float32)
+            return np.zeros((0, code_size), np.uint8 if code_size else np.float32)
+        rows = np.stack([np.frombuffer(found[i], dtype=np.uint8 if code_size else np.float16)
+                         for i in wanted])
+        return rows if code_size else rows.astype(np.float32)
 
     def vector_ids(self, model: str) -> np.ndarray:
         """The ids of the photos that have a vector for ``model``, ascending.
@@ -482,11 +489,69 @@ class Catalog:
             finally:
                 cursor.close()
 
-    def vector(self, photo_id: int, model: str) -> np.ndarray | None:
+    def vector(self, photo_id: int, model: str, code_size: int = 0) -> np.ndarray | None:
+        """One photo's float32 vector, or with ``code_size`` its uint8 codes."""
         with self._sessions() as s:
             blob = s.scalar(select(EmbeddingRow.vector).where(
                 EmbeddingRow.photo_id == photo_id, EmbeddingRow.model == model))
-        return None if blob is None else np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+        if blob is None:
+            return None
+        if code_size:
+            return np.frombuffer(blob, dtype=np.uint8).copy()
+        return np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+    # Compact libraries: product codes in place of float16 --------------------------------
+
+    def vector_codec(self, model: str) -> tuple[int, bytes] | None:
+        """(code size, codec bytes) of ``model``'s vectors when they are product codes."""
+        with self._sessions() as s:
+            row = s.get(VectorCodecRow, model)
+            return None if row is None else (int(row.code_size), bytes(row.data))
+
+    def compress_vectors(self, model: str, codec: bytes, code_size: int,
+                         encode: Callable[[np.ndarray], np.ndarray]) -> int:
+        """Replace every float16 vector of ``model`` by its codes, ``encode(float32
+        rows) -> uint8 rows of code_size``, and keep ``codec``: all in one transaction, so
+        a kill leaves either the float16 vectors or the codes, never a mix.
+
+        Returns how many vectors were coded (0 when the model had a codec already).
+        """
+        done = 0
+        with self._sessions.begin() as s:
+            if s.get(VectorCodecRow, model) is not None:
+                return 0
+            last = -1
+            while True:
+                rows = s.execute(select(EmbeddingRow.photo_id, EmbeddingRow.vector)
+                                 .where(EmbeddingRow.model == model,
+                                        EmbeddingRow.photo_id > last)
+                                 .order_by(EmbeddingRow.photo_id).limit(8192)).all()
+                if not rows:
+                    break
+                floats = np.stack([np.frombuffer(bytes(v), np.float16) for _, v in rows])
+                codes = np.asarray(encode(floats.astype(np.float32)), dtype=np.uint8)
+                if codes.shape != (len(rows), code_size):
+                    raise ValueError(f"expected {len(rows)} codes of {code_size} bytes, "
+                                     f"got {codes.shape}")
+                s.execute(update(EmbeddingRow), [
+                    {"photo_id": int(pid), "model": model, "vector": code.tobytes()}
+                    for (pid, _), code in zip(rows, codes, strict=True)])
+                done += len(rows)
+                last = int(rows[-1][0])
+            s.add(VectorCodecRow(model=model, code_size=code_size, data=codec))
+            self._bump(s)
+        return done
+
+    def drop_coded_vectors(self, model: str) -> int:
+        """Forget ``model``'s codec and every vector coded with it (they cannot be made
+        float again): its photos are embedded anew. Returns the vectors deleted."""
+        with self._sessions.begin() as s:
+            if s.get(VectorCodecRow, model) is None:
+                return 0
+            gone = s.execute(delete(EmbeddingRow).where(EmbeddingRow.model == model))
+            s.execute(delete(VectorCodecRow).where(VectorCodecRow.model == model))
+            self._bump(s)
+            return int(getattr(gone, "rowcount", 0) or 0)
 
 
     # Local features ------------------------------------------------------------------------
@@ -623,6 +688,26 @@ class Catalog:
         with self._sessions.begin() as s:
             s.execute(delete(LocalFeatureRow).where(LocalFeatureRow.photo_id.in_(id_list),
                                                     LocalFeatureRow.extractor == extractor))
+
+
+def _vector_bytes(vector: np.ndarray) -> bytes:
+    """A vector as stored: uint8 product codes as they are, anything else as float16."""
+    if vector.dtype == np.uint8:
+        return np.ascontiguousarray(vector).tobytes()
+    return np.asarray(vector, dtype=np.float16).tobytes()
+
+
+def _check_coding(s: Session, model: str, vectors: Sequence[np.ndarray]) -> None:
+    """Codes exactly when ``model`` has a codec, of its size: a writer that coded (or not)
+    before a compression or its undoing committed must not mix the two kinds."""
+    row = s.get(VectorCodecRow, model)
+    want = None if row is None else int(row.code_size)
+    for vector in vectors:
+        coded = vector.dtype == np.uint8
+        if coded != (want is not None) or (coded and vector.size != want):
+            raise CatalogError(f"the vectors of {model} are now stored "
+                               f"{'as product codes' if want else 'as float16'}: "
+                               "this batch was prepared for the other kind")
 
 
 def _has_vector(model: str) -> Any:

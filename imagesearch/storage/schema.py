@@ -99,6 +99,20 @@ class EmbeddingRow(Base):
     __table_args__ = (Index("ix_embeddings_model", "model"),)
 
 
+class VectorCodecRow(Base):
+    """A compact library's product quantiser for one model (core/vector_codec.py).
+
+    While a model has one, every vector stored for it is ``code_size`` bytes of codes
+    made with it, not float16.
+    """
+
+    __tablename__ = "vector_codecs"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    code_size: Mapped[int] = mapped_column(Integer, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
 class LocalFeatureRow(Base):
     """One photo's local features from one extractor (see core/feature_codec for the bytes).
 

@@ -1,0 +1,94 @@
+"""The catalog's photo vectors for one model, whichever way they are stored.
+
+A standard library keeps float16 vectors; a compact one (``"storage": "compact"``), once
+it holds enough photos to learn from, keeps 128-byte product codes (core/vector_codec.py)
+and the codec beside them. Everything that reads vectors back (the index's rebuilds and
+checks, "more like this", evaluation) reads them here, as float32: the codes are
+decoded to the vectors they stand for, which is exactly what the search index holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+import numpy as np
+
+from imagesearch.core.vector_codec import CODE_BYTES, TRAIN_MAX, TRAIN_MIN, VectorCodec
+from imagesearch.storage.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+
+class StoredVectors:
+    """Reads (and codes for storing) one model's vectors. Thread-safe."""
+
+    def __init__(self, catalog: Catalog, model_id: str) -> None:
+        self.catalog = catalog
+        self.model_id = model_id
+        self._lock = threading.Lock()
+        self._blob: bytes | None = None
+        self._codec: VectorCodec | None = None
+
+    def codec(self) -> VectorCodec | None:
+        """The model's codec when its vectors are product codes (read on each call: a
+        compression or its undoing by any process shows at once; parsed once)."""
+        stored = self.catalog.vector_codec(self.model_id)
+        if stored is None:
+            return None
+        blob = stored[1]
+        with self._lock:
+            if self._blob != blob:
+                self._codec, self._blob = VectorCodec.from_bytes(blob), blob
+            return self._codec
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids ascending, float32 vectors) of every photo with one."""
+        codec = self.codec()
+        if codec is None:
+            return self.catalog.vectors(self.model_id)
+        ids, codes = self.catalog.vectors(self.model_id, codec.parts)
+        return ids, _decoded(codec, codes)
+
+    def of(self, ids: np.ndarray) -> np.ndarray:
+        """float32 vectors of ``ids`` (each must have one), in that order."""
+        codec = self.codec()
+        if codec is None:
+            return self.catalog.vectors_of(self.model_id, ids)
+        return _decoded(codec, self.catalog.vectors_of(self.model_id, ids, codec.parts))
+
+    def one(self, photo_id: int) -> np.ndarray | None:
+        codec = self.codec()
+        if codec is None:
+            return self.catalog.vector(photo_id, self.model_id)
+        codes = self.catalog.vector(photo_id, self.model_id, codec.parts)
+        return None if codes is None else codec.decode(codes[None])[0]
+
+    def compress(self) -> bool:
+        """Learn a codec from the stored vectors and code them all in place (one
+        transaction). False when there are too few to learn from or a codec exists."""
+        if self.codec() is not None:
+            return False
+        ids = self.catalog.vector_ids(self.model_id)
+        if len(ids) < TRAIN_MIN:
+            return False
+        # A seeded sample is all the training reads (a million float vectors would be 2 GB).
+        rng = np.random.default_rng(0)
+        sample = ids if len(ids) <= TRAIN_MAX else np.sort(
+            rng.choice(ids, TRAIN_MAX, replace=False))
+        vectors = self.catalog.vectors_of(self.model_id, sample)
+        # 64 slices for every real model's width (512, 768, 1024...); fewer for a width
+        # that 64 does not divide.
+        codec = VectorCodec.train(vectors, math.gcd(vectors.shape[1], CODE_BYTES))
+        coded = self.catalog.compress_vectors(self.model_id, codec.to_bytes(), codec.parts,
+                                              codec.encode)
+        log.info("the vectors of %s are now %d-byte product codes (%d coded)",
+                 self.model_id, codec.parts, coded)
+        return coded > 0
+
+
+def _decoded(codec: VectorCodec, codes: np.ndarray) -> np.ndarray:
+    if not len(codes):
+        return np.zeros((0, codec.dim), np.float32)
+    return codec.decode(codes)

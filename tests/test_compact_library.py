@@ -1,0 +1,272 @@
+"""A compact library: each photo in at most 2 KB (product-coded vector plus fewer details),
+its vectors coded in place in one transaction, searched through IVF-PQ over the same
+codes, and made standard again by embedding anew."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imagesearch.config import Settings
+from imagesearch.core.feature_codec import record_size
+from imagesearch.core.index_family import FLAT, IVF_PQ, choose_family
+from imagesearch.core.local_features import COMPACT_LIBRARY_MODE, FEATURE_MODES
+from imagesearch.core.vector_codec import CODE_BYTES, VectorCodec
+from imagesearch.errors import CatalogError
+from imagesearch.services import stored_vectors
+from imagesearch.services.local_search import feature_mode
+from imagesearch.services.stored_vectors import StoredVectors
+from imagesearch.storage.catalog import PhotoUpdate
+from tests.conftest import noise_jpeg
+from tests.test_index_scale import Library
+
+pytestmark = pytest.mark.timeout(180)
+
+MODEL = "test-model"
+
+
+def _clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(60, dim))
+    x = centres[rng.integers(0, 60, n)] + 0.3 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+# The codec ---------------------------------------------------------------------------------
+
+
+def test_codes_round_trip_and_decoded_vectors_code_to_themselves() -> None:
+    x = _clustered(3000)
+    codec = VectorCodec.train(x, parts=16)
+    codes = codec.encode(x)
+    assert codes.shape == (3000, 16) and codes.dtype == np.uint8
+    back = codec.decode(codes)
+    cos = np.sum(back * x, axis=1) / np.linalg.norm(back, axis=1)
+    assert cos.mean() > 0.9  # close to what they code, not equal
+    # What the index stores is what the catalog stores: coding a decoded vector again
+    # gives the same code.
+    np.testing.assert_array_equal(codec.encode(back), codes)
+    again = VectorCodec.from_bytes(codec.to_bytes())
+    np.testing.assert_array_equal(again.centres, codec.centres)
+
+
+def test_a_damaged_or_foreign_codec_is_refused() -> None:
+    blob = VectorCodec.train(_clustered(600), parts=8).to_bytes()
+    for bad in (blob[:10], blob[:-4], b"XX" + blob[2:],
+                blob[:40] + bytes([blob[40] ^ 1]) + blob[41:]):
+        with pytest.raises(CatalogError):
+            VectorCodec.from_bytes(bad)
+    with pytest.raises(ValueError, match="too few"):
+        VectorCodec.train(_clustered(100), parts=8)
+    with pytest.raises(ValueError, match="do not divide"):
+        VectorCodec.train(_clustered(600), parts=7)
+
+
+def test_a_compact_photo_fits_in_two_kilobytes() -> None:
+    """The 2 KB budget, in all: the vector's codes and the details' record."""
+    assert COMPACT_LIBRARY_MODE.count < FEATURE_MODES["compact"].count
+    total = CODE_BYTES + record_size(COMPACT_LIBRARY_MODE.count, COMPACT_LIBRARY_MODE.codec)
+    assert total <= 2048, total
+    # One more keypoint would not fit.
+    assert CODE_BYTES + record_size(COMPACT_LIBRARY_MODE.count + 1,
+                                    COMPACT_LIBRARY_MODE.codec) > 2048
+
+
+def test_the_storage_setting_picks_the_details_and_the_index_family(tmp_path: Path) -> None:
+    standard = Settings(library_dir=tmp_path)
+    compact = standard.with_changes(storage="compact")
+    assert feature_mode(standard) == FEATURE_MODES["compact"]
+    assert feature_mode(compact) == COMPACT_LIBRARY_MODE
+    assert feature_mode(compact.with_changes(local_features="detailed")) == \
+        COMPACT_LIBRARY_MODE
+    assert feature_mode(compact.with_changes(local_features="off")) is None
+    assert choose_family(50_000, 512, 1024, coded=True).family == IVF_PQ
+    assert choose_family(50_000, 512, 1024).family == FLAT
+    assert choose_family(100, 512, 1024, coded=True).family == FLAT
+    compact.save()
+    assert json.loads((tmp_path / "settings.json").read_text())["storage"] == "compact"
+    assert Settings.load(tmp_path).compact
+
+
+# The catalog ------------------------------------------------------------------------------
+
+
+def _photos(lib: Library, n: int, dim: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    x = _clustered(n, dim, seed)
+    ids, _ = lib.add(x)
+    return ids, x
+
+
+def test_coding_the_catalog_is_one_transaction_and_keeps_every_photo(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
+    lib = Library(tmp_path)
+    rows = StoredVectors(lib.catalog, MODEL)
+    ids, x = _photos(lib, 299)
+    assert not rows.compress()  # too few to learn from: float16 stays
+    more, y = _photos(lib, 400, seed=1)
+    ids, x = np.concatenate([ids, more]), np.concatenate([x, y])
+    before = lib.catalog.generation()
+    assert rows.compress()
+    assert lib.catalog.generation() == before + 1
+    codec = rows.codec()
+    assert codec is not None and codec.parts == 64  # a slice a dimension: 64 of them
+    got_ids, codes = lib.catalog.vectors(MODEL, 64)
+    np.testing.assert_array_equal(got_ids, ids)
+    assert codes.dtype == np.uint8 and codes.shape == (699, 64)
+    # Read back as the vectors the codes stand for, everywhere.
+    got_ids, decoded = rows.all()
+    cos = np.sum(decoded * x, axis=1) / np.linalg.norm(decoded, axis=1)
+    assert cos.min() > 0.8
+    np.testing.assert_array_equal(rows.of(ids[:3]), decoded[:3])
+    np.testing.assert_array_equal(rows.one(int(ids[5])), decoded[5])
+    assert not rows.compress()  # once only
+
+
+def test_a_batch_of_the_wrong_kind_is_refused_whole(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that prepared float vectors before another coded the catalog (or codes
+    after it was made standard) must not mix the two: nothing of its batch is written."""
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
+    lib = Library(tmp_path)
+    _photos(lib, 300)
+    float_batch = [PhotoUpdate(tmp_path / "photos" / "new.jpg", lib.folder, 1, 1.0,
+                               "f" * 32, vector=_clustered(1)[0])]
+    code_batch = [PhotoUpdate(tmp_path / "photos" / "new.jpg", lib.folder, 1, 1.0,
+                              "f" * 32, vector=np.zeros(64, np.uint8))]
+    with pytest.raises(CatalogError, match="float16"):
+        lib.catalog.store(MODEL, code_batch)
+    assert StoredVectors(lib.catalog, MODEL).compress()
+    generation = lib.catalog.generation()
+    with pytest.raises(CatalogError, match="product codes"):
+        lib.catalog.store(MODEL, float_batch)
+    assert lib.catalog.generation() == generation
+    assert lib.catalog.photo_by_path(tmp_path / "photos" / "new.jpg") is None
+    lib.catalog.store(MODEL, code_batch)
+    assert len(lib.catalog.vector_ids(MODEL)) == 301
+
+
+def test_forgetting_the_codes_leaves_photos_to_embed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
+    lib = Library(tmp_path)
+    _photos(lib, 300)
+    rows = StoredVectors(lib.catalog, MODEL)
+    assert rows.compress()
+    assert lib.catalog.drop_coded_vectors(MODEL) == 300
+    assert rows.codec() is None and len(lib.catalog.vector_ids(MODEL)) == 0
+    assert lib.catalog.counts()  # the photos themselves stay
+    assert lib.catalog.drop_coded_vectors(MODEL) == 0
+
+
+# The search index ---------------------------------------------------------------------------
+
+
+def test_a_compact_library_is_searched_through_its_own_codes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
+    from imagesearch.core import index_family
+
+    monkeypatch.setattr(index_family, "IVF_MIN", 500)
+    lib = Library(tmp_path)
+    ids, _ = _photos(lib, 1200)
+    assert StoredVectors(lib.catalog, MODEL).compress()
+    store = lib.store(background=False)
+    index = store.index()
+    assert index is not None and index.family == FLAT  # rebuilt exact first, at once
+    store._touched = True
+    assert store.upgrade_now()
+    index = store.index()
+    assert index is not None and index.family == IVF_PQ and index.recall >= 0.97
+    decoded = store.rows.all()[1]
+    # Each photo's own decoded vector finds it first.
+    _, found = index.search(decoded[:50], 1)
+    assert (found[:, 0] == ids[:50]).mean() >= 0.96
+    # New photos after the coding: coded in the catalog, the index holds what it holds.
+    codec = store.rows.codec()
+    assert codec is not None
+    new = _clustered(20, seed=7)
+    updates = [PhotoUpdate(tmp_path / "photos" / f"n{i}.jpg", lib.folder, 1, 1.0,
+                           f"{i:032x}"[::-1], vector=codec.encode(v)[0])
+               for i, v in enumerate(new)]
+    new_ids = np.asarray(lib.catalog.store(MODEL, updates), np.int64)
+    store.apply(new_ids, codec.decode(codec.encode(new)), np.zeros(0, np.int64),
+                lib.catalog.last_commit())
+    assert len(store.index() or []) == 1220
+    store.close()
+    # Read back from its files: the same family, and it matches the catalog (no rebuild).
+    reopened, reason = lib.reopened()
+    assert reason is None and reopened is not None and reopened.family == IVF_PQ
+    assert len(reopened) == 1220
+
+
+# End to end -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def compact_context(make_settings: Any, shared_encoder: Any, monkeypatch: pytest.MonkeyPatch
+                    ) -> Any:
+    from imagesearch.services.context import build_context
+
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 256)
+    ctx = build_context(make_settings(storage="compact", decode_workers=2, batch_size=64),
+                        encoder=shared_encoder)
+    yield ctx
+    ctx.close()
+
+
+def test_indexing_a_compact_library_then_making_it_standard(
+        compact_context: Any, tmp_path: Path) -> None:
+    ctx = compact_context
+    root = tmp_path / "photos"
+    for i in range(260):
+        noise_jpeg(root / f"p{i:03d}.jpg", i, size=48)
+    ctx.library.add_folder(root)
+    report = ctx.indexing.run()
+    assert report.added == 260 and report.failed == 0
+    model = ctx.models.model_id
+    codec = ctx.catalog.vector_codec(model)
+    assert codec is not None and codec[0] == 32  # the tiny model's 32 dimensions
+    ids, _ = ctx.catalog.vectors(model, codec[0])
+    assert len(ids) == 260
+    extractor = ctx.local.extractor
+    assert extractor == COMPACT_LIBRARY_MODE.extractor_id
+    records, total = ctx.catalog.feature_bytes(extractor)
+    assert total / max(records, 1) + codec[0] <= 2048
+    # No index of details is kept (its 4 KB a photo would break the budget).
+    assert not ctx.local.missing() and not ctx.local.refresh()
+    assert not list(ctx.settings.index_dir.glob("local-*"))
+    # Text and image search answer from the codes.
+    hits = ctx.search.search_vector(ctx.vectors.rows.one(int(ids[3])), 5)
+    assert hits[0].photo_id == int(ids[3])
+    photo = root / "p010.jpg"
+    from imagesearch.domain import Query
+
+    found = ctx.search.search(Query(image=photo, top_k=5), rerank=False)
+    assert found and found[0].path == photo
+    # A new photo is stored as codes.
+    noise_jpeg(root / "late.jpg", 999, size=48)
+    ctx.indexing.run()
+    late = ctx.catalog.photo_by_path(root / "late.jpg")
+    assert late is not None
+    assert ctx.catalog.vector(late.id, model, codec[0]) is not None
+
+    # Back to standard: the codes go and every photo is embedded again, exactly.
+    from imagesearch.services.context import build_context
+
+    settings = ctx.settings.with_changes(storage="standard")
+    ctx.close()
+    again = build_context(settings, encoder=ctx.models.encoder())
+    try:
+        report = again.indexing.run()
+        print(report)
+        assert report.completed == 261 and report.failed == 0
+        assert again.catalog.vector_codec(model) is None
+        ids, vectors = again.catalog.vectors(model)
+        assert len(ids) == 261 and vectors.dtype == np.float32
+    finally:
+        again.close()
