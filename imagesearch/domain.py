@@ -180,3 +180,4 @@ class LibraryStatus:
     failures: tuple[PhotoRecord, ...] = field(default_factory=tuple)
     runtime: str = ""  # how the model runs here and the probe's figures ("" before a probe)
     search_index: str | None = None  # the index's family and size in a line; None: none yet
+    storage: str = "standard"  # how much the library keeps of each photo, in a line

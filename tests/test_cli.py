@@ -57,6 +57,24 @@ def test_index_search_json_status(cli_env: Path, photo_dir: Path,
     assert "1 failed" in capsys.readouterr().out
 
 
+def test_index_storage_choice_is_kept_and_shown(cli_env: Path, photo_dir: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--device", "cpu", "index", str(photo_dir), "--storage", "compact",
+                 "--no-progress"]) == 0
+    saved = json.loads((cli_env / "settings.json").read_text())
+    # The choice is kept for the library; this command's --device is not.
+    assert saved["storage"] == "compact" and saved["device"] == "auto"
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    assert "storage:  compact (vectors kept as in a standard library until it holds 5,000" \
+        in capsys.readouterr().out
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["storage"].startswith("compact")
+    assert main(["search", "--image", str(photo_dir / "trip" / "coffee.jpg"), "-k", "1"]) == 0
+    assert main(["index", "--storage", "standard", "--no-progress"]) == 0
+    assert json.loads((cli_env / "settings.json").read_text())["storage"] == "standard"
+
+
 def test_models_list(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out

@@ -28,6 +28,8 @@ def test_settings_dialog_changes_persist(qtbot: Any, gui: GuiDriver,
         assert isinstance(dialog, SettingsDialog)
         seen["models"] = [dialog.model.itemData(i) for i in range(dialog.model.count())]
         seen["devices"] = [dialog.device.itemText(i) for i in range(dialog.device.count())]
+        seen["storage"] = [dialog.storage.itemData(i) for i in range(dialog.storage.count())]
+        seen["storage_now"] = dialog.storage.currentData()
         dialog.top_k.setValue(3)
         dialog.thumb.setValue(128)
         dialog.accept()
@@ -36,6 +38,7 @@ def test_settings_dialog_changes_persist(qtbot: Any, gui: GuiDriver,
     window.open_settings()
     assert TINY_MODEL_ID in seen["models"] and len(seen["models"]) > 1
     assert seen["devices"] == ["auto", "cpu", "cuda", "mps"]
+    assert seen["storage"] == ["standard", "compact"] and seen["storage_now"] == "standard"
     saved = Settings.load(window.settings.library_dir)
     assert (saved.top_k, saved.thumbnail_size, saved.model_id) == (3, 128, TINY_MODEL_ID)
     assert window.grid.delegate.thumb_size == 128
@@ -107,6 +110,7 @@ def test_choosing_ames_reopens_the_library_and_other_matching_changes_do_not(
     ames = base.with_changes(rerank="ames")
     assert _reopen_needed(ames, ames.with_changes(ames_model="fp"))
     assert _reopen_needed(base, base.with_changes(local_features="detailed"))
+    assert _reopen_needed(base, base.with_changes(storage="compact"))
     # Read at each search: no reopening.
     assert not _reopen_needed(base, base.with_changes(rerank="off"))
     assert not _reopen_needed(base, base.with_changes(ames_model="fp"))

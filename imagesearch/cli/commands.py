@@ -201,6 +201,7 @@ def _status(args: argparse.Namespace, ctx: AppContext, _cancel: threading.Event)
         print(f"indexed:  last change {st.last_indexed.astimezone():%Y-%m-%d %H:%M}")
     if st.search_index is not None:
         print(f"index:    {st.search_index}")
+    print(f"storage:  {st.storage}")
     if not st.folders:
         print("folders:  none yet; add one with `imagesearch index FOLDER`")
     for f in st.folders:
@@ -228,7 +229,7 @@ def _status_json(st: LibraryStatus, weights: bool) -> dict[str, Any]:
                                             for p in f.offline_subfolders]}
                     for f in st.folders],
         "failures": [{"path": str(r.path), "reason": r.error} for r in st.failures],
-        "search_index": st.search_index,
+        "search_index": st.search_index, "storage": st.storage,
     }
 
 

@@ -58,8 +58,8 @@ class StatusBar(QStatusBar):
         pending = f", {status.pending_count} waiting" if status.pending_count else ""
         failed = f", {status.failed_count} failed" if status.failed_count else ""
         self.photos.setText(f"{count_text(status.indexed_count)} photos indexed{pending}{failed}")
-        self.photos.setToolTip(f"Search index: {status.search_index}" if status.search_index
-                               else "No search index yet")
+        self.photos.setToolTip((f"Search index: {status.search_index}" if status.search_index
+                                else "No search index yet") + f"\nStorage: {status.storage}")
         self.model.setText(f"Model: {status.model_id}")
         self.device.setText(f"Device: {status.device}")
         # The runtime probe's choice and its figures (speed, cosine and top-10 agreement

@@ -482,8 +482,11 @@ class IndexingService:
         from (core/vector_codec.TRAIN_MIN); the index is then rebuilt from the codes."""
         if not self.settings.compact:
             return
+        codec = self.vectors.rows.learn()  # seconds: no write waits for it
+        if codec is None:
+            return
         with self.lane:
-            if self.vectors.rows.compress():
+            if self.vectors.rows.code_with(codec):
                 self.vectors.refresh()  # the catalog's generation moved: rebuilt from it
 
     def _expand_if_standard(self) -> None:

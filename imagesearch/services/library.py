@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from imagesearch.config import Settings
+from imagesearch.core.vector_codec import TRAIN_MIN
 from imagesearch.domain import FolderInfo, LibraryStatus, PhotoRecord, PhotoStatus
 from imagesearch.errors import FolderError
 from imagesearch.services.indexing import own_data_folders
@@ -114,7 +115,20 @@ class LibraryService:
             last_indexed=self.catalog.last_indexed(),
             failures=tuple(self.catalog.failures(failures)) if failures else (),
             search_index=self.vectors.describe(),
+            storage=self._storage(),
         )
+
+    def _storage(self) -> str:
+        """The storage setting and how far the library is along it, in a line."""
+        codec = self.vectors.rows.codec()
+        if not self.settings.compact:
+            return "standard" if codec is None else (
+                "standard (the vectors are still compact codes: the next index run embeds "
+                "the photos again)")
+        if codec is None:
+            return (f"compact (vectors kept as in a standard library until it holds "
+                    f"{TRAIN_MIN:,} photos to learn their codes from)")
+        return f"compact ({codec.parts}-byte vector codes, at most 2 KB a photo)"
 
     def photo(self, path: Path) -> PhotoRecord | None:
         return self.catalog.photo_by_path(path)

@@ -81,7 +81,10 @@ class Runner(abc.ABC):
 
     def _global_bytes(self) -> float | None:
         index = self.ctx.vectors.index()
-        return None if index is None else float(index.dim * 2)  # float16 in the catalog
+        if index is None:
+            return None
+        codec = self.ctx.vectors.rows.codec()  # a compact library's product codes
+        return float(codec.parts if codec is not None else index.dim * 2)  # else float16
 
     def _feature_bytes(self) -> float | None:
         extractor = self.ctx.local.extractor

@@ -68,23 +68,37 @@ class StoredVectors:
     def compress(self) -> bool:
         """Learn a codec from the stored vectors and code them all in place (one
         transaction). False when there are too few to learn from or a codec exists."""
+        codec = self.learn()
+        return codec is not None and self.code_with(codec)
+
+    def learn(self) -> VectorCodec | None:
+        """A codec learned from a sample of the stored vectors (seconds; it takes no
+        lock), or None when there are too few or the vectors are coded already."""
         if self.codec() is not None:
-            return False
+            return None
         ids = self.catalog.vector_ids(self.model_id)
         if len(ids) < TRAIN_MIN:
-            return False
+            return None
         # A seeded sample is all the training reads (a million float vectors would be 2 GB).
         rng = np.random.default_rng(0)
         sample = ids if len(ids) <= TRAIN_MAX else np.sort(
             rng.choice(ids, TRAIN_MAX, replace=False))
-        vectors = self.catalog.vectors_of(self.model_id, sample)
-        # 64 slices for every real model's width (512, 768, 1024...); fewer for a width
-        # that 64 does not divide.
-        codec = VectorCodec.train(vectors, math.gcd(vectors.shape[1], CODE_BYTES))
+        try:
+            vectors = self.catalog.vectors_of(self.model_id, sample)
+        except KeyError:  # a photo removed meanwhile: the next run learns them
+            return None
+        # 128 slices for every real model's width (512, 768, 1024...); fewer for a width
+        # that 128 does not divide.
+        return VectorCodec.train(vectors, math.gcd(vectors.shape[1], CODE_BYTES))
+
+    def code_with(self, codec: VectorCodec) -> bool:
+        """Code every stored vector with ``codec`` and keep it, in one transaction (call
+        under the write lane). False when another codec got there first."""
         coded = self.catalog.compress_vectors(self.model_id, codec.to_bytes(), codec.parts,
                                               codec.encode)
-        log.info("the vectors of %s are now %d-byte product codes (%d coded)",
-                 self.model_id, codec.parts, coded)
+        if coded:
+            log.info("the vectors of %s are now %d-byte product codes (%d coded)",
+                     self.model_id, codec.parts, coded)
         return coded > 0
 
 

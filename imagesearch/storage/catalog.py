@@ -517,27 +517,36 @@ class Catalog:
         Returns how many vectors were coded (0 when the model had a codec already).
         """
         done = 0
+        table = EmbeddingRow.__tablename__
         with self._sessions.begin() as s:
             if s.get(VectorCodecRow, model) is not None:
                 return 0
-            last = -1
-            while True:
-                rows = s.execute(select(EmbeddingRow.photo_id, EmbeddingRow.vector)
-                                 .where(EmbeddingRow.model == model,
-                                        EmbeddingRow.photo_id > last)
-                                 .order_by(EmbeddingRow.photo_id).limit(8192)).all()
-                if not rows:
-                    break
-                floats = np.stack([np.frombuffer(bytes(v), np.float16) for _, v in rows])
-                codes = np.asarray(encode(floats.astype(np.float32)), dtype=np.uint8)
-                if codes.shape != (len(rows), code_size):
-                    raise ValueError(f"expected {len(rows)} codes of {code_size} bytes, "
-                                     f"got {codes.shape}")
-                s.execute(update(EmbeddingRow), [
-                    {"photo_id": int(pid), "model": model, "vector": code.tobytes()}
-                    for (pid, _), code in zip(rows, codes, strict=True)])
-                done += len(rows)
-                last = int(rows[-1][0])
+            # Plain DB-API rows and one executemany a batch, in the session's transaction:
+            # at a million photos the ORM's bulk update took 143 s of it.
+            cursor = s.connection().connection.cursor()
+            try:
+                last = -1
+                while True:
+                    cursor.execute(f"SELECT photo_id, vector FROM {table} WHERE +model = ? "
+                                   "AND photo_id > ? ORDER BY photo_id LIMIT 8192",
+                                   (model, last))
+                    rows = cursor.fetchall()
+                    if not rows:
+                        break
+                    floats = np.frombuffer(b"".join(r[1] for r in rows), np.float16)
+                    codes = np.asarray(encode(floats.reshape(len(rows), -1)
+                                              .astype(np.float32)), dtype=np.uint8)
+                    if codes.shape != (len(rows), code_size):
+                        raise ValueError(f"expected {len(rows)} codes of {code_size} bytes, "
+                                         f"got {codes.shape}")
+                    cursor.executemany(
+                        f"UPDATE {table} SET vector = ? WHERE photo_id = ? AND model = ?",
+                        [(code.tobytes(), r[0], model)
+                         for r, code in zip(rows, codes, strict=True)])
+                    done += len(rows)
+                    last = int(rows[-1][0])
+            finally:
+                cursor.close()
             s.add(VectorCodecRow(model=model, code_size=code_size, data=codec))
             self._bump(s)
         return done
