@@ -30,6 +30,15 @@ def test_settings_dialog_changes_persist(qtbot: Any, gui: GuiDriver,
         seen["devices"] = [dialog.device.itemText(i) for i in range(dialog.device.count())]
         seen["storage"] = [dialog.storage.itemData(i) for i in range(dialog.storage.count())]
         seen["storage_now"] = dialog.storage.currentData()
+        # In a compact library the detailed mode cannot be chosen.
+        dialog.features.setCurrentIndex(dialog.features.findData("detailed"))
+        dialog.storage.setCurrentIndex(dialog.storage.findData("compact"))
+        seen["features_in_compact"] = dialog.features.currentData()
+        detailed = dialog.features.model().item(dialog.features.findData("detailed"))
+        seen["detailed_enabled"] = detailed.isEnabled()
+        dialog.storage.setCurrentIndex(dialog.storage.findData("standard"))
+        seen["detailed_enabled_after"] = detailed.isEnabled()
+        dialog.features.setCurrentIndex(dialog.features.findData("compact"))
         dialog.top_k.setValue(3)
         dialog.thumb.setValue(128)
         dialog.accept()
@@ -39,6 +48,8 @@ def test_settings_dialog_changes_persist(qtbot: Any, gui: GuiDriver,
     assert TINY_MODEL_ID in seen["models"] and len(seen["models"]) > 1
     assert seen["devices"] == ["auto", "cpu", "cuda", "mps"]
     assert seen["storage"] == ["standard", "compact"] and seen["storage_now"] == "standard"
+    assert seen["features_in_compact"] == "compact" and not seen["detailed_enabled"]
+    assert seen["detailed_enabled_after"]
     saved = Settings.load(window.settings.library_dir)
     assert (saved.top_k, saved.thumbnail_size, saved.model_id) == (3, 128, TINY_MODEL_ID)
     assert window.grid.delegate.thumb_size == 128

@@ -468,9 +468,9 @@ class Catalog:
                 found.update((int(pid), bytes(blob)) for pid, blob in rows)
         if not wanted:
             return np.zeros((0, code_size), np.uint8 if code_size else np.float32)
-        rows = np.stack([np.frombuffer(found[i], dtype=np.uint8 if code_size else np.float16)
-                         for i in wanted])
-        return rows if code_size else rows.astype(np.float32)
+        stacked = np.stack([np.frombuffer(found[i], dtype=np.uint8 if code_size
+                                          else np.float16) for i in wanted])
+        return stacked if code_size else stacked.astype(np.float32)
 
     def vector_ids(self, model: str) -> np.ndarray:
         """The ids of the photos that have a vector for ``model``, ascending.
