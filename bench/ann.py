@@ -455,7 +455,7 @@ def build(name: str, base: np.ndarray, p: Params) -> tuple[Searcher, float, floa
 
 
 def _compact(base: np.ndarray, p: Params) -> tuple[Searcher, float, float]:
-    """A compact library as the app builds it (services/stored_vectors.py): 64-byte
+    """A compact library as the app builds it (services/stored_vectors.py): 128-byte
     product codes learned from the vectors replace them, and IVF-PQ over those very codes
     is searched with the lists probed that the app's calibration picks (recall 0.97
     against exact search over what the codes stand for). Its recall against exact search

@@ -14,6 +14,7 @@ APP_NAME = "imagesearch"
 DEFAULT_MODEL = "ViT-B-32-256/datacomp_s34b_b86k"
 
 SETTINGS_FILE = "settings.json"
+STORAGE_MODES = ("standard", "compact")  # README "Compact library"
 
 
 def default_library_dir() -> Path:
@@ -115,6 +116,8 @@ class Settings:
         known = {f.name: f.type for f in fields(cls)}
         clean: dict[str, Any] = {}
         for key, value in saved.items():
+            if key == "storage" and value not in STORAGE_MODES:
+                continue  # a typo is not a choice: the default stands
             if key in cls._PERSISTED and key in known:
                 default = getattr(base, key)
                 if isinstance(value, type(default)) or (

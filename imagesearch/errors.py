@@ -35,6 +35,11 @@ class CatalogError(ImageSearchError):
     """The catalog database cannot be opened or migrated."""
 
 
+class VectorKindChanged(CatalogError):
+    """A batch of vectors was prepared as float16 or as codes, and the library has been
+    coded (or made standard again) since: prepare it again."""
+
+
 class ImageDecodeError(ImageSearchError):
     """A file could not be read as an image; the message says why."""
 

@@ -118,6 +118,8 @@ def test_a_catalog_of_the_first_schema_opens_upgraded_with_its_data(tmp_path: Pa
         assert catalog.generation() == 4 and catalog.photos([new])[new].folder_id == folder.id
         # The local-feature table of 0002 is there and usable.
         assert catalog.feature_ids("sift-test").tolist() == []
+        # And 0003's codecs of compact libraries (none here: the vectors are float16).
+        assert catalog.vector_codec("m") is None and catalog.vector_code_size("m") == 0
     finally:
         catalog.close()
 

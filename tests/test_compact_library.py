@@ -146,21 +146,100 @@ def test_a_batch_of_the_wrong_kind_is_refused_whole(tmp_path: Path,
         lib.catalog.store(MODEL, float_batch)
     assert lib.catalog.generation() == generation
     assert lib.catalog.photo_by_path(tmp_path / "photos" / "new.jpg") is None
+    wrong_size = [PhotoUpdate(tmp_path / "photos" / "new.jpg", lib.folder, 1, 1.0,
+                              "f" * 32, vector=np.zeros(32, np.uint8))]
+    with pytest.raises(CatalogError):
+        lib.catalog.store(MODEL, wrong_size)
     lib.catalog.store(MODEL, code_batch)
     assert len(lib.catalog.vector_ids(MODEL)) == 301
 
 
-def test_forgetting_the_codes_leaves_photos_to_embed_again(
+def test_back_to_float16_loses_nothing_and_a_damaged_codec_is_forgotten(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
     lib = Library(tmp_path)
-    _photos(lib, 300)
+    ids, _ = _photos(lib, 300)
     rows = StoredVectors(lib.catalog, MODEL)
     assert rows.compress()
-    assert lib.catalog.drop_coded_vectors(MODEL) == 300
-    assert rows.codec() is None and len(lib.catalog.vector_ids(MODEL)) == 0
-    assert lib.catalog.counts()  # the photos themselves stay
-    assert lib.catalog.drop_coded_vectors(MODEL) == 0
+    decoded = rows.all()[1]
+    assert rows.expand() == 300
+    assert rows.codec() is None and lib.catalog.vector_code_size(MODEL) == 0
+    got_ids, back = lib.catalog.vectors(MODEL)  # float16 of what the codes stood for
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_allclose(back, decoded, atol=2e-3)
+    assert rows.expand() == 0
+    # A damaged codec: its codes mean nothing; they go, and the photos stay.
+    assert rows.compress()
+    with lib.catalog.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE vector_codecs SET data = substr(data, 1, 100)")
+    with pytest.raises(CatalogError, match="--storage standard"):
+        StoredVectors(lib.catalog, MODEL).all()
+    assert StoredVectors(lib.catalog, MODEL).expand() == 300
+    assert len(lib.catalog.vector_ids(MODEL)) == 0 and lib.catalog.counts()
+
+
+def test_coding_takes_the_write_lock_before_it_reads(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A photo re-embedded by another process while the catalog is being coded is not
+    overwritten with codes of its old vector: that writer waits for the coding, then
+    finds the library coded and is refused (it codes its batch and tries again)."""
+    import threading
+
+    from imagesearch.storage.catalog import Catalog
+    from imagesearch.storage.database import open_catalog_engine
+
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
+    lib = Library(tmp_path)
+    ids, x = _photos(lib, 300)
+    rows = StoredVectors(lib.catalog, MODEL)
+    codec = rows.learn()
+    assert codec is not None
+    other = Catalog(open_catalog_engine(tmp_path / "catalog.sqlite3"))
+    path = tmp_path / "photos" / "0.jpg"
+    outcome: list[BaseException | None] = []
+
+    def re_embed() -> None:
+        try:
+            other.store(MODEL, [PhotoUpdate(path, lib.folder, 2, 2.0, "e" * 32,
+                                            vector=_clustered(1, seed=9)[0])])
+            outcome.append(None)
+        except BaseException as exc:  # the test looks at what it was
+            outcome.append(exc)
+
+    started = threading.Event()
+    writer = threading.Thread(target=re_embed)
+
+    def encode(vectors: np.ndarray) -> np.ndarray:
+        if not started.is_set():  # inside the coding transaction, its lock held
+            started.set()
+            writer.start()
+            writer.join(0.5)
+            assert writer.is_alive()  # waiting for the lock, not writing
+        return codec.encode(vectors)
+
+    assert lib.catalog.compress_vectors(MODEL, codec.to_bytes(), codec.parts, encode) == 300
+    writer.join(15)
+    assert isinstance(outcome[0], CatalogError)
+    np.testing.assert_array_equal(lib.catalog.vector(int(ids[0]), MODEL, codec.parts),
+                                  codec.encode(x[:1])[0])
+    other.close()
+
+
+def test_a_failed_coding_changes_nothing(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
+    lib = Library(tmp_path)
+    _, x = _photos(lib, 300)
+    generation = lib.catalog.generation()
+
+    def broken(vectors: np.ndarray) -> np.ndarray:
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        lib.catalog.compress_vectors(MODEL, b"codec", 64, broken)
+    assert lib.catalog.vector_code_size(MODEL) == 0
+    assert lib.catalog.generation() == generation
+    np.testing.assert_allclose(lib.catalog.vectors(MODEL)[1], x, atol=2e-3)
 
 
 # The search index ---------------------------------------------------------------------------
@@ -202,6 +281,64 @@ def test_a_compact_library_is_searched_through_its_own_codes(
     reopened, reason = lib.reopened()
     assert reason is None and reopened is not None and reopened.family == IVF_PQ
     assert len(reopened) == 1220
+
+
+def test_a_one_shot_command_that_codes_the_library_leaves_its_family_on_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`imagesearch index` whose only change was coding the catalog: the file it leaves
+    is IVF-PQ over the codes, not the exact index of float vectors rebuilt meanwhile."""
+    from imagesearch.core import index_family
+    from imagesearch.core.index_file import peek_header
+
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
+    monkeypatch.setattr(index_family, "IVF_MIN", 500)
+    lib = Library(tmp_path)
+    _photos(lib, 1200, dim=128)
+    store = lib.store(background=False)
+    assert store.index() is not None  # opened before the coding, as a run does
+    codec = store.rows.learn()
+    assert codec is not None and store.rows.code_with(codec)
+    store.refresh()
+    store.mark_changed()
+    store.close()
+    header = peek_header(store.path)
+    assert header is not None and header.family == IVF_PQ and header.count == 1200
+
+
+def test_vacuum_gives_the_coded_space_back(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
+    lib = Library(tmp_path)
+    _photos(lib, 1500, dim=512)
+    file = tmp_path / "catalog.sqlite3"
+
+    def size() -> int:
+        with lib.catalog.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return file.stat().st_size
+
+    before = size()
+    assert StoredVectors(lib.catalog, MODEL).compress()
+    assert size() >= before  # rows shrink inside their pages: the file does not
+    assert lib.catalog.vacuum()
+    # 1,500 float16 vectors took 1.5 MB of it; their codes take 192 KB.
+    assert size() < before - 1_000_000
+
+
+def test_ames_and_typos_do_not_break_the_budget(tmp_path: Path, make_settings: Any,
+                                               shared_encoder: Any) -> None:
+    from imagesearch.services.context import build_context
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "settings.json").write_text(json.dumps({"storage": "Compact"}))
+    assert Settings.load(tmp_path / "lib").storage == "standard"  # a typo is no choice
+    ctx = build_context(make_settings(storage="compact", rerank="ames"),
+                        encoder=shared_encoder)
+    try:
+        assert not ctx.ames.available
+        assert "compact library keeps no AMES" in (ctx.ames.unavailable_reason() or "")
+    finally:
+        ctx.close()
 
 
 # End to end -----------------------------------------------------------------------------------
@@ -253,9 +390,11 @@ def test_indexing_a_compact_library_then_making_it_standard(
     ctx.indexing.run()
     late = ctx.catalog.photo_by_path(root / "late.jpg")
     assert late is not None
-    assert ctx.catalog.vector(late.id, model, codec[0]) is not None
+    late_codes = ctx.catalog.vector(late.id, model, codec[0])
+    assert late_codes is not None and late_codes.shape == (codec[0],)
 
-    # Back to standard: the codes go and every photo is embedded again, exactly.
+    decoded = ctx.vectors.rows.all()[1]
+    # Back to standard: the codes become float16 again (nothing lost, nothing to embed).
     from imagesearch.services.context import build_context
 
     settings = ctx.settings.with_changes(storage="standard")
@@ -263,10 +402,14 @@ def test_indexing_a_compact_library_then_making_it_standard(
     again = build_context(settings, encoder=ctx.models.encoder())
     try:
         report = again.indexing.run()
-        print(report)
+        # Only the details are found again (225 keypoints a standard library keeps).
         assert report.completed == 261 and report.failed == 0
         assert again.catalog.vector_codec(model) is None
         ids, vectors = again.catalog.vectors(model)
-        assert len(ids) == 261 and vectors.dtype == np.float32
+        assert len(ids) == 261
+        np.testing.assert_allclose(vectors, decoded, atol=2e-3)
+        assert again.library.status().storage == "standard"
+        index = again.vectors.index()
+        assert index is not None and len(index) == 261
     finally:
         again.close()

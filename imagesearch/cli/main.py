@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=["standard", "compact"],
                    help="how much the library keeps of each photo, saved for the next "
                         "runs: compact keeps at most 2 KB (128-byte vector codes, fewer "
-                        "details, no details index); back to standard embeds every photo "
-                        "again (README, \"Compact library\")")
+                        "details, no details index, no AMES); back to standard keeps the "
+                        "vectors as approximate as their codes (README, \"Compact "
+                        "library\")")
     p.add_argument("--cluster-workers", type=int, metavar="N",
                    help="workers to start on the cluster (default: one per GPU, then one "
                         "per CPU left)")

@@ -56,7 +56,7 @@ def choose_family(count: int, dim: int, memory_mb: int, flat_max: int = FLAT_MAX
         return Plan(FLAT, f"{count:,} photos: exact search is instant")
     if coded:
         return Plan(IVF_PQ, f"{count:,} photos in a compact library: inverted lists over "
-                            "its 128-byte codes")
+                            "its product codes")
     if count <= flat_max and flat_bytes <= memory_mb * 2 ** 20:
         return Plan(FLAT, f"{count:,} photos: exact search stays quick")
     why = (f"more than {flat_max:,} photos" if count > flat_max

@@ -92,7 +92,8 @@ class SettingsDialog(QDialog):
             "(learned once the library has 5,000 photos), 211 details and no index of "
             "them, so search by image starts from the model's results. Search by the "
             "overall look becomes approximate: on test vectors it finds 6 or 7 of the "
-            "exact top 10. Going back to standard embeds every photo again.")
+            "exact top 10. Back to standard, the vectors stay as approximate as their "
+            "codes (new and changed photos get exact ones). AMES cannot be used.")
         self.storage.currentIndexChanged.connect(self._storage_changed)
         self._storage_changed()
         form = QFormLayout()
@@ -119,16 +120,18 @@ class SettingsDialog(QDialog):
         self._show_model_info()
 
     def _storage_changed(self) -> None:
-        """A compact library keeps 211 details a photo, whatever the detail setting: its
-        detailed mode cannot be chosen there."""
+        """A compact library keeps 211 details a photo and no AMES descriptors: the
+        detailed mode and AMES cannot be chosen there."""
         compact = self.storage.currentData() == "compact"
-        model = self.features.model()
-        detailed = self.features.findData("detailed")
-        item = model.item(detailed) if isinstance(model, QStandardItemModel) else None
-        if item is not None:
-            item.setEnabled(not compact)
-        if compact and self.features.currentData() == "detailed":
-            self.features.setCurrentIndex(self.features.findData("compact"))
+        for box, value, instead in ((self.features, "detailed", "compact"),
+                                    (self.matching, "ames", "spatial")):
+            model = box.model()
+            item = model.item(box.findData(value)) \
+                if isinstance(model, QStandardItemModel) else None
+            if item is not None:
+                item.setEnabled(not compact)
+            if compact and box.currentData() == value:
+                box.setCurrentIndex(box.findData(instead))
 
     def _show_model_info(self) -> None:
         idx = self.model.currentIndex()

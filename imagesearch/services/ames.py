@@ -59,7 +59,8 @@ class AmesService:
     @property
     def available(self) -> bool:
         """Enabled, and every checkpoint it needs is installed."""
-        return self.enabled and self.manager.ames_paths() is not None
+        return (self.enabled and not self.settings.compact
+                and self.manager.ames_paths() is not None)
 
     @property
     def extractor(self) -> str | None:
@@ -69,6 +70,9 @@ class AmesService:
         """Why AMES, chosen in the settings, cannot run (None when it can or is off)."""
         if not self.enabled:
             return None
+        if self.settings.compact:
+            return ("a compact library keeps no AMES descriptors (they would take 1.5 KB a "
+                    "photo more): its details are matched by spatial verification")
         if self.variant is None:
             return (f"unknown AMES model {self.settings.ames_model!r} in the settings "
                     "(dist or fp)")

@@ -19,8 +19,9 @@ from imagesearch.core.decode_pool import DecodeJob, DecodePool
 from imagesearch.core.encoder import Encoder
 from imagesearch.core.imaging import DecodedImage, PreprocessSpec, is_image_name
 from imagesearch.core.local_features import FeatureMode
+from imagesearch.core.vector_codec import VectorCodec
 from imagesearch.domain import FolderInfo, IndexProgress, IndexReport
-from imagesearch.errors import ImageSearchError
+from imagesearch.errors import CatalogError, ImageSearchError, VectorKindChanged
 from imagesearch.services.local_search import LocalIndexService
 from imagesearch.services.models import ModelManager
 from imagesearch.services.scanning import (
@@ -139,8 +140,8 @@ class IndexingService:
         for folder in folders:
             if folder.path not in scan.offline:
                 self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
-        self._compress_if_compact()
-        warnings = self._save_index()
+        warnings = self._compress_if_compact(cancel)
+        warnings += self._save_index()
         self._after_changes(result, work)
         warnings += self._follow_up(report, cancel)
         return IndexReport(
@@ -244,8 +245,8 @@ class IndexingService:
                     want_features=want_features)
         result = self._apply(work, folder_of, progress or _no_progress,
                              cancel or threading.Event())
-        self._compress_if_compact()
-        warnings = self._save_index()
+        warnings = self._compress_if_compact(cancel or threading.Event())
+        warnings += self._save_index()
         self._after_changes({**result, "removed": removed}, work)
         warnings += self._follow_up(progress or _no_progress, cancel or threading.Event())
         return IndexReport(added=result["added"], updated=result["updated"], removed=removed,
@@ -449,11 +450,18 @@ class IndexingService:
             # A folder removed from the library while this run was under way: drop its photos.
             live = self.catalog.folder_ids()
             updates = [u for u in updates if u.folder_id in live]
-            codec = self.vectors.rows.codec()
-            if codec is not None:  # a compact library: its vectors are stored as codes
-                updates = [u if u.vector is None else replace(u, vector=codec.encode(u.vector)[0])
-                           for u in updates]
-            ids = self.catalog.store(model_id, updates, self.local.extractor)
+            plain = updates
+            for attempt in range(2):
+                codec = self.vectors.rows.codec()
+                # A compact library: its vectors are stored as codes.
+                updates = plain if codec is None else _coded(codec, plain)
+                try:
+                    ids = self.catalog.store(model_id, updates, self.local.extractor)
+                    break
+                except VectorKindChanged:  # another process coded (or expanded) it
+                    if attempt:
+                        raise
+                    self.vectors.refresh()
             pairs = list(zip(ids, updates, strict=True))
             # The index holds what the catalog holds: the vectors the codes stand for.
             kept = [u.vector if codec is None else codec.decode(u.vector[None])[0]
@@ -477,29 +485,40 @@ class IndexingService:
                 counts["completed"] += 1
         return handled
 
-    def _compress_if_compact(self) -> None:
+    def _compress_if_compact(self, cancel: threading.Event) -> tuple[str, ...]:
         """A compact library codes its vectors once it holds enough to learn the codes
-        from (core/vector_codec.TRAIN_MIN); the index is then rebuilt from the codes."""
-        if not self.settings.compact:
-            return
-        codec = self.vectors.rows.learn()  # seconds: no write waits for it
-        if codec is None:
-            return
-        with self.lane:
-            if self.vectors.rows.code_with(codec):
+        from (core/vector_codec.TRAIN_MIN); the index is then rebuilt from the codes, and
+        the catalog file gives the space back. Returns warnings."""
+        if not self.settings.compact or cancel.is_set():
+            return ()
+        try:
+            codec = self.vectors.rows.learn()  # seconds: no write waits for it
+            if codec is None or cancel.is_set():
+                return ()
+            with self.lane:
+                if not self.vectors.rows.code_with(codec):
+                    return ()
                 self.vectors.refresh()  # the catalog's generation moved: rebuilt from it
+                self.vectors.mark_changed()  # a one-shot command builds its family too
+        except CatalogError as exc:
+            log.warning("the vectors were not coded this time: %s", exc)
+            return (f"the vectors were not coded this time ({exc}); the next run tries "
+                    "again",)
+        if not self.catalog.vacuum():
+            log.info("the catalog file is busy: its freed space is given back another time")
+        return ()
 
     def _expand_if_standard(self) -> None:
-        """A library set back to standard storage forgets its coded vectors, which cannot
-        be made exact again: this run embeds its photos anew."""
-        if self.settings.compact or not self.models.weights_present() \
-                or self.vectors.rows.codec() is None:
-            return  # (without the model the codes are all the library has)
+        """A library set back to standard storage has its codes made float16 again (as
+        approximate as they were: nothing is lost; new and changed photos get exact
+        vectors), in one transaction."""
+        if self.settings.compact or not self.catalog.vector_code_size(self.models.model_id):
+            return
         with self.lane:
-            dropped = self.catalog.drop_coded_vectors(self.models.model_id)
+            changed = self.vectors.rows.expand()
             self.vectors.refresh()
-        log.info("standard storage: %d coded vectors forgotten; their photos are embedded "
-                 "again", dropped)
+            self.vectors.mark_changed()
+        log.info("standard storage: %d coded vectors made float16 again", changed)
 
     def _after_changes(self, result: dict[str, int], work: Plan) -> None:
         """Let the local-feature index catch up (in the background) with what changed."""
@@ -536,6 +555,18 @@ class IndexingService:
         warnings = self.vectors.save_soon()
         self.warnings = list(warnings)
         return warnings
+
+
+def _coded(codec: VectorCodec, updates: list[PhotoUpdate]) -> list[PhotoUpdate]:
+    """``updates`` with their vectors as ``codec``'s codes (one call for the batch)."""
+    rows = [i for i, u in enumerate(updates) if u.vector is not None]
+    if not rows:
+        return updates
+    codes = codec.encode(np.stack([np.asarray(updates[i].vector) for i in rows]))
+    coded = list(updates)
+    for i, code in zip(rows, codes, strict=True):
+        coded[i] = replace(updates[i], vector=code)
+    return coded
 
 
 @dataclass

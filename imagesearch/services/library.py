@@ -8,7 +8,7 @@ from pathlib import Path
 from imagesearch.config import Settings
 from imagesearch.core.vector_codec import TRAIN_MIN
 from imagesearch.domain import FolderInfo, LibraryStatus, PhotoRecord, PhotoStatus
-from imagesearch.errors import FolderError
+from imagesearch.errors import CatalogError, FolderError
 from imagesearch.services.indexing import own_data_folders
 from imagesearch.services.models import ModelManager
 from imagesearch.services.vector_store import VectorStore
@@ -120,11 +120,14 @@ class LibraryService:
 
     def _storage(self) -> str:
         """The storage setting and how far the library is along it, in a line."""
-        codec = self.vectors.rows.codec()
+        try:
+            codec = self.vectors.rows.codec()
+        except CatalogError as exc:
+            return f"{self.settings.storage}, but {exc}"
         if not self.settings.compact:
             return "standard" if codec is None else (
-                "standard (the vectors are still compact codes: the next index run embeds "
-                "the photos again)")
+                "standard (the vectors are still compact codes: the next index run makes "
+                "them float16 again)")
         if codec is None:
             return (f"compact (vectors kept as in a standard library until it holds "
                     f"{TRAIN_MIN:,} photos to learn their codes from)")

@@ -40,6 +40,7 @@ from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
+AMES_FAMILY = "ames-"  # how AMES's extractor ids begin (services/ames.py)
 MIN_PHOTOS = 50  # below this a vocabulary is not worth learning: every photo is verified
 _SAMPLE_PER_PHOTO = 64  # descriptors each photo gives vocabulary training, at least
 TRAIN_DESCRIPTORS = 500_000  # the vocabulary is learned from at most this many (seconds)
@@ -135,7 +136,8 @@ class LocalIndexService:
         earlier version, whose extractor has changed since) and their index files.
 
         The details of the other current mode are kept, so switching back is instant,
-        and so is a process of this version running with the other mode. Returns the
+        and so is a process of this version running with the other mode; a compact
+        library keeps only its own (and no AMES descriptors), to stay within 2 KB. Returns the
         records deleted; a busy catalog or an undeletable file is left for the next run.
         """
         current = {mode.extractor_id for mode in FEATURE_MODES.values()}
@@ -143,6 +145,8 @@ class LocalIndexService:
             current = {self.mode.extractor_id}  # at most 2 KB a photo: nothing else kept
         try:
             dropped = self.catalog.drop_other_features(FEATURE_FAMILY, current)
+            if self.compact:  # nor AMES's descriptors of an earlier, standard life
+                dropped += self.catalog.drop_other_features(AMES_FAMILY, ())
         except CatalogError as exc:
             log.warning("%s; tried again next time", exc)
             return 0

@@ -12,13 +12,17 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
 from imagesearch.core.vector_codec import CODE_BYTES, TRAIN_MAX, TRAIN_MIN, VectorCodec
+from imagesearch.errors import CatalogError
 from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class StoredVectors:
@@ -33,37 +37,80 @@ class StoredVectors:
 
     def codec(self) -> VectorCodec | None:
         """The model's codec when its vectors are product codes (read on each call: a
-        compression or its undoing by any process shows at once; parsed once)."""
+        compression or its undoing by any process shows at once; parsed once).
+
+        Raises:
+            CatalogError: the stored codec is damaged (its codes mean nothing now).
+        """
         stored = self.catalog.vector_codec(self.model_id)
         if stored is None:
             return None
         blob = stored[1]
         with self._lock:
             if self._blob != blob:
-                self._codec, self._blob = VectorCodec.from_bytes(blob), blob
+                try:
+                    parsed = VectorCodec.from_bytes(blob)
+                except CatalogError as exc:
+                    raise CatalogError(
+                        f"{exc} (model {self.model_id}): `imagesearch index --storage "
+                        "standard` forgets the codes and embeds the photos again") from exc
+                self._codec, self._blob = parsed, blob
             return self._codec
+
+    def _read(self, read: Callable[[VectorCodec | None], _T]) -> _T:
+        """``read(codec)`` of rows that are of that codec's kind: tried again when the
+        library was coded (or made standard) by another process in between."""
+        for _ in range(3):
+            size = self.catalog.vector_code_size(self.model_id)
+            codec = self.codec()
+            try:
+                result = read(codec)
+            except (ValueError, KeyError):
+                if self.catalog.vector_code_size(self.model_id) == size:
+                    raise
+                continue
+            if self.catalog.vector_code_size(self.model_id) == size:
+                return result
+        raise CatalogError(f"the vectors of {self.model_id} keep changing kind")
 
     def all(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids ascending, float32 vectors) of every photo with one."""
-        codec = self.codec()
-        if codec is None:
-            return self.catalog.vectors(self.model_id)
-        ids, codes = self.catalog.vectors(self.model_id, codec.parts)
-        return ids, _decoded(codec, codes)
+        def read(codec: VectorCodec | None) -> tuple[np.ndarray, np.ndarray]:
+            if codec is None:
+                return self.catalog.vectors(self.model_id)
+            ids, codes = self.catalog.vectors(self.model_id, codec.parts)
+            return ids, _decoded(codec, codes)
+        return self._read(read)
 
     def of(self, ids: np.ndarray) -> np.ndarray:
         """float32 vectors of ``ids`` (each must have one), in that order."""
-        codec = self.codec()
-        if codec is None:
-            return self.catalog.vectors_of(self.model_id, ids)
-        return _decoded(codec, self.catalog.vectors_of(self.model_id, ids, codec.parts))
+        def read(codec: VectorCodec | None) -> np.ndarray:
+            if codec is None:
+                return self.catalog.vectors_of(self.model_id, ids)
+            return _decoded(codec, self.catalog.vectors_of(self.model_id, ids, codec.parts))
+        return self._read(read)
 
     def one(self, photo_id: int) -> np.ndarray | None:
-        codec = self.codec()
+        def read(codec: VectorCodec | None) -> np.ndarray | None:
+            if codec is None:
+                return self.catalog.vector(photo_id, self.model_id)
+            codes = self.catalog.vector(photo_id, self.model_id, codec.parts)
+            return None if codes is None else codec.decode(codes[None])[0]
+        return self._read(read)
+
+    def expand(self) -> int:
+        """Make the vectors float16 again (of what their codes stand for: as approximate
+        as before; nothing is lost) and forget the codec, in one transaction. A damaged
+        codec's codes mean nothing: they are forgotten and their photos embedded again.
+        Returns how many vectors changed."""
+        try:
+            codec = self.codec()
+        except CatalogError as exc:
+            log.warning("%s; forgetting the coded vectors", exc)
+            return self.catalog.drop_coded_vectors(self.model_id)
         if codec is None:
-            return self.catalog.vector(photo_id, self.model_id)
-        codes = self.catalog.vector(photo_id, self.model_id, codec.parts)
-        return None if codes is None else codec.decode(codes[None])[0]
+            return 0
+        return self.catalog.expand_vectors(self.model_id, codec.parts, codec.decode)
 
     def compress(self) -> bool:
         """Learn a codec from the stored vectors and code them all in place (one

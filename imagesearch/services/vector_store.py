@@ -344,6 +344,13 @@ class VectorStore:
             self._changes += 1
         self.save_soon()
 
+    def mark_changed(self) -> None:
+        """This process changed the library outside ``apply`` (its vectors were coded
+        or made float16 again): a one-shot command builds the family it needs as it
+        closes, as after any other change."""
+        with self._lock:
+            self._touched = True
+
     def upgrade_now(self) -> bool:
         """Build the family the library needs in this thread; True if it changed.
 

@@ -26,11 +26,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from imagesearch.domain import FolderInfo, OfflineSubfolder, PhotoRecord, PhotoStatus
-from imagesearch.errors import CatalogError, FolderError
+from imagesearch.errors import CatalogError, FolderError, VectorKindChanged
 from imagesearch.storage.schema import (
     EmbeddingRow,
     FolderRow,
@@ -438,8 +438,8 @@ class Catalog:
                 size = 0
                 while rows := cursor.fetchmany(4096):
                     size = size or len(rows[0][1])
-                    if any(len(r[1]) != size for r in rows) or size % 2 or (
-                            code_size and size != code_size):
+                    if any(len(r[1]) != size for r in rows) or (
+                            size != code_size if code_size else size % 2):
                         raise ValueError(f"the vectors stored for {model} differ in length")
                     id_parts.append(np.fromiter((r[0] for r in rows), np.int64, len(rows)))
                     parts.append(np.frombuffer(b"".join(r[1] for r in rows),
@@ -508,60 +508,119 @@ class Catalog:
             row = s.get(VectorCodecRow, model)
             return None if row is None else (int(row.code_size), bytes(row.data))
 
+    def vector_code_size(self, model: str) -> int:
+        """The code size of ``model``'s vectors, 0 when they are float16 (no codec read)."""
+        with self._sessions() as s:
+            return int(s.scalar(select(VectorCodecRow.code_size)
+                                .where(VectorCodecRow.model == model)) or 0)
+
     def compress_vectors(self, model: str, codec: bytes, code_size: int,
                          encode: Callable[[np.ndarray], np.ndarray]) -> int:
         """Replace every float16 vector of ``model`` by its codes, ``encode(float32
         rows) -> uint8 rows of code_size``, and keep ``codec``: all in one transaction, so
         a kill leaves either the float16 vectors or the codes, never a mix.
 
-        Returns how many vectors were coded (0 when the model had a codec already).
+        Returns how many vectors were coded: 0 when the model had a codec already
+        (another process coded it first).
+
+        Raises:
+            CatalogError: the catalog could not be written (busy past its timeout).
         """
+        return self._recode(model, lambda rows: np.asarray(encode(
+            np.frombuffer(b"".join(rows), np.float16).reshape(len(rows), -1)
+            .astype(np.float32)), dtype=np.uint8), code_size, codec)
+
+    def expand_vectors(self, model: str, code_size: int,
+                       decode: Callable[[np.ndarray], np.ndarray]) -> int:
+        """The reverse of ``compress_vectors``: every coded vector of ``model`` becomes
+        float16 of what it stands for (``decode(uint8 rows) -> float32``) and the codec
+        is forgotten, in one transaction. The vectors stay as approximate as the codes
+        were; nothing is lost. Returns how many were rewritten (0: no codec).
+
+        Raises:
+            CatalogError: the catalog could not be written (busy past its timeout).
+        """
+        return self._recode(model, lambda rows: np.asarray(decode(
+            np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), code_size)),
+            dtype=np.float16), 0, None)
+
+    def _recode(self, model: str, convert: Callable[[list[bytes]], np.ndarray],
+                code_size: int, codec: bytes | None) -> int:
+        """Rewrite every vector of ``model`` through ``convert`` in one transaction that
+        takes the write lock before it reads anything (no other process can commit a
+        vector between the read and the rewrite); then keep ``codec`` (code_size > 0)
+        or forget it (``codec`` None)."""
         done = 0
         table = EmbeddingRow.__tablename__
-        with self._sessions.begin() as s:
-            if s.get(VectorCodecRow, model) is not None:
-                return 0
-            # Plain DB-API rows and one executemany a batch, in the session's transaction:
-            # at a million photos the ORM's bulk update took 143 s of it.
-            cursor = s.connection().connection.cursor()
-            try:
-                last = -1
-                while True:
-                    cursor.execute(f"SELECT photo_id, vector FROM {table} WHERE +model = ? "
-                                   "AND photo_id > ? ORDER BY photo_id LIMIT 8192",
-                                   (model, last))
-                    rows = cursor.fetchall()
-                    if not rows:
-                        break
-                    floats = np.frombuffer(b"".join(r[1] for r in rows), np.float16)
-                    codes = np.asarray(encode(floats.reshape(len(rows), -1)
-                                              .astype(np.float32)), dtype=np.uint8)
-                    if codes.shape != (len(rows), code_size):
-                        raise ValueError(f"expected {len(rows)} codes of {code_size} bytes, "
-                                         f"got {codes.shape}")
-                    cursor.executemany(
-                        f"UPDATE {table} SET vector = ? WHERE photo_id = ? AND model = ?",
-                        [(code.tobytes(), r[0], model)
-                         for r, code in zip(rows, codes, strict=True)])
-                    done += len(rows)
-                    last = int(rows[-1][0])
-            finally:
-                cursor.close()
-            s.add(VectorCodecRow(model=model, code_size=code_size, data=codec))
-            self._bump(s)
+        try:
+            with self._sessions.begin() as s:
+                self._bump(s)  # first: the write lock, before anything is read
+                has_codec = s.get(VectorCodecRow, model) is not None
+                if has_codec == (codec is not None):
+                    raise _NothingToDo  # coded already (or not coded): rolled back
+                # Plain DB-API rows and one executemany a batch, in this transaction: at a
+                # million photos the ORM's bulk update took 143 s, this 18 s.
+                cursor = s.connection().connection.cursor()
+                try:
+                    last = -1
+                    while True:
+                        cursor.execute(f"SELECT photo_id, vector FROM {table} WHERE "
+                                       "+model = ? AND photo_id > ? ORDER BY photo_id "
+                                       "LIMIT 8192", (model, last))
+                        rows = cursor.fetchall()
+                        if not rows:
+                            break
+                        out = convert([r[1] for r in rows])
+                        if len(out) != len(rows) or (code_size and out.shape[1] != code_size):
+                            raise ValueError(f"expected {len(rows)} rows of {code_size or 'any'}"
+                                             f" values, got {out.shape}")
+                        cursor.executemany(
+                            f"UPDATE {table} SET vector = ? WHERE photo_id = ? AND model = ?",
+                            [(row.tobytes(), r[0], model)
+                             for r, row in zip(rows, out, strict=True)])
+                        done += len(rows)
+                        last = int(rows[-1][0])
+                finally:
+                    cursor.close()
+                if codec is not None:
+                    s.add(VectorCodecRow(model=model, code_size=code_size, data=codec))
+                else:
+                    s.execute(delete(VectorCodecRow).where(VectorCodecRow.model == model))
+        except _NothingToDo:
+            self._local.commit = None
+            return 0
+        except (OperationalError, IntegrityError) as exc:
+            self._local.commit = None
+            raise CatalogError(f"cannot rewrite the vectors of {model}: {exc.orig}") from exc
         return done
 
     def drop_coded_vectors(self, model: str) -> int:
-        """Forget ``model``'s codec and every vector coded with it (they cannot be made
-        float again): its photos are embedded anew. Returns the vectors deleted."""
-        with self._sessions.begin() as s:
-            if s.get(VectorCodecRow, model) is None:
-                return 0
-            gone = s.execute(delete(EmbeddingRow).where(EmbeddingRow.model == model))
-            s.execute(delete(VectorCodecRow).where(VectorCodecRow.model == model))
-            self._bump(s)
-            return int(getattr(gone, "rowcount", 0) or 0)
+        """Forget ``model``'s codec and every vector coded with it: for a codec that is
+        damaged, whose codes mean nothing any more. Its photos are embedded anew.
+        Returns the vectors deleted."""
+        try:
+            with self._sessions.begin() as s:
+                self._bump(s)
+                if s.get(VectorCodecRow, model) is None:
+                    raise _NothingToDo
+                gone = s.execute(delete(EmbeddingRow).where(EmbeddingRow.model == model))
+                s.execute(delete(VectorCodecRow).where(VectorCodecRow.model == model))
+                return int(getattr(gone, "rowcount", 0) or 0)
+        except _NothingToDo:
+            self._local.commit = None
+            return 0
 
+    def vacuum(self) -> bool:
+        """Give the space of shrunken rows back to the file system (SQLite's VACUUM: the
+        file is rewritten, about as long as copying it). False when another connection
+        is busy with the catalog: tried again another time."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    "VACUUM")
+            return True
+        except OperationalError:
+            return False
 
     # Local features ------------------------------------------------------------------------
 
@@ -699,6 +758,10 @@ class Catalog:
                                                     LocalFeatureRow.extractor == extractor))
 
 
+class _NothingToDo(Exception):
+    """Rolls a write transaction back that found nothing to change."""
+
+
 def _vector_bytes(vector: np.ndarray) -> bytes:
     """A vector as stored: uint8 product codes as they are, anything else as float16."""
     if vector.dtype == np.uint8:
@@ -714,7 +777,7 @@ def _check_coding(s: Session, model: str, vectors: Sequence[np.ndarray]) -> None
     for vector in vectors:
         coded = vector.dtype == np.uint8
         if coded != (want is not None) or (coded and vector.size != want):
-            raise CatalogError(f"the vectors of {model} are now stored "
+            raise VectorKindChanged(f"the vectors of {model} are now stored "
                                f"{'as product codes' if want else 'as float16'}: "
                                "this batch was prepared for the other kind")
 
