@@ -179,6 +179,8 @@ def test_large_counts_are_grouped_and_the_index_is_described(qtbot: Any) -> None
     bar = StatusBar()
     qtbot.addWidget(bar)
     bar.set_status(LibraryStatus(Path("/lib"), "m", "cpu", 1_234_567, 1_234_567, 0, 0,
-                                 search_index="approximate search over 1,234,567 photos"))
+                                 search_index="approximate search over 1,234,567 photos",
+                                 storage="compact (128-byte vector codes)"))
     assert re.fullmatch(r"1\D234\D567 photos indexed", bar.photos.text())
-    assert bar.photos.toolTip() == "Search index: approximate search over 1,234,567 photos"
+    assert bar.photos.toolTip() == ("Search index: approximate search over 1,234,567 "
+                                    "photos\nStorage: compact (128-byte vector codes)")
