@@ -1,6 +1,6 @@
 """A compact library: each photo in at most 2 KB (product-coded vector plus fewer details),
 its vectors coded in place in one transaction, searched through IVF-PQ over the same
-codes, and made standard again by embedding anew."""
+codes, and made standard again by turning the codes back into float16."""
 
 from __future__ import annotations
 
@@ -318,11 +318,16 @@ def test_vacuum_gives_the_coded_space_back(tmp_path: Path,
         return file.stat().st_size
 
     before = size()
+    assert not lib.catalog.vacuum_due()
     assert StoredVectors(lib.catalog, MODEL).compress()
+    assert lib.catalog.vacuum_due()
     assert size() >= before  # rows shrink inside their pages: the file does not
-    assert lib.catalog.vacuum()
-    # 1,500 float16 vectors took 1.5 MB of it; their codes take 192 KB.
-    assert size() < before - 1_000_000
+    assert lib.catalog.vacuum() is None and not lib.catalog.vacuum_due()
+    # 1,500 float16 vectors took 1.5 MB of it; their codes take 192 KB. The log's pages
+    # are handed back too, with the catalog still open.
+    wal = file.with_name(file.name + "-wal")
+    assert file.stat().st_size + (wal.stat().st_size if wal.exists() else 0) \
+        < before - 1_000_000
 
 
 def test_ames_and_typos_do_not_break_the_budget(tmp_path: Path, make_settings: Any,
@@ -339,6 +344,90 @@ def test_ames_and_typos_do_not_break_the_budget(tmp_path: Path, make_settings: A
         assert "compact library keeps no AMES" in (ctx.ames.unavailable_reason() or "")
     finally:
         ctx.close()
+
+
+def _noise_photos(root: Path, n: int) -> None:
+    for i in range(n):
+        noise_jpeg(root / f"p{i:03d}.jpg", i, size=48)
+
+
+def test_a_one_shot_run_codes_vacuums_and_leaves_ivf_pq_and_a_damaged_codec_recovers(
+        make_settings: Any, shared_encoder: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `imagesearch index` runs: the coding is this run's only change to the index,
+    and the file it leaves is IVF-PQ over the codes; the catalog gives the space back.
+    Then a damaged codec: status says what to do, and standard storage recovers."""
+    from imagesearch.core import index_family
+    from imagesearch.core.index_file import peek_header
+    from imagesearch.services import index_upgrade
+    from imagesearch.services.context import build_context
+
+    monkeypatch.setattr(index_family, "IVF_MIN", 200)
+    # Noise photos through a random model do not cluster: lists would be refused as no
+    # faster than exact search, which is right, but not what this test looks at.
+    monkeypatch.setattr(index_upgrade, "worth_it", lambda nprobe, nlist: True)
+    settings = make_settings(storage="compact", decode_workers=2, batch_size=64)
+    _noise_photos(tmp_path / "photos", 260)
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 10_000)  # first: too few to code
+    ctx = build_context(settings, save_delay_s=0.0, background=False, encoder=shared_encoder)
+    try:
+        ctx.library.add_folder(tmp_path / "photos")
+        assert ctx.indexing.run().added == 260
+        assert ctx.catalog.vector_code_size(ctx.models.model_id) == 0
+        path = ctx.vectors.path
+    finally:
+        ctx.close()
+    header = peek_header(path)
+    assert header is not None and header.family == FLAT
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 256)  # then a run that only codes
+    ctx = build_context(settings, save_delay_s=0.0, background=False, encoder=shared_encoder)
+    try:
+        report = ctx.indexing.run()
+        assert report.added == report.completed == 0
+        assert ctx.catalog.vector_code_size(ctx.models.model_id) == 32
+        assert not ctx.catalog.vacuum_due()
+    finally:
+        ctx.close()
+    header = peek_header(path)
+    assert header is not None and header.family == IVF_PQ and header.count == 260
+
+    ctx = build_context(settings, save_delay_s=0.0, background=False, encoder=shared_encoder)
+    try:
+        with ctx.catalog.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE vector_codecs SET data = substr(data, 1, 100)")
+        storage = ctx.library.status().storage
+        assert "damaged" in storage and "--storage standard" in storage
+    finally:
+        ctx.close()
+    ctx = build_context(settings.with_changes(storage="standard"), save_delay_s=0.0,
+                        background=False, encoder=shared_encoder)
+    try:
+        report = ctx.indexing.run()
+        assert report.failed == 0 and report.completed == 260  # embedded again
+        assert ctx.catalog.vector_code_size(ctx.models.model_id) == 0
+        assert len(ctx.catalog.vector_ids(ctx.models.model_id)) == 260
+    finally:
+        ctx.close()
+
+
+def test_a_compact_library_keeps_no_other_details_nor_ames_descriptors(
+        tmp_path: Path) -> None:
+    from imagesearch.services.local_search import LocalIndexService
+
+    lib = Library(tmp_path)
+    ids, _ = _photos(lib, 3)
+    for extractor in ("ames-dinov2b14reg4-dist-n80-s512-v1",
+                      FEATURE_MODES["compact"].extractor_id, COMPACT_LIBRARY_MODE.extractor_id):
+        lib.catalog.store_features(extractor, [(int(pid), f"{n:032x}", 1, b"x")
+                                               for n, pid in enumerate(ids)])
+    standard = Settings(library_dir=tmp_path)
+    assert LocalIndexService(standard, lib.catalog).retire_old_extractors() == 3
+    assert len(lib.catalog.feature_ids(FEATURE_MODES["compact"].extractor_id)) == 3
+    compact = standard.with_changes(storage="compact")
+    assert LocalIndexService(compact, lib.catalog).retire_old_extractors() == 6
+    assert len(lib.catalog.feature_ids("ames-dinov2b14reg4-dist-n80-s512-v1")) == 0
+    assert len(lib.catalog.feature_ids(COMPACT_LIBRARY_MODE.extractor_id)) == 0
+    # (the standard pass above had retired the compact library's own)
 
 
 # End to end -----------------------------------------------------------------------------------
@@ -385,9 +474,23 @@ def test_indexing_a_compact_library_then_making_it_standard(
 
     found = ctx.search.search(Query(image=photo, top_k=5), rerank=False)
     assert found and found[0].path == photo
-    # A new photo is stored as codes.
+    # A new photo is stored as codes, also when another process coded the library
+    # between this batch's coding and its commit (the batch is coded again).
+    from imagesearch.errors import VectorKindChanged
+
+    real_store = ctx.catalog.store
+    refused: list[int] = []
+
+    def store_once_refused(*args: Any, **kwargs: Any) -> Any:
+        if not refused:
+            refused.append(1)
+            raise VectorKindChanged("coded meanwhile")
+        return real_store(*args, **kwargs)
+
+    ctx.catalog.store = store_once_refused
     noise_jpeg(root / "late.jpg", 999, size=48)
-    ctx.indexing.run()
+    assert ctx.indexing.run().added == 1 and refused
+    ctx.catalog.store = real_store
     late = ctx.catalog.photo_by_path(root / "late.jpg")
     assert late is not None
     late_codes = ctx.catalog.vector(late.id, model, codec[0])

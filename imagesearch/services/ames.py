@@ -72,7 +72,7 @@ class AmesService:
             return None
         if self.settings.compact:
             return ("a compact library keeps no AMES descriptors (they would take 1.5 KB a "
-                    "photo more): its details are matched by spatial verification")
+                    "photo more)")
         if self.variant is None:
             return (f"unknown AMES model {self.settings.ames_model!r} in the settings "
                     "(dist or fp)")

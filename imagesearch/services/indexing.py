@@ -126,7 +126,7 @@ class IndexingService:
             self._retired = True
             with self.lane:
                 self.local.retire_old_extractors()
-        self._expand_if_standard()
+        expanded = self._expand_if_standard()
         scan = _Scan()
         for folder in folders:
             self._scan_folder(folder, scan, report, cancel)
@@ -140,7 +140,7 @@ class IndexingService:
         for folder in folders:
             if folder.path not in scan.offline:
                 self.catalog.set_folder_state(folder.id, online=True, scanned=not cancel.is_set())
-        warnings = self._compress_if_compact(cancel)
+        warnings = expanded + self._compress_if_compact(cancel)
         warnings += self._save_index()
         self._after_changes(result, work)
         warnings += self._follow_up(report, cancel)
@@ -493,32 +493,37 @@ class IndexingService:
             return ()
         try:
             codec = self.vectors.rows.learn()  # seconds: no write waits for it
-            if codec is None or cancel.is_set():
-                return ()
-            with self.lane:
-                if not self.vectors.rows.code_with(codec):
-                    return ()
-                self.vectors.refresh()  # the catalog's generation moved: rebuilt from it
-                self.vectors.mark_changed()  # a one-shot command builds its family too
+            if codec is not None and not cancel.is_set():
+                with self.lane:
+                    if self.vectors.rows.code_with(codec):
+                        self.vectors.refresh()  # the generation moved: rebuilt from it
+                        self.vectors.mark_changed()  # a one-shot command builds its family
         except CatalogError as exc:
-            log.warning("the vectors were not coded this time: %s", exc)
-            return (f"the vectors were not coded this time ({exc}); the next run tries "
-                    "again",)
-        if not self.catalog.vacuum():
-            log.info("the catalog file is busy: its freed space is given back another time")
+            log.warning("%s", exc)
+            return (str(exc),)
+        if not cancel.is_set() and self.catalog.vacuum_due():
+            with self.lane:  # VACUUM holds the write lock: no write of ours waits on it
+                why = self.catalog.vacuum()
+            if why is not None:
+                log.info("the catalog's freed space is given back another time: %s", why)
         return ()
 
-    def _expand_if_standard(self) -> None:
+    def _expand_if_standard(self) -> tuple[str, ...]:
         """A library set back to standard storage has its codes made float16 again (as
         approximate as they were: nothing is lost; new and changed photos get exact
         vectors), in one transaction."""
         if self.settings.compact or not self.catalog.vector_code_size(self.models.model_id):
-            return
-        with self.lane:
-            changed = self.vectors.rows.expand()
-            self.vectors.refresh()
-            self.vectors.mark_changed()
+            return ()
+        try:
+            with self.lane:
+                changed = self.vectors.rows.expand()
+                self.vectors.refresh()
+                self.vectors.mark_changed()
+        except CatalogError as exc:  # busy: the vectors stay codes until the next run
+            log.warning("%s", exc)
+            return (str(exc),)
         log.info("standard storage: %d coded vectors made float16 again", changed)
+        return ()
 
     def _after_changes(self, result: dict[str, int], work: Plan) -> None:
         """Let the local-feature index catch up (in the background) with what changed."""

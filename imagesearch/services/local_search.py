@@ -141,8 +141,8 @@ class LocalIndexService:
         records deleted; a busy catalog or an undeletable file is left for the next run.
         """
         current = {mode.extractor_id for mode in FEATURE_MODES.values()}
-        if self.compact and self.mode is not None:
-            current = {self.mode.extractor_id}  # at most 2 KB a photo: nothing else kept
+        if self.compact:  # at most 2 KB a photo: nothing else kept
+            current = {self.mode.extractor_id} if self.mode is not None else set()
         try:
             dropped = self.catalog.drop_other_features(FEATURE_FAMILY, current)
             if self.compact:  # nor AMES's descriptors of an earlier, standard life

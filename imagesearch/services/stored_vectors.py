@@ -52,8 +52,9 @@ class StoredVectors:
                     parsed = VectorCodec.from_bytes(blob)
                 except CatalogError as exc:
                     raise CatalogError(
-                        f"{exc} (model {self.model_id}): `imagesearch index --storage "
-                        "standard` forgets the codes and embeds the photos again") from exc
+                        f"{exc} (model {self.model_id}): set Settings → Library storage "
+                        "to Standard, or run `imagesearch index --storage standard`, to "
+                        "forget the codes and embed the photos again") from exc
                 self._codec, self._blob = parsed, blob
             return self._codec
 

@@ -41,6 +41,7 @@ from imagesearch.storage.schema import (
 )
 
 _GENERATION = "generation"
+_VACUUM_DUE = "vacuum_due"  # vectors were coded in place: the file can shrink
 
 
 def _now() -> datetime:
@@ -584,6 +585,7 @@ class Catalog:
                     cursor.close()
                 if codec is not None:
                     s.add(VectorCodecRow(model=model, code_size=code_size, data=codec))
+                    s.merge(MetaRow(key=_VACUUM_DUE, value="1"))  # rows shrank in place
                 else:
                     s.execute(delete(VectorCodecRow).where(VectorCodecRow.model == model))
         except _NothingToDo:
@@ -592,6 +594,9 @@ class Catalog:
         except (OperationalError, IntegrityError) as exc:
             self._local.commit = None
             raise CatalogError(f"cannot rewrite the vectors of {model}: {exc.orig}") from exc
+        except BaseException:
+            self._local.commit = None  # rolled back: no commit to report
+            raise
         return done
 
     def drop_coded_vectors(self, model: str) -> int:
@@ -609,18 +614,31 @@ class Catalog:
         except _NothingToDo:
             self._local.commit = None
             return 0
+        except OperationalError as exc:
+            self._local.commit = None
+            raise CatalogError(f"cannot forget the vectors of {model}: {exc.orig}") from exc
 
-    def vacuum(self) -> bool:
-        """Give the space of shrunken rows back to the file system (SQLite's VACUUM: the
-        file is rewritten, about as long as copying it). False when another connection
-        is busy with the catalog: tried again another time."""
+    def vacuum_due(self) -> bool:
+        """Vectors were coded in place since the last ``vacuum``: the file holds space
+        it could give back."""
+        with self._sessions() as s:
+            return s.get(MetaRow, _VACUUM_DUE) is not None
+
+    def vacuum(self) -> str | None:
+        """Give the space of shrunken rows back to the file system: SQLite's VACUUM (the
+        file is rewritten, about as long as copying it, holding the write lock), then a
+        checkpoint that hands the write-ahead log's pages back too. Returns None, or why
+        it could not (another connection busy, the disk full): tried again next time."""
         try:
             with self.engine.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-                    "VACUUM")
-            return True
-        except OperationalError:
-            return False
+                auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+                auto.exec_driver_sql("VACUUM")
+                auto.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            with self._sessions.begin() as s:
+                s.execute(delete(MetaRow).where(MetaRow.key == _VACUUM_DUE))
+            return None
+        except OperationalError as exc:
+            return str(exc.orig)
 
     # Local features ------------------------------------------------------------------------
 
