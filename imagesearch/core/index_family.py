@@ -69,7 +69,9 @@ def describe(family: str, count: int, nprobe: int = 0, recall: float = 0.0) -> s
     """One line for people: which search, over how many photos, and how close to exact."""
     if family == FLAT:
         return f"exact search over {count:,} photos"
-    measured = f", recall@10 {recall:.2f} against exact search when built" if recall else ""
+    over = " over the codes" if family == IVF_PQ else ""
+    measured = (f", recall@10 {recall:.2f} against exact search{over} when built"
+                if recall else "")
     codes = "the library's product codes" if family == IVF_PQ else "8-bit codes"
     return (f"approximate search over {count:,} photos (inverted lists with {codes}, "
             f"{nprobe} lists probed a query{measured})")
