@@ -464,8 +464,9 @@ class IndexingService:
                     self.vectors.refresh()
             pairs = list(zip(ids, updates, strict=True))
             # The index holds what the catalog holds: the vectors the codes stand for.
-            kept = [u.vector if codec is None else codec.decode(u.vector[None])[0]
-                    for u in updates if u.vector is not None]
+            kept = [u.vector for u in updates if u.vector is not None]
+            if codec is not None and kept:
+                kept = list(codec.decode(np.stack(kept)))
             ok = np.asarray([i for i, u in pairs if u.vector is not None], dtype=np.int64)
             # Unreadable now: out of the live index at once. Without a new vector (a local
             # feature backfill) the indexed vector stays.

@@ -289,16 +289,15 @@ class SearchService:
             ids, scores = result
             return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
         extractor = self.local.extractor
-        if extractor is None:
-            return []
+        if extractor is None or (self.local.compact and self.models.weights_present()):
+            return []  # (a compact library verifies the model's shortlist)
         have = self.catalog.feature_ids(extractor)
         if allowed is not None:
             have = np.intersect1d(have, allowed)
         if len(have) > 4 * MIN_PHOTOS and self.local.compact:
-            if not self.models.weights_present():
-                notes.append("a compact library keeps no index of photo details: search "
-                             "by image needs the model installed")
-            return []  # the model's shortlist is what gets verified
+            notes.append("a compact library keeps no index of photo details: search by "
+                         "image needs the model installed")
+            return []
         if len(have) > 4 * MIN_PHOTOS:
             building = self.local.refresh_later()  # the index is missing or being built
             notes.append(("the index of photo details is still being built; until it is ready, "

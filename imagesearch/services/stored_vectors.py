@@ -32,45 +32,50 @@ class StoredVectors:
         self.catalog = catalog
         self.model_id = model_id
         self._lock = threading.Lock()
-        self._blob: bytes | None = None
+        self._digest: str | None = None  # of the codec parsed last
         self._codec: VectorCodec | None = None
 
     def codec(self) -> VectorCodec | None:
         """The model's codec when its vectors are product codes (read on each call: a
-        compression or its undoing by any process shows at once; parsed once).
+        compression or its undoing by any process shows at once: its digest is read,
+        and the codec itself only when that changed).
 
         Raises:
             CatalogError: the stored codec is damaged (its codes mean nothing now).
         """
+        digest = self.catalog.vector_codec_digest(self.model_id)
+        if digest is None:
+            return None
+        with self._lock:
+            if self._digest == digest:
+                return self._codec
         stored = self.catalog.vector_codec(self.model_id)
         if stored is None:
-            return None
-        blob = stored[1]
+            return None  # made standard meanwhile
+        try:
+            parsed = VectorCodec.from_bytes(stored[1])
+        except CatalogError as exc:
+            raise CatalogError(
+                f"{exc} (model {self.model_id}): set Settings → Library storage to "
+                "Standard, or run `imagesearch index --storage standard`, to forget the "
+                "codes and embed the photos again") from exc
         with self._lock:
-            if self._blob != blob:
-                try:
-                    parsed = VectorCodec.from_bytes(blob)
-                except CatalogError as exc:
-                    raise CatalogError(
-                        f"{exc} (model {self.model_id}): set Settings → Library storage "
-                        "to Standard, or run `imagesearch index --storage standard`, to "
-                        "forget the codes and embed the photos again") from exc
-                self._codec, self._blob = parsed, blob
-            return self._codec
+            self._codec, self._digest = parsed, stored[2]
+            return parsed
 
     def _read(self, read: Callable[[VectorCodec | None], _T]) -> _T:
-        """``read(codec)`` of rows that are of that codec's kind: tried again when the
-        library was coded (or made standard) by another process in between."""
+        """``read(codec)`` of rows made with that very codec (or float16 with none): tried
+        again when another process coded the library, or made it standard, in between."""
         for _ in range(3):
-            size = self.catalog.vector_code_size(self.model_id)
+            digest = self.catalog.vector_codec_digest(self.model_id)
             codec = self.codec()
             try:
                 result = read(codec)
             except (ValueError, KeyError):
-                if self.catalog.vector_code_size(self.model_id) == size:
+                if self.catalog.vector_codec_digest(self.model_id) == digest:
                     raise
                 continue
-            if self.catalog.vector_code_size(self.model_id) == size:
+            if self.catalog.vector_codec_digest(self.model_id) == digest:
                 return result
         raise CatalogError(f"the vectors of {self.model_id} keep changing kind")
 

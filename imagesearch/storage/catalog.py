@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -503,11 +504,19 @@ class Catalog:
 
     # Compact libraries: product codes in place of float16 --------------------------------
 
-    def vector_codec(self, model: str) -> tuple[int, bytes] | None:
-        """(code size, codec bytes) of ``model``'s vectors when they are product codes."""
+    def vector_codec(self, model: str) -> tuple[int, bytes, str] | None:
+        """(code size, codec bytes, their digest) of ``model``'s vectors when they are
+        product codes."""
         with self._sessions() as s:
             row = s.get(VectorCodecRow, model)
-            return None if row is None else (int(row.code_size), bytes(row.data))
+            return None if row is None else (int(row.code_size), bytes(row.data),
+                                             str(row.digest))
+
+    def vector_codec_digest(self, model: str) -> str | None:
+        """The digest of ``model``'s codec (None: float16 vectors), without its bytes."""
+        with self._sessions() as s:
+            return s.scalar(select(VectorCodecRow.digest)
+                            .where(VectorCodecRow.model == model))
 
     def vector_code_size(self, model: str) -> int:
         """The code size of ``model``'s vectors, 0 when they are float16 (no codec read)."""
@@ -584,7 +593,8 @@ class Catalog:
                 finally:
                     cursor.close()
                 if codec is not None:
-                    s.add(VectorCodecRow(model=model, code_size=code_size, data=codec))
+                    s.add(VectorCodecRow(model=model, code_size=code_size, data=codec,
+                                         digest=codec_digest(codec)))
                     s.merge(MetaRow(key=_VACUUM_DUE, value="1"))  # rows shrank in place
                 else:
                     s.execute(delete(VectorCodecRow).where(VectorCodecRow.model == model))
@@ -774,6 +784,11 @@ class Catalog:
         with self._sessions.begin() as s:
             s.execute(delete(LocalFeatureRow).where(LocalFeatureRow.photo_id.in_(id_list),
                                                     LocalFeatureRow.extractor == extractor))
+
+
+def codec_digest(codec: bytes) -> str:
+    """What names a codec's bytes in ``vector_codecs.digest``."""
+    return hashlib.blake2b(codec, digest_size=16).hexdigest()
 
 
 class _NothingToDo(Exception):

@@ -110,6 +110,8 @@ class VectorCodecRow(Base):
 
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     code_size: Mapped[int] = mapped_column(Integer, nullable=False)
+    # Names ``data`` (BLAKE2b-128): readers compare it, not the half megabyte of codec.
+    digest: Mapped[str] = mapped_column(String(32), nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 
 

@@ -18,6 +18,7 @@ def upgrade() -> None:
         "vector_codecs",
         sa.Column("model", sa.String(128), primary_key=True),
         sa.Column("code_size", sa.Integer, nullable=False),
+        sa.Column("digest", sa.String(32), nullable=False),
         sa.Column("data", sa.LargeBinary, nullable=False),
     )
 
