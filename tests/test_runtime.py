@@ -21,6 +21,7 @@ from imagesearch.core.onnx_encoder import RuntimeEncoder
 from imagesearch.core.runtime_probe import (
     CHOICES_FILE,
     MIN_SPEEDUP,
+    ONNX_FP32_PARITY,
     decide_text,
     decide_visual,
     probe_images,
@@ -106,6 +107,34 @@ def test_probe_records_figures_and_keeps_only_chosen_graphs(probed: WeightStore)
                 if choice.text.startswith("onnx-") else None} - {None}
     assert set(kept) == expected
     assert "images:" in choice.summary() and "top-10" in choice.summary()
+
+
+def test_int8_weights_are_seven_bit_with_a_scale_per_channel(probed: WeightStore) -> None:
+    """Without VNNI, ONNX Runtime's uint8 x int8 products saturate in 16-bit pair sums
+    when weights use all 8 bits (the image tower fell to a cosine of 0.988 on an AVX2-only
+    EPYC); 7-bit weights cannot saturate, and per-channel scales keep their precision."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(probed.model_dir(TINY_MODEL_ID) / "runtime" / "visual.int8.onnx"))
+    tensors = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    quantised = [n for n in graph.graph.node
+                 if n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger")]
+    assert quantised
+    for node in quantised:
+        weights = tensors[node.input[1]]
+        assert weights.dtype == np.int8 and int(np.abs(weights.astype(int)).max()) <= 64
+        scale = tensors[node.input[2]] if node.op_type == "DynamicQuantizeMatMul" else None
+        if scale is not None:
+            assert scale.size == weights.shape[-1] > 1  # one scale per output channel
+
+
+def test_new_graph_formats_are_probed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagesearch.core import runtime_probe
+
+    key = runtime_probe.choice_key(TINY_MODEL_ID, "ab" * 32)
+    monkeypatch.setattr(runtime_probe, "RUNTIME_FORMAT", runtime_probe.RUNTIME_FORMAT + 1)
+    assert runtime_probe.choice_key(TINY_MODEL_ID, "ab" * 32) != key
 
 
 def test_onnx_towers_agree_with_torch(probed: WeightStore,
@@ -195,6 +224,17 @@ def test_decisions_follow_the_thresholds() -> None:
     assert decide_visual(figures) == "fp32"  # bf16 is faithful but not faster by the margin
     figures["bf16"]["images_per_s"] = 10.0 * MIN_SPEEDUP
     assert decide_visual(figures) == "bf16"
+    # Nothing faster by the margin: ONNX Runtime fp32, about as fast, spares torch.
+    figures["bf16"]["images_per_s"] = 11.0
+    figures["onnx-fp32"] = {"min_cosine": 1.0, "top10": 1.0, "images_per_s": 9.5}
+    assert decide_visual(figures) == "onnx-fp32"
+    figures["onnx-fp32"]["images_per_s"] = 10.0 * ONNX_FP32_PARITY - 0.1  # too slow
+    assert decide_visual(figures) == "fp32"
+    figures["onnx-fp32"].update(images_per_s=11.0, top10=0.5)  # unfaithful
+    assert decide_visual(figures) == "fp32"
+    figures["onnx-fp32"]["top10"] = 1.0
+    figures["onnx-int8"]["top10"] = 0.95  # a faster faithful rung still wins
+    assert decide_visual(figures) == "onnx-int8"
     text = {"text onnx-fp32": {"min_cosine": 1.0, "top10": 1.0, "graph_mb": 153.0,
                                "query_ms": 30.0},
             "text onnx-int8": {"min_cosine": 0.998, "top10": 0.95, "graph_mb": 39.0,

@@ -4,9 +4,10 @@ Each tower is its own file, so a text query loads only the text tower and indexi
 the image tower. The image graph takes the decoder's uint8 NxHxWx3 pixels and does the
 model's mean/std normalisation itself, so the runtime needs neither torch nor a float
 copy of the batch in Python. int8 is ONNX Runtime's dynamic quantisation of the MatMul
-and Gemm weights (per tensor, signed); activations are quantised on the fly, so no
-calibration photos are needed. Whether int8 is faithful enough is for the probe
-(core/runtime_probe.py) to measure, never assumed here.
+and Gemm weights (signed, one scale per output channel, 7 of the 8 bits: see
+``quantize``); activations are quantised on the fly, so no calibration photos are
+needed. Whether int8 is faithful enough is for the probe (core/runtime_probe.py) to
+measure, never assumed here.
 
 Needs torch, open_clip and onnx (export only; running needs onnxruntime alone).
 """
@@ -24,7 +25,7 @@ import numpy as np
 from imagesearch.core.clip_tokenizer import VOCAB_FILE, ClipTokenizer
 from imagesearch.core.imaging import PreprocessSpec
 
-RUNTIME_FORMAT = 2  # bump when the exported graphs change meaning
+RUNTIME_FORMAT = 3  # bump when the exported graphs change meaning (3: 7-bit int8 weights)
 MANIFEST = "runtime.json"
 TOKEN_TABLE = "token_embedding.npy"
 _OPSET = 17
@@ -112,12 +113,24 @@ def export_model(model: Any, tokenizer: Any, spec: PreprocessSpec, dim: int,
 
 
 def quantize(src: Path, dst: Path) -> None:
-    """Dynamic int8: signed per-tensor weights for MatMul and Gemm."""
+    """Dynamic int8 for MatMul and Gemm: signed weights in 7 bits, a scale per channel.
+
+    Why 7 bits: without VNNI (AVX2-only x86 CPUs, AVX-512 ones before Cascade Lake) ONNX
+    Runtime multiplies uint8 activations by int8 weights with an instruction whose 16-bit
+    pair sums saturate; with full 8-bit weights the image tower's embeddings then drifted
+    to a cosine of 0.988-0.991 to fp32 on an AVX2-only AMD EPYC, below the probe's 0.99,
+    so int8 was refused there and indexing fell back to torch fp32. With 7-bit weights
+    (ONNX Runtime's ``reduce_range``, its advice for such CPUs) the sums cannot saturate:
+    0.9996, at the same speed. A scale per output channel wins back the bit (0.99975).
+    One graph for every CPU, since a model folder may move between machines; the probe
+    measures it on each (`python bench/int8_variants.py` compares the variants).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = dst.with_suffix(".partial")
     quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Gemm"])
+                     op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                     reduce_range=True)
     tmp.replace(dst)
 
 

@@ -36,11 +36,17 @@ from typing import Any
 
 import numpy as np
 
+from imagesearch.core.onnx_export import RUNTIME_FORMAT
+
 log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.99
 MIN_TOP10 = 0.9
 MIN_SPEEDUP = 1.2
+# ONNX Runtime fp32 does torch fp32's arithmetic; at this share of its speed or more it
+# is preferred, as a process running it imports neither torch nor open_clip: a cold image
+# query loads in a fraction of the time and memory (see decide_visual).
+ONNX_FP32_PARITY = 0.9
 # A rung this many times slower than fp32 on SCOUT_IMAGES images (the best of SCOUT_CALLS
 # calls of each) is not measured further (core/runtime_measure.measure_visual): twice as
 # slow on a few images leaves no chance of being MIN_SPEEDUP faster on a batch.
@@ -116,9 +122,10 @@ def _version(package: str) -> str:
 
 
 def choice_key(model_id: str, weights_sha256: str) -> str:
-    """Per model weights, CPU, and runtime versions; computed without importing either."""
+    """Per model weights, CPU, runtime versions and the exported graphs' format (a new
+    format is new graphs to measure); computed without importing torch or the runtime."""
     return (f"{model_id}|{weights_sha256[:16]}|{cpu_id()}|ort {_version('onnxruntime')}"
-            f"|torch {_version('torch')}")
+            f"|torch {_version('torch')}|graphs {RUNTIME_FORMAT}")
 
 
 def cached_choice(root: Path, key: str) -> RuntimeChoice | None:
@@ -229,7 +236,14 @@ def faithful(fig: dict[str, float]) -> bool:
 
 
 def decide_visual(figures: dict[str, dict[str, float]]) -> str:
-    """The fastest faithful rung, if it beats fp32 by the margin; else fp32."""
+    """The fastest faithful rung, if it beats fp32 by the margin; else ONNX Runtime fp32
+    when it is faithful and about as fast (ONNX_FP32_PARITY); else torch fp32.
+
+    The second rule is for the cold start: on an AVX2-only AMD EPYC where no rung was
+    faster by the margin, torch fp32 made a cold `imagesearch search --image` take 5.5 s
+    and 1.4 GB (importing torch and open_clip and building the model), where the same
+    query on an ONNX graph takes about a second in a few hundred MB.
+    """
     base = figures["fp32"]["images_per_s"]
     best, best_rate = "fp32", base * MIN_SPEEDUP
     for name, fig in figures.items():
@@ -237,6 +251,10 @@ def decide_visual(figures: dict[str, dict[str, float]]) -> str:
             continue
         if faithful(fig) and fig["images_per_s"] >= best_rate:
             best, best_rate = name, fig["images_per_s"]
+    onnx = figures.get("onnx-fp32", {})
+    if (best == "fp32" and faithful(onnx) and not onnx.get("scouted_only")
+            and onnx.get("images_per_s", 0.0) >= base * ONNX_FP32_PARITY):
+        return "onnx-fp32"
     return best
 
 
