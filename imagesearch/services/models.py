@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagesearch.config import DEFAULT_MODEL, Settings
-from imagesearch.core.ames.models import AmesPaths
 from imagesearch.core.ames.registry import AMES_WEIGHTS, VARIANTS, AmesVariant, known_weight
 from imagesearch.core.encoder import Encoder
 from imagesearch.core.encoder_loading import known_choice, load_encoder
@@ -20,6 +20,9 @@ from imagesearch.core.model_registry import KNOWN_MODELS, known_model, parse_mod
 from imagesearch.core.weights import DownloadProgress, WeightStore
 from imagesearch.domain import ModelInfo
 from imagesearch.errors import ModelFileError
+
+if TYPE_CHECKING:  # AMES's modules import PIL and its network code: not for a cold query
+    from imagesearch.core.ames.models import AmesPaths
 
 
 class ModelManager:
@@ -124,6 +127,8 @@ class ModelManager:
         found = [self.store.installed(w.id) for w in variant.weights]
         if any(f is None for f in found):
             return None
+        from imagesearch.core.ames.models import AmesPaths
+
         backbone, detector, matcher = (f.path for f in found if f is not None)
         return AmesPaths(backbone, detector, matcher)
 
