@@ -10,12 +10,14 @@ quantisation and times each beside fp32 on the same photo-like probe images, in 
 
 - ``8-bit per tensor``: signed 8-bit weights, one scale a tensor (the app before this);
 - ``7-bit per tensor``: ONNX Runtime's ``reduce_range``;
-- ``7-bit per channel``: and a scale per output channel (the app's graph);
+- ``7-bit per channel``: and a scale per output channel (the app's graph, made by the
+  app's own ``onnx_export.quantize``);
 - ``uint8 weights``: unsigned weights, another way around the saturation.
 
 On x86 CPUs without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with
 an instruction whose pair sums saturate at 16 bits, which full 8-bit weights can reach;
-the min cosine to fp32 shows whether they did here. The CPU's VNNI flags are printed.
+the min cosine to the ONNX fp32 graph shows whether they did here. The CPU's VNNI flags
+are printed (x86 Linux; "unknown" elsewhere).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from imagesearch.core.runtime_probe import cpu_id, probe_images
 VARIANTS = {
     "8-bit per tensor": {},
     "7-bit per tensor": {"reduce_range": True},
-    "7-bit per channel": {"reduce_range": True, "per_channel": True},
+    "7-bit per channel": {"app": True},
     "uint8 weights": {"unsigned": True},
 }
 
@@ -50,7 +52,9 @@ def vnni_flags() -> str:
     except OSError:
         return "unknown"
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
+                  if line.startswith("flags")), None)
+    if flags is None:  # not x86 (aarch64 lists "Features")
+        return "unknown"
     found = sorted({f for f in flags if "vnni" in f or f.startswith("amx")})
     return " ".join(found) or "none (no VNNI, no AMX)"
 
@@ -79,7 +83,12 @@ def export_visual(model_id: str, folder: Path) -> tuple[Path, int]:
 def quantised(src: Path, name: str, options: dict[str, bool]) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from imagesearch.core.onnx_export import quantize
+
     dst = src.with_name(name.replace(" ", "-") + ".onnx")
+    if options.get("app"):
+        quantize(src, dst)
+        return dst
     weight_type = QuantType.QUInt8 if options.get("unsigned") else QuantType.QInt8
     quantize_dynamic(str(src), str(dst), weight_type=weight_type,
                      op_types_to_quantize=["MatMul", "Gemm"],
@@ -124,7 +133,7 @@ def main() -> None:
             rate = len(batch) / best[name]
             emit({"graph": name, "images_per_s": round(rate, 1),
                   "x_fp32": round(best["fp32"] / best[name], 2),
-                  "min_cosine_to_fp32": round(cosine[name], 5),
+                  "min_cosine_to_onnx_fp32": round(cosine[name], 5),
                   "mb": round(graphs[name].stat().st_size / 1e6)})
 
 

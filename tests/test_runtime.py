@@ -118,15 +118,15 @@ def test_int8_weights_are_seven_bit_with_a_scale_per_channel(probed: WeightStore
 
     graph = onnx.load(str(probed.model_dir(TINY_MODEL_ID) / "runtime" / "visual.int8.onnx"))
     tensors = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
-    quantised = [n for n in graph.graph.node
-                 if n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger")]
+    # quantize_dynamic writes MatMulInteger (inputs: A, B, A's zero point, B's zero
+    # point), Gemm rewritten as a MatMul; the weight's scale sits beside it by name.
+    quantised = [n for n in graph.graph.node if n.op_type == "MatMulInteger"]
     assert quantised
     for node in quantised:
         weights = tensors[node.input[1]]
         assert weights.dtype == np.int8 and int(np.abs(weights.astype(int)).max()) <= 64
-        scale = tensors[node.input[2]] if node.op_type == "DynamicQuantizeMatMul" else None
-        if scale is not None:
-            assert scale.size == weights.shape[-1] > 1  # one scale per output channel
+        scale = tensors[node.input[1].removesuffix("_quantized") + "_scale"]
+        assert tensors[node.input[3]].size == scale.size == weights.shape[-1] > 1
 
 
 def test_new_graph_formats_are_probed_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -228,6 +228,8 @@ def test_decisions_follow_the_thresholds() -> None:
     figures["bf16"]["images_per_s"] = 11.0
     figures["onnx-fp32"] = {"min_cosine": 1.0, "top10": 1.0, "images_per_s": 9.5}
     assert decide_visual(figures) == "onnx-fp32"
+    # ...unless the text tower is on torch anyway: one torch model then serves both.
+    assert decide_visual(figures, text_on_torch=True) == "fp32"
     figures["onnx-fp32"]["images_per_s"] = 10.0 * ONNX_FP32_PARITY - 0.1  # too slow
     assert decide_visual(figures) == "fp32"
     figures["onnx-fp32"].update(images_per_s=11.0, top10=0.5)  # unfaithful

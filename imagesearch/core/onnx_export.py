@@ -115,13 +115,13 @@ def export_model(model: Any, tokenizer: Any, spec: PreprocessSpec, dim: int,
 def quantize(src: Path, dst: Path) -> None:
     """Dynamic int8 for MatMul and Gemm: signed weights in 7 bits, a scale per channel.
 
-    Why 7 bits: without VNNI (AVX2-only x86 CPUs, AVX-512 ones before Cascade Lake) ONNX
-    Runtime multiplies uint8 activations by int8 weights with an instruction whose 16-bit
+    Why 7 bits: on an x86 CPU without VNNI (AVX2 without AVX-VNNI, AVX-512 before Cascade
+    Lake) ONNX Runtime multiplies uint8 activations by int8 weights with an instruction whose 16-bit
     pair sums saturate; with full 8-bit weights the image tower's embeddings then drifted
     to a cosine of 0.988-0.991 to fp32 on an AVX2-only AMD EPYC, below the probe's 0.99,
     so int8 was refused there and indexing fell back to torch fp32. With 7-bit weights
     (ONNX Runtime's ``reduce_range``, its advice for such CPUs) the sums cannot saturate:
-    0.9996, at the same speed. A scale per output channel wins back the bit (0.99975).
+    0.9996, at the same speed. A scale per output channel wins back the bit (0.99974).
     One graph for every CPU, since a model folder may move between machines; the probe
     measures it on each (`python bench/int8_variants.py` compares the variants).
     """

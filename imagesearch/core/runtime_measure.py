@@ -89,7 +89,6 @@ def measure(weights: InstalledWeights, folder: Path, forced: str | None = None
     # A forced rung is measured in full whatever the scout says: its figures are shown.
     figures = measure_visual(rungs, pixels, ref_img, ref_txt,
                              exempt=frozenset({forced} if forced else ()))
-    visual = forced or decide_visual(figures)
 
     if manifest.text:
         from imagesearch.core.clip_tokenizer import VOCAB_FILE, ClipTokenizer
@@ -114,6 +113,9 @@ def measure(weights: InstalledWeights, folder: Path, forced: str | None = None
             fig["query_ms"] = round(query_ms, 1)
             figures[f"text onnx-{variant}"] = fig
     text = decide_text({k: v for k, v in figures.items() if k.startswith("text ")})
+    visual = forced or decide_visual({k: v for k, v in figures.items()
+                                      if not k.startswith("text ")},
+                                     text_on_torch=text == "torch")
     _remove_unused(folder, visual, text)
     note = f"forced {forced}" if forced else ""
     return RuntimeChoice(visual=visual, text=text, figures=figures, note=note)

@@ -5,9 +5,11 @@ fp32 and ONNX Runtime int8. A rung is *faithful* when, on a probe set of photo-l
 images, every embedding keeps a cosine of at least MIN_COSINE to fp32 and the ten
 nearest neighbours of each probe image (and of each probe description) are on average
 at least MIN_TOP10 the same as fp32's. The fastest faithful rung is chosen if it is at
-least MIN_SPEEDUP faster than fp32; otherwise fp32 stays. The text tower's query is one
-short forward pass, so there the faithful ONNX variant that is smallest to load is
-chosen (a cold query's cost), and torch only when neither is faithful.
+least MIN_SPEEDUP faster than fp32; otherwise ONNX Runtime fp32 if it is faithful and
+about as fast (ONNX_FP32_PARITY: it spares the process torch), else torch fp32 stays.
+The text tower's query is one short forward pass, so there the faithful ONNX variant
+that is smallest to load is chosen (a cold query's cost), and torch only when neither
+is faithful.
 
 Why these thresholds: a cosine of 0.99 moves a photo's score by at most ~0.01 against
 the ~0.1-0.3 gaps between a relevant photo and the rest that CLIP shows in practice, and
@@ -235,9 +237,10 @@ def faithful(fig: dict[str, float]) -> bool:
     return fig.get("min_cosine", 0.0) >= MIN_COSINE and fig.get("top10", 0.0) >= MIN_TOP10
 
 
-def decide_visual(figures: dict[str, dict[str, float]]) -> str:
+def decide_visual(figures: dict[str, dict[str, float]], text_on_torch: bool = False) -> str:
     """The fastest faithful rung, if it beats fp32 by the margin; else ONNX Runtime fp32
-    when it is faithful and about as fast (ONNX_FP32_PARITY); else torch fp32.
+    when it is faithful and about as fast (ONNX_FP32_PARITY) and the text tower does not
+    run on torch anyway (one torch model then serves both towers); else torch fp32.
 
     The second rule is for the cold start: on an AVX2-only AMD EPYC where no rung was
     faster by the margin, torch fp32 made a cold `imagesearch search --image` take 5.5 s
@@ -252,7 +255,8 @@ def decide_visual(figures: dict[str, dict[str, float]]) -> str:
         if faithful(fig) and fig["images_per_s"] >= best_rate:
             best, best_rate = name, fig["images_per_s"]
     onnx = figures.get("onnx-fp32", {})
-    if (best == "fp32" and faithful(onnx) and not onnx.get("scouted_only")
+    if (best == "fp32" and not text_on_torch and faithful(onnx)
+            and not onnx.get("scouted_only")
             and onnx.get("images_per_s", 0.0) >= base * ONNX_FP32_PARITY):
         return "onnx-fp32"
     return best
