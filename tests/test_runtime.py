@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,56 @@ def test_a_failed_probe_falls_back_to_torch(tmp_path: Path, monkeypatch: pytest.
     assert isinstance(encoder, ClipEncoder) and encoder.precision == "fp32"
     choice = known_choice(store, TINY_MODEL_ID)
     assert choice is not None and "no runtime here" in choice.note
+
+
+def test_one_probe_at_a_time_across_processes(probed: WeightStore, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that finds the probe lock held waits; if the holder recorded a usable
+    choice meanwhile, it probes nothing itself; a cancel while waiting stops the load."""
+    import filelock
+
+    from imagesearch.errors import ModelLoadError
+
+    store = WeightStore(tmp_path / "models")
+    shutil.copytree(probed.root, store.root)
+    choices = store.root / CHOICES_FILE
+    recorded = choices.read_text()
+    choices.unlink()  # as if never probed on this machine
+    probes: list[str] = []
+    monkeypatch.setattr(encoder_loading, "_probe_in_child",
+                        lambda w, f, forced, cancel: probes.append(str(f)) or
+                        encoder_loading._fallback("counted"))
+    other = filelock.FileLock(str(store.root / encoder_loading.PROBE_LOCK_FILE))
+    other.acquire()  # the other process, probing
+    result: list[object] = []
+    loader = threading.Thread(target=lambda: result.append(load_encoder(
+        TINY_MODEL_ID, store, device="cpu", precision="onnx-int8", allow_download=False)))
+    loader.start()
+    time.sleep(1.5)
+    assert loader.is_alive() and not probes  # waiting, not probing
+    choices.write_text(recorded)  # the other process's probe ends and records its choice
+    other.release()
+    loader.join(30)
+    assert not probes and isinstance(result[0], RuntimeEncoder)
+
+    choices.unlink()
+    other.acquire()
+    cancel = threading.Event()
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_encoder(TINY_MODEL_ID, store, device="cpu", precision="onnx-int8",
+                         allow_download=False, cancel=cancel)
+        except ModelLoadError as exc:
+            errors.append(exc)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    cancel.set()
+    loader.join(30)
+    other.release()
+    assert not probes and errors and "cancelled" in str(errors[0])
 
 
 def test_decisions_follow_the_thresholds() -> None:

@@ -9,6 +9,7 @@ when ONNX Runtime was chosen, import neither torch nor open_clip.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,8 +18,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import filelock
 
 from imagesearch.core.encoder import ClipEncoder, Encoder
 from imagesearch.core.onnx_encoder import RuntimeEncoder
@@ -40,6 +44,7 @@ ONNX_PRECISIONS = ("onnx-int8", "onnx-fp32")
 PRECISIONS = ("auto", *TORCH_PRECISIONS, *ONNX_PRECISIONS)
 _PROBE_TIMEOUT_S = 1800.0
 _probe_lock = threading.Lock()  # one probe per process at a time
+PROBE_LOCK_FILE = "runtime-probe.lock"  # and one per models folder across processes
 
 
 def likely_device(requested: str) -> str:
@@ -119,14 +124,53 @@ def runtime_choice(store: WeightStore, weights: InstalledWeights,
                    ) -> RuntimeChoice:
     """The cached choice, or a fresh probe's (its graphs must still be on disk)."""
     key = choice_key(weights.model_id, weights.sha256)
+    folder = store.model_dir(weights.model_id) / RUNTIME_DIR
     with _probe_lock:
         choice = cached_choice(store.root, key)
-        folder = store.model_dir(weights.model_id) / RUNTIME_DIR
         if choice is not None and _usable(choice, forced, weights.sha256, folder):
             return choice
-        choice = _probe_in_child(weights, folder, forced, cancel)
-        store_choice(store.root, key, choice)
-        return choice
+        with _one_probe_at_a_time(store.root, cancel):
+            # Another process may have probed while this one waited for it.
+            choice = cached_choice(store.root, key)
+            if choice is not None and _usable(choice, forced, weights.sha256, folder):
+                return choice
+            choice = _probe_in_child(weights, folder, forced, cancel)
+            store_choice(store.root, key, choice)
+            return choice
+
+
+@contextlib.contextmanager
+def _one_probe_at_a_time(root: Path, cancel: threading.Event | None) -> Iterator[None]:
+    """Hold the models folder's probe lock (an OS file lock, released if the process dies).
+
+    Two processes starting at once on new weights or after an upgrade (the window and a
+    command, say) would otherwise export into the same files, delete each other's graphs
+    and time their rungs against each other's load. Where the file system has no locks,
+    nothing is held. Raises ModelLoadError if ``cancel`` is set while waiting.
+    """
+    lock = filelock.FileLock(str(root / PROBE_LOCK_FILE), fallback_to_soft=False)
+    held = False
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        waited = False
+        while not held:
+            try:
+                lock.acquire(timeout=0.5)
+                held = True
+            except filelock.Timeout:
+                if cancel is not None and cancel.is_set():
+                    raise ModelLoadError("loading the model was cancelled") from None
+                if not waited:
+                    waited = True
+                    log.warning("waiting for another imagesearch process that is measuring "
+                                "which runtime runs the model fastest")
+    except (NotImplementedError, OSError) as exc:  # no file locks here: probe unguarded
+        log.info("cannot lock %s (%s); probing without it", root / PROBE_LOCK_FILE, exc)
+    try:
+        yield
+    finally:
+        if held:
+            lock.release()
 
 
 def _usable(choice: RuntimeChoice, forced: str | None, sha256: str, folder: Path) -> bool:
