@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -216,12 +217,21 @@ def test_a_failed_probe_falls_back_to_torch(tmp_path: Path, monkeypatch: pytest.
     assert choice is not None and "no runtime here" in choice.note
 
 
-def test_one_probe_at_a_time_across_processes(probed: WeightStore, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A process that finds the probe lock held waits; if the holder recorded a usable
-    choice meanwhile, it probes nothing itself; a cancel while waiting stops the load."""
-    import filelock
+_HOLD_LOCK = """
+import sys, filelock
+lock = filelock.FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.readline()
+"""
 
+
+def test_one_probe_at_a_time_across_processes(probed: WeightStore, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A process that finds the probe lock held by another waits; if the holder recorded
+    a usable choice meanwhile, it probes nothing itself; a cancel while waiting stops the
+    load; once the holder is gone, the lock is free again."""
     from imagesearch.errors import ModelLoadError
 
     store = WeightStore(tmp_path / "models")
@@ -233,37 +243,117 @@ def test_one_probe_at_a_time_across_processes(probed: WeightStore, tmp_path: Pat
     monkeypatch.setattr(encoder_loading, "_probe_in_child",
                         lambda w, f, forced, cancel: probes.append(str(f)) or
                         encoder_loading._fallback("counted"))
-    other = filelock.FileLock(str(store.root / encoder_loading.PROBE_LOCK_FILE))
-    other.acquire()  # the other process, probing
-    result: list[object] = []
-    loader = threading.Thread(target=lambda: result.append(load_encoder(
-        TINY_MODEL_ID, store, device="cpu", precision="onnx-int8", allow_download=False)))
-    loader.start()
-    time.sleep(1.5)
-    assert loader.is_alive() and not probes  # waiting, not probing
-    choices.write_text(recorded)  # the other process's probe ends and records its choice
-    other.release()
-    loader.join(30)
-    assert not probes and isinstance(result[0], RuntimeEncoder)
-
-    choices.unlink()
-    other.acquire()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(store.root / encoder_loading.PROBE_LOCK_FILE)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     cancel = threading.Event()
-    errors: list[BaseException] = []
+    outcome: dict[str, object] = {}
 
     def load() -> None:
         try:
-            load_encoder(TINY_MODEL_ID, store, device="cpu", precision="onnx-int8",
-                         allow_download=False, cancel=cancel)
-        except ModelLoadError as exc:
-            errors.append(exc)
+            outcome["encoder"] = load_encoder(TINY_MODEL_ID, store, device="cpu",
+                                              precision="onnx-int8", allow_download=False,
+                                              cancel=cancel)
+        except Exception as exc:
+            outcome["error"] = exc
 
-    loader = threading.Thread(target=load)
-    loader.start()
-    cancel.set()
-    loader.join(30)
-    other.release()
-    assert not probes and errors and "cancelled" in str(errors[0])
+    def waiting() -> bool:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "waiting for another imagesearch process" in caplog.text:
+                return True
+            time.sleep(0.05)
+        return False
+
+    loader = threading.Thread(target=load, daemon=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with caplog.at_level("WARNING", logger=encoder_loading.__name__):
+            loader.start()
+            assert waiting() and not probes  # blocked on the other process's lock
+            choices.write_text(recorded)  # the other process's probe ends, recording
+            holder.stdin.close()  # type: ignore[union-attr]
+            holder.wait(30)
+            loader.join(30)
+        assert not loader.is_alive() and not probes
+        assert isinstance(outcome.get("encoder"), RuntimeEncoder), outcome
+
+        # Held again: a cancel while waiting ends the load with a clear error.
+        choices.unlink()
+        caplog.clear()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK,
+             str(store.root / encoder_loading.PROBE_LOCK_FILE)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        outcome.clear()
+        loader = threading.Thread(target=load, daemon=True)
+        with caplog.at_level("WARNING", logger=encoder_loading.__name__):
+            loader.start()
+            assert waiting()
+            cancel.set()
+            loader.join(30)
+        assert not loader.is_alive() and not probes
+        assert isinstance(outcome.get("error"), ModelLoadError)
+        assert "cancelled" in str(outcome["error"])
+    finally:
+        cancel.set()
+        holder.kill()
+        holder.wait(30)
+        loader.join(5)
+    # The holder is gone (killed): the lock is free, and the probe runs.
+    cancel.clear()
+    load_encoder(TINY_MODEL_ID, store, device="cpu", precision="onnx-int8",
+                 allow_download=False, cancel=cancel)
+    assert len(probes) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_probe_child_ends_with_its_parent(tmp_path: Path) -> None:
+    """A probe child whose parent is killed outright exits too: the parent's probe lock
+    died with it, and an orphan probe would export beside the next one."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, sys, time\n"
+        "def child(flag):\n"
+        "    from imagesearch.core.runtime_measure import _end_with_parent\n"
+        "    _end_with_parent()\n"
+        "    open(flag, 'w').close()\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    p = multiprocessing.get_context('spawn').Process(target=child,\n"
+        "                                                 args=(sys.argv[1],), daemon=True)\n"
+        "    p.start()\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(120)\n")
+    flag = tmp_path / "started"
+    parent = subprocess.Popen([sys.executable, str(script), str(flag)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 60
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert flag.exists()
+    finally:
+        parent.kill()
+        parent.wait(30)
+
+    def alive(pid: int) -> bool:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return False
+        return fields[0] not in ("Z", "X")  # a zombie has ended; no one reaped it yet
+
+    deadline = time.monotonic() + 20
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ended = not alive(child)
+    if not ended:
+        os.kill(child, 9)
+    assert ended
 
 
 def test_decisions_follow_the_thresholds() -> None:

@@ -10,6 +10,7 @@ when ONNX Runtime was chosen, import neither torch nor open_clip.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -44,6 +45,9 @@ ONNX_PRECISIONS = ("onnx-int8", "onnx-fp32")
 PRECISIONS = ("auto", *TORCH_PRECISIONS, *ONNX_PRECISIONS)
 _PROBE_TIMEOUT_S = 1800.0
 _probe_lock = threading.Lock()  # one probe per process at a time
+# flock() errors that mean "this file system has no locks" (not worth a warning)
+_NO_LOCKS = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP,
+                       getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
 PROBE_LOCK_FILE = "runtime-probe.lock"  # and one per models folder across processes
 
 
@@ -141,35 +145,47 @@ def runtime_choice(store: WeightStore, weights: InstalledWeights,
 
 @contextlib.contextmanager
 def _one_probe_at_a_time(root: Path, cancel: threading.Event | None) -> Iterator[None]:
-    """Hold the models folder's probe lock (an OS file lock, released if the process dies).
+    """Hold the models folder's probe lock (an OS file lock, released if the process dies;
+    the probe's child process ends with its parent, see runtime_measure.child_main).
 
-    Two processes starting at once on new weights or after an upgrade (the window and a
-    command, say) would otherwise export into the same files, delete each other's graphs
-    and time their rungs against each other's load. Where the file system has no locks,
-    nothing is held. Raises ModelLoadError if ``cancel`` is set while waiting.
+    Two processes whose first loads of new weights overlap (the window and a command,
+    say) would otherwise export into the same files, delete each other's graphs and time
+    their rungs against each other's load. Where the lock cannot be had (a file system
+    without locks, a lock file of another account) or its holder keeps it past any
+    probe's time limit (a stopped process), the probe runs without it: a probe slowed by
+    another is better than a model that never loads.
+
+    Raises:
+        ModelLoadError: ``cancel`` was set while waiting.
     """
-    lock = filelock.FileLock(str(root / PROBE_LOCK_FILE), fallback_to_soft=False)
-    held = False
+    path = root / PROBE_LOCK_FILE
+    lock = filelock.FileLock(str(path), fallback_to_soft=False)
+    deadline = time.monotonic() + _PROBE_TIMEOUT_S + 60.0
+    warned = False
     try:
         root.mkdir(parents=True, exist_ok=True)
-        waited = False
-        while not held:
+        while not lock.is_locked:
+            if cancel is not None and cancel.is_set():
+                raise ModelLoadError("loading the model was cancelled")
+            if time.monotonic() > deadline:
+                log.warning("another process has held %s for longer than a probe may take; "
+                            "measuring without it", path)
+                break
             try:
                 lock.acquire(timeout=0.5)
-                held = True
-            except filelock.Timeout:
-                if cancel is not None and cancel.is_set():
-                    raise ModelLoadError("loading the model was cancelled") from None
-                if not waited:
-                    waited = True
+            except filelock.Timeout:  # (an OSError: caught here, before the clause below)
+                if not warned:
+                    warned = True
                     log.warning("waiting for another imagesearch process that is measuring "
                                 "which runtime runs the model fastest")
-    except (NotImplementedError, OSError) as exc:  # no file locks here: probe unguarded
-        log.info("cannot lock %s (%s); probing without it", root / PROBE_LOCK_FILE, exc)
+    except (NotImplementedError, OSError) as exc:
+        quiet = isinstance(exc, NotImplementedError) or exc.errno in _NO_LOCKS
+        (log.info if quiet else log.warning)(
+            "cannot lock %s (%s); measuring the runtime without it", path, exc)
     try:
         yield
     finally:
-        if held:
+        if lock.is_locked:
             lock.release()
 
 

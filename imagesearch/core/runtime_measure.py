@@ -188,6 +188,26 @@ def _remove_unused(folder: Path, visual: str, text: str) -> None:
             path.unlink(missing_ok=True)
 
 
+def _end_with_parent() -> None:
+    """Exit as soon as the parent process is gone, however it ended (killed too: a daemon
+    child outlives a SIGKILL of its parent). The parent's probe lock dies with it, and an
+    orphan probe would go on exporting and deleting graphs beside the next one."""
+    import multiprocessing
+    import os
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="imagesearch-probe-parent", daemon=True).start()
+
+
 def child_main(weights: InstalledWeights, folder: str, forced: str | None,
                result: str) -> None:
     """Entry point of the probe's child process: the choice as JSON in ``result``."""
@@ -198,6 +218,7 @@ def child_main(weights: InstalledWeights, folder: str, forced: str | None,
     # The exporter's and quantiser's advice is for their developers, not this app's users.
     logging.getLogger().setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    _end_with_parent()
     try:
         choice = measure(weights, Path(folder), forced)
         payload: dict[str, Any] = {"choice": asdict(choice)}
