@@ -10,7 +10,6 @@ when ONNX Runtime was chosen, import neither torch nor open_clip.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import Any
 import filelock
 
 from imagesearch.core.encoder import ClipEncoder, Encoder
+from imagesearch.core.local_index_file import NO_LOCK_ERRNOS
 from imagesearch.core.onnx_encoder import RuntimeEncoder
 from imagesearch.core.onnx_export import RuntimeManifest, tower_file
 from imagesearch.core.runtime_probe import (
@@ -45,9 +45,6 @@ ONNX_PRECISIONS = ("onnx-int8", "onnx-fp32")
 PRECISIONS = ("auto", *TORCH_PRECISIONS, *ONNX_PRECISIONS)
 _PROBE_TIMEOUT_S = 1800.0
 _probe_lock = threading.Lock()  # one probe per process at a time
-# flock() errors that mean "this file system has no locks" (not worth a warning)
-_NO_LOCKS = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP,
-                       getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
 PROBE_LOCK_FILE = "runtime-probe.lock"  # and one per models folder across processes
 
 
@@ -179,7 +176,9 @@ def _one_probe_at_a_time(root: Path, cancel: threading.Event | None) -> Iterator
                     log.warning("waiting for another imagesearch process that is measuring "
                                 "which runtime runs the model fastest")
     except (NotImplementedError, OSError) as exc:
-        quiet = isinstance(exc, NotImplementedError) or exc.errno in _NO_LOCKS
+        # filelock raises NotImplementedError where flock() does not exist (the soft
+        # fallback is off): like the errnos of a file system without locks, expected.
+        quiet = isinstance(exc, NotImplementedError) or exc.errno in NO_LOCK_ERRNOS
         (log.info if quiet else log.warning)(
             "cannot lock %s (%s); measuring the runtime without it", path, exc)
     try:

@@ -81,7 +81,7 @@ def lock_path(base: Path) -> Path:
 
 
 # What flock answers where a file system has no locks (ENOTSUP is macOS's number).
-_NO_LOCKS = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP,
+NO_LOCK_ERRNOS = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP,
                        getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
 _WARNED: set[Path] = set()  # folders whose lack of locks was logged
 
@@ -105,7 +105,7 @@ def _lock(base: Path, wait_s: float) -> filelock.BaseFileLock | None:
     except (NotImplementedError, OSError) as exc:
         # filelock raises NotImplementedError where flock() does not exist (with the
         # soft fallback off); some file systems answer flock() with an errno instead.
-        if isinstance(exc, OSError) and exc.errno not in _NO_LOCKS:
+        if isinstance(exc, OSError) and exc.errno not in NO_LOCK_ERRNOS:
             raise IndexFileError(f"cannot lock the local-feature index {base}: "
                                  f"{exc.strerror or exc}") from exc
         if base.parent not in _WARNED:
