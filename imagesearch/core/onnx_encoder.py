@@ -23,19 +23,33 @@ from imagesearch.core.priority_gate import PriorityGate
 TorchLoader = Callable[[str], Any]  # precision -> a loaded ClipEncoder
 
 
-def onnx_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session for one graph file."""
+def onnx_session(path: Path, threads: int | None = None, keep_optimized: bool = False
+                 ) -> Any:
+    """An ONNX Runtime CPU session for one graph file.
+
+    Args:
+        keep_optimized: read the graph's optimised form, written beside it by the first
+            such load (core/optimized_graph.py): a cold load takes a third of the time.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or thread_budget()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle inference threads would otherwise spin for a while after each batch, taking
-    # the cores the decode workers need on a small machine.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    def options(level: Any) -> Any:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or thread_budget()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = level
+        # Idle inference threads would otherwise spin for a while after each batch, taking
+        # the cores the decode workers need on a small machine.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        return opts
+
+    if keep_optimized:
+        from imagesearch.core.optimized_graph import session
+
+        return session(path, options)
+    return ort.InferenceSession(str(path), options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                                providers=["CPUExecutionProvider"])
 
 
 def thread_budget() -> int:
@@ -89,7 +103,7 @@ class RuntimeEncoder:
                 choice = self.visual if name == "visual" else self.text
                 if choice.startswith("onnx-"):
                     path = tower_file(self._folder, name, choice.removeprefix("onnx-"))
-                    self._towers[name] = onnx_session(path)
+                    self._towers[name] = onnx_session(path, keep_optimized=True)
                 else:
                     self._towers[name] = self._torch_loader(choice)
             return self._towers[name]

@@ -21,6 +21,7 @@ from imagesearch.core.onnx_export import (
     export_model,
     tower_file,
 )
+from imagesearch.core.optimized_graph import remove_forms
 from imagesearch.core.runtime_probe import (
     _PROBE_BATCH,
     PROBE_TEXTS,
@@ -186,6 +187,7 @@ def _remove_unused(folder: Path, visual: str, text: str) -> None:
     for path in folder.glob("*.onnx"):
         if path not in keep:
             path.unlink(missing_ok=True)
+            remove_forms(path)
 
 
 def _end_with_parent() -> None:
