@@ -6,12 +6,15 @@
 First, for each graph the default model's probe kept (real weights if installed, else the
 benchmarks' random ones), fresh sessions created from the graph itself (optimised at load,
 as every load did before) against sessions from its kept optimised form
-(core/optimized_graph.py), alternating, --repeat each.
+(core/optimized_graph.py), alternating, --repeat each. A graph without a form gets one
+written first, as the app's first load would (in the real models folder when real weights
+are installed).
 
-With --library (an indexed library; e.g. one `bench/peer.py` or `imagesearch index` made
-with the same IMAGESEARCH_MODELS), cold processes answer a text query and an image query,
-alternating between kept forms off and on (the app's default) in the same run; medians and
-their ratio. GNU time measures each process from start to exit.
+With --library (a library indexed with the same model, e.g. by `imagesearch index` with the
+same IMAGESEARCH_MODELS; the forms are written above, before any timed run), cold
+processes answer a text query and an image query, alternating between kept forms off and
+on (the app's default) in the same run; medians and their ratio. GNU time measures each
+process from start to exit.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--library", type=Path, help="an indexed library for the cold searches")
     ap.add_argument("--image", type=Path, help="the image query (with --library)")
     args = ap.parse_args()

@@ -47,34 +47,43 @@ def _forms(graph: Path) -> list[Path]:
 
 
 @pytest.fixture
-def loaded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The files ONNX Runtime is asked to load, in order."""
+def loaded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """What ONNX Runtime is asked to load, in order: (file name, "write" or "read"), where
+    "write" is an extended-level load that saves its optimised graph and "read" a load at
+    the "all" level, as every session the app uses is."""
     import onnxruntime as ort
 
-    paths: list[str] = []
+    seen: list[tuple[str, str]] = []
     real = ort.InferenceSession
+    level = ort.GraphOptimizationLevel
 
-    def spy(path: str, *args: Any, **kwargs: Any) -> Any:
-        paths.append(Path(path).name)
-        return real(path, *args, **kwargs)
+    def spy(path: str, options: Any, *args: Any, **kwargs: Any) -> Any:
+        if options.optimized_model_filepath:
+            assert options.graph_optimization_level == level.ORT_ENABLE_EXTENDED
+            seen.append((Path(path).name, "write"))
+        else:
+            assert options.graph_optimization_level == level.ORT_ENABLE_ALL
+            seen.append((Path(path).name, "read"))
+        return real(path, options, *args, **kwargs)
 
     monkeypatch.setattr(ort, "InferenceSession", spy)
-    return paths
+    return seen
 
 
 def test_the_first_load_keeps_the_optimised_form_and_later_loads_read_it(
-        tmp_path: Path, loaded: list[str]) -> None:
+        tmp_path: Path, loaded: list[tuple[str, str]]) -> None:
     graph = tmp_path / "textual.int8.onnx"
     _write_graph(graph)
     plain = _run(onnx_session(graph))
+    loaded.clear()
     first = onnx_session(graph, keep_optimized=True)
-    forms = _forms(graph)
-    assert len(forms) == 1
+    (form,) = _forms(graph)
+    assert loaded == [(graph.name, "write"), (form.name, "read")]
     assert not list(tmp_path.glob("*.partial"))
     np.testing.assert_array_equal(_run(first), plain)
     loaded.clear()
     again = onnx_session(graph, keep_optimized=True)
-    assert loaded == [forms[0].name]  # the graph itself is not optimised again
+    assert loaded == [(form.name, "read")]  # the graph itself is not optimised again
     np.testing.assert_array_equal(_run(again), plain)
 
 
@@ -90,6 +99,8 @@ def test_a_damaged_form_is_written_again(tmp_path: Path, caplog: pytest.LogCaptu
         session = onnx_session(graph, keep_optimized=True)
     assert "cannot be loaded" in caplog.text
     np.testing.assert_array_equal(_run(session), plain)
+    assert not _forms(graph)
+    np.testing.assert_array_equal(_run(onnx_session(graph, keep_optimized=True)), plain)
     assert _forms(graph) == [form] and form.stat().st_size > 100
 
 
@@ -108,19 +119,90 @@ def test_a_graph_exported_again_gets_a_new_form_and_the_old_one_goes(tmp_path: P
     assert new != old and not old.exists()
 
 
-def test_where_the_form_cannot_be_written_the_graph_is_loaded_as_it_is(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_in_a_read_only_folder_the_graph_is_loaded_once_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loaded: list[tuple[str, str]]
+        ) -> None:
     graph = tmp_path / "textual.fp32.onnx"
     _write_graph(graph)
     plain = _run(onnx_session(graph))
 
-    def read_only(*_args: object) -> None:
+    def read_only(*_args: object, **_kwargs: object) -> None:
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(optimized_graph.os, "replace", read_only)
-    session = onnx_session(graph, keep_optimized=True)
-    np.testing.assert_array_equal(_run(session), plain)
+    monkeypatch.setattr(optimized_graph.tempfile, "mkstemp", read_only)
+    for _ in range(2):
+        loaded.clear()
+        np.testing.assert_array_equal(_run(onnx_session(graph, keep_optimized=True)), plain)
+        assert loaded == [(graph.name, "read")]  # optimised once, not twice
+    assert not optimized_graph.siblings(graph)
+
+
+def test_a_form_onnx_runtime_cannot_write_is_not_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loaded: list[tuple[str, str]]
+        ) -> None:
+    import onnxruntime as ort
+
+    graph = tmp_path / "visual.int8.onnx"
+    _write_graph(graph)
+    plain = _run(onnx_session(graph))
+    spy = ort.InferenceSession
+
+    def failing_save(path: str, options: Any, *args: Any, **kwargs: Any) -> Any:
+        if options.optimized_model_filepath:
+            Path(options.optimized_model_filepath).write_bytes(b"torn")  # as a full disk
+            raise RuntimeError("Failed to save the optimized model")
+        return spy(path, options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", failing_save)
+    np.testing.assert_array_equal(_run(onnx_session(graph, keep_optimized=True)), plain)
     assert not _forms(graph) and not list(tmp_path.glob("*.partial"))
+    loaded.clear()
+    np.testing.assert_array_equal(_run(onnx_session(graph, keep_optimized=True)), plain)
+    assert loaded == [(graph.name, "read")]
+
+
+def test_a_form_that_will_not_load_gives_way_to_the_graph(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    import onnxruntime as ort
+
+    graph = tmp_path / "visual.int8.onnx"
+    _write_graph(graph)
+    plain = _run(onnx_session(graph))
+    real = ort.InferenceSession
+
+    def refuse_forms(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path.endswith(optimized_graph.SUFFIX):
+            raise RuntimeError("unsupported by this build")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", refuse_forms)
+    with caplog.at_level(logging.WARNING, logger="imagesearch.core.optimized_graph"):
+        session = onnx_session(graph, keep_optimized=True)
+    assert "cannot be loaded" in caplog.text
+    np.testing.assert_array_equal(_run(session), plain)
+    assert not _forms(graph)
+    calls = []
+    monkeypatch.setattr(ort, "InferenceSession",
+                        lambda path, *a, **k: calls.append(Path(path).name) or real(path, *a, **k))
+    onnx_session(graph, keep_optimized=True)
+    assert calls == [graph.name]  # not written (and refused) again at every load
+
+
+def test_forms_of_other_onnx_runtime_versions_keep_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two installations sharing a models folder do not remove each other's form."""
+    graph = tmp_path / "textual.int8.onnx"
+    _write_graph(graph)
+    names = []
+    for i, version in enumerate(("1.30.0", "1.31.0", "1.32.0")):
+        monkeypatch.setattr(optimized_graph, "_version_tag", lambda v=version: v)
+        onnx_session(graph, keep_optimized=True)
+        form = optimized_graph.cached_form(graph)
+        assert form is not None
+        os.utime(form, (1_000_000 + i, 1_000_000 + i))  # written in this order
+        names.append(form.name)
+    assert [p.name for p in _forms(graph)] == sorted(names[1:])  # the newest other stays
 
 
 def test_a_graph_too_large_to_write_out_is_not_kept(tmp_path: Path,

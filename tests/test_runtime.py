@@ -166,6 +166,20 @@ def test_onnx_towers_agree_with_torch(probed: WeightStore,
     assert isinstance(again, RuntimeEncoder) and again.visual == precision
 
 
+def test_the_app_keeps_the_optimised_forms_of_the_graphs_it_runs(probed: WeightStore) -> None:
+    from imagesearch.core.optimized_graph import cached_form
+
+    encoder = load_encoder(TINY_MODEL_ID, probed, device="cpu", precision="onnx-int8",
+                           allow_download=False)
+    assert isinstance(encoder, RuntimeEncoder)
+    encoder.encode_images(probe_images(encoder.spec.size, groups=1))
+    encoder.encode_texts(["a cat"])
+    folder = probed.model_dir(TINY_MODEL_ID) / "runtime"
+    for graph in folder.glob("*.onnx"):
+        form = cached_form(graph)
+        assert form is not None and form.is_file(), graph.name
+
+
 def test_new_weights_are_probed_again(probed: WeightStore, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     store = WeightStore(tmp_path / "models")

@@ -29,7 +29,7 @@ def onnx_session(path: Path, threads: int | None = None, keep_optimized: bool = 
 
     Args:
         keep_optimized: read the graph's optimised form, written beside it by the first
-            such load (core/optimized_graph.py): a cold load takes a third of the time.
+            such load (core/optimized_graph.py): a later load takes about half the time.
     """
     import onnxruntime as ort
 
