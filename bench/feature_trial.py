@@ -161,7 +161,7 @@ def run_trial(trial: Trial, gt: dict[str, Any], bench: Path, pools: dict[int, Po
         query = query_features(bench / "queries" / name, trial.query_side)
         ids = candidates[q]
         results = verify(query, [library_photo(i) for i in ids])
-        inliers = [r.inliers if r is not None else 0 for r in results]
+        inliers = [r.inliers if r is not None and r.verified else 0 for r in results]
         order = sorted(range(len(ids)), key=lambda j: (-match_confidence(inliers[j]), ids[j]))
         ranking = [ids[j] for j in order]
         boxes = {ids[j]: r.box if r is not None and r.verified else None

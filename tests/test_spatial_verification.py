@@ -189,3 +189,56 @@ def test_inliers_bunched_in_a_few_pixels_do_not_blow_the_box_up() -> None:
     if result.box is not None:
         x0, y0, x1, y1 = result.box
         assert (x1 - x0) * (y1 - y0) < 0.25 * 1000 * 800
+
+
+def test_correspondences_turned_every_which_way_are_not_inliers() -> None:
+    """Keypoints in the right places by chance, but each turned its own way, are no match;
+    the same places with the turn the geometry implies are."""
+    from imagesearch.core.local_features import LocalFeatures
+    from imagesearch.core.spatial_verification import verify_pair
+
+    rng = np.random.default_rng(5)
+    n = 8  # turned in steps of 45 degrees: no two agree within MAX_TURN
+    qxy = rng.uniform(20, 380, (n, 2)).astype(np.float32)
+    turn = np.radians(50.0)
+    rotate = 0.8 * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    dxy = ((qxy - [200, 150]) @ rotate.T + [500, 400]).astype(np.float32)
+    q_angle = rng.uniform(0, 360, n).astype(np.float32)
+    q = LocalFeatures(np.eye(n, 128, dtype=np.float32), qxy, np.full(n, 8.0, np.float32),
+                      q_angle, 400, 300)
+
+    def photo(angle: np.ndarray) -> LocalFeatures:
+        return LocalFeatures(np.eye(n, 128, dtype=np.float32), dxy,
+                             np.full(n, 6.4, np.float32), angle.astype(np.float32), 1000, 800)
+
+    agreeing = photo(np.mod(q_angle + 50.0, 360.0))
+    scattered = photo(np.mod(q_angle + 50.0 + np.arange(n) * 360.0 / n, 360.0))
+    same = (np.arange(n), np.arange(n), np.ones(n, np.float32))
+    assert verify_pair(q, agreeing, *same).inliers == n
+    assert not verify_pair(q, scattered, *same).verified
+
+
+def test_three_inliers_verify_only_when_their_descriptors_look_alike() -> None:
+    from imagesearch.core.local_features import LocalFeatures
+    from imagesearch.core.spatial_verification import FEW_INLIERS_SIMILARITY, verify_pair
+
+    def pair(n: int) -> tuple[LocalFeatures, LocalFeatures]:
+        qxy = np.array([[60, 50], [300, 90], [180, 240], [90, 200]], np.float32)[:n]
+        dxy = (qxy * 0.5 + [400, 300]).astype(np.float32)
+        q = LocalFeatures(np.eye(n, 128, dtype=np.float32), qxy, np.full(n, 8.0, np.float32),
+                          np.zeros(n, np.float32), 400, 300)
+        d = LocalFeatures(np.eye(n, 128, dtype=np.float32), dxy, np.full(n, 4.0, np.float32),
+                          np.zeros(n, np.float32), 1000, 800)
+        return q, d
+
+    q, d = pair(3)
+    alike = verify_pair(q, d, np.arange(3), np.arange(3),
+                        np.full(3, FEW_INLIERS_SIMILARITY + 0.03, np.float32))
+    assert alike.verified and alike.box is not None
+    unlike = verify_pair(q, d, np.arange(3), np.arange(3),
+                         np.full(3, FEW_INLIERS_SIMILARITY - 0.07, np.float32))
+    assert unlike.inliers == 3 and not unlike.verified and unlike.box is None
+    q, d = pair(4)
+    four = verify_pair(q, d, np.arange(4), np.arange(4),
+                       np.full(4, FEW_INLIERS_SIMILARITY - 0.07, np.float32))
+    assert four.verified and four.box is not None

@@ -69,6 +69,7 @@ class SpatialReranker:
                     outcome.complete = False
                     continue
                 outcome.evidence[photo_id] = Evidence(
-                    float(result.inliers), match_confidence(result.inliers),
+                    float(result.inliers),
+                    match_confidence(result.inliers) if result.verified else 0.0,
                     result.box if result.verified else None)
         return outcome

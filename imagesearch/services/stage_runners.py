@@ -251,14 +251,23 @@ class BagOfWordsRunner(LocalRunner):
 
 
 class VerifyAllRunner(LocalRunner):
-    """Spatial verification of every photo, no shortlist: what the shortlist costs."""
+    """Spatial verification of every photo, no shortlist: what the shortlist costs.
+
+    Every photo is verified, in the ASMK order a shortlist would have, which also breaks the
+    ties as the app's search does (the photos left unverified keep that order, not their
+    ids')."""
 
     def image(self, path: Path, k: int) -> StageRun:
         started = time.perf_counter()
         prepared = self._prepare(path)
         reranker = self.ctx.rerank.get("sp")
         assert reranker is not None and self.ctx.local.extractor is not None
-        everyone = [(int(i), 0.0) for i in self.ctx.catalog.feature_ids(self.ctx.local.extractor)]
+        ids = [int(i) for i in self.ctx.catalog.feature_ids(self.ctx.local.extractor)]
+        found = self.ctx.local.shortlist(prepared.plain, len(ids))
+        ranked = [] if found is None else [
+            (int(i), float(s)) for i, s in zip(found[0], found[1], strict=True)]
+        seen = {i for i, _ in ranked}
+        everyone = ranked + [(i, 0.0) for i in ids if i not in seen]
         reranked = self.ctx.rerank.rerank(reranker, prepared, everyone, threading.Event(),
                                           budget_s=None)
         boxes = {p: e.box for p, e in reranked.evidence.items()}
