@@ -38,7 +38,7 @@ from imagesearch.core.feature_codec import decode_features, encode_features
 from imagesearch.core.imaging import _open_query, open_image
 from imagesearch.core.metrics import average_precision, box_hits
 from imagesearch.core.spatial_rerank import match_confidence
-from imagesearch.core.spatial_verification import QueryFeatures, verify
+from imagesearch.core.spatial_verification import FEW_INLIERS_SIMILARITY, QueryFeatures, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +160,8 @@ def run_trial(trial: Trial, gt: dict[str, Any], bench: Path, pools: dict[int, Po
             continue
         query = query_features(bench / "queries" / name, trial.query_side)
         ids = candidates[q]
-        results = verify(query, [library_photo(i) for i in ids])
+        results = verify(query, [library_photo(i) for i in ids],
+                         few_alike=FEW_INLIERS_SIMILARITY.get(trial.codec or ""))
         inliers = [r.inliers if r is not None and r.verified else 0 for r in results]
         order = sorted(range(len(ids)), key=lambda j: (-match_confidence(inliers[j]), ids[j]))
         ranking = [ids[j] for j in order]

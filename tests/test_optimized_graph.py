@@ -42,6 +42,12 @@ def _run(session: Any) -> np.ndarray:
     return np.asarray(session.run(None, {"x": x})[0])
 
 
+def _graph_and_answer(graph: Path) -> tuple[Path, np.ndarray]:
+    """A graph written at ``graph`` and its answer from a plain session."""
+    _write_graph(graph)
+    return graph, _run(onnx_session(graph))
+
+
 def _forms(graph: Path) -> list[Path]:
     return sorted(graph.parent.glob(f"{graph.name}.*{optimized_graph.SUFFIX}"))
 
@@ -72,9 +78,7 @@ def loaded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 def test_the_first_load_keeps_the_optimised_form_and_later_loads_read_it(
         tmp_path: Path, loaded: list[tuple[str, str]]) -> None:
-    graph = tmp_path / "textual.int8.onnx"
-    _write_graph(graph)
-    plain = _run(onnx_session(graph))
+    graph, plain = _graph_and_answer(tmp_path / "textual.int8.onnx")
     loaded.clear()
     first = onnx_session(graph, keep_optimized=True)
     (form,) = _forms(graph)
@@ -89,9 +93,7 @@ def test_the_first_load_keeps_the_optimised_form_and_later_loads_read_it(
 
 def test_a_damaged_form_is_written_again(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                         ) -> None:
-    graph = tmp_path / "visual.int8.onnx"
-    _write_graph(graph)
-    plain = _run(onnx_session(graph))
+    graph, plain = _graph_and_answer(tmp_path / "visual.int8.onnx")
     onnx_session(graph, keep_optimized=True)
     (form,) = _forms(graph)
     form.write_bytes(b"not a graph")
@@ -122,9 +124,7 @@ def test_a_graph_exported_again_gets_a_new_form_and_the_old_one_goes(tmp_path: P
 def test_in_a_read_only_folder_the_graph_is_loaded_once_as_it_is(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loaded: list[tuple[str, str]]
         ) -> None:
-    graph = tmp_path / "textual.fp32.onnx"
-    _write_graph(graph)
-    plain = _run(onnx_session(graph))
+    graph, plain = _graph_and_answer(tmp_path / "textual.fp32.onnx")
 
     def read_only(*_args: object, **_kwargs: object) -> None:
         raise PermissionError("read-only file system")
@@ -142,9 +142,7 @@ def test_a_form_onnx_runtime_cannot_write_is_not_tried_again(
         ) -> None:
     import onnxruntime as ort
 
-    graph = tmp_path / "visual.int8.onnx"
-    _write_graph(graph)
-    plain = _run(onnx_session(graph))
+    graph, plain = _graph_and_answer(tmp_path / "visual.int8.onnx")
     spy = ort.InferenceSession
 
     def failing_save(path: str, options: Any, *args: Any, **kwargs: Any) -> Any:
@@ -166,9 +164,7 @@ def test_a_form_that_will_not_load_gives_way_to_the_graph(
         ) -> None:
     import onnxruntime as ort
 
-    graph = tmp_path / "visual.int8.onnx"
-    _write_graph(graph)
-    plain = _run(onnx_session(graph))
+    graph, plain = _graph_and_answer(tmp_path / "visual.int8.onnx")
     real = ort.InferenceSession
 
     def refuse_forms(path: str, *args: Any, **kwargs: Any) -> Any:

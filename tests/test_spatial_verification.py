@@ -231,14 +231,50 @@ def test_three_inliers_verify_only_when_their_descriptors_look_alike() -> None:
                           np.zeros(n, np.float32), 1000, 800)
         return q, d
 
+    threshold = FEW_INLIERS_SIMILARITY["rq5"]
     q, d = pair(3)
-    alike = verify_pair(q, d, np.arange(3), np.arange(3),
-                        np.full(3, FEW_INLIERS_SIMILARITY + 0.03, np.float32))
+    three = (np.arange(3), np.arange(3))
+    # The mean of the inliers' similarities decides, not of all correspondences'.
+    sims = np.array([threshold + 0.05, threshold + 0.01, threshold + 0.02], np.float32)
+    alike = verify_pair(q, d, *three, sims, few_alike=threshold)
     assert alike.verified and alike.box is not None
-    unlike = verify_pair(q, d, np.arange(3), np.arange(3),
-                         np.full(3, FEW_INLIERS_SIMILARITY - 0.07, np.float32))
+    unlike = verify_pair(q, d, *three, sims - 0.07, few_alike=threshold)
     assert unlike.inliers == 3 and not unlike.verified and unlike.box is None
+    detailed = verify_pair(q, d, *three, sims, few_alike=None)  # finer codes: four needed
+    assert detailed.inliers == 3 and not detailed.verified
     q, d = pair(4)
-    four = verify_pair(q, d, np.arange(4), np.arange(4),
-                       np.full(4, FEW_INLIERS_SIMILARITY - 0.07, np.float32))
+    four = verify_pair(q, d, np.arange(4), np.arange(4), np.full(4, threshold - 0.07,
+                                                                    np.float32))
     assert four.verified and four.box is not None
+
+
+def test_three_alike_inliers_count_only_for_the_compact_codec() -> None:
+    from imagesearch.core.local_features import COMPACT_LIBRARY_MODE, FEATURE_MODES
+    from imagesearch.core.spatial_rerank import SpatialReranker
+    from imagesearch.core.spatial_verification import FEW_INLIERS_SIMILARITY
+
+    compact = FEW_INLIERS_SIMILARITY["rq5"]
+    assert SpatialReranker(FEATURE_MODES["compact"].extractor_id).few_alike == compact
+    assert SpatialReranker(COMPACT_LIBRARY_MODE.extractor_id).few_alike == compact
+    assert SpatialReranker(FEATURE_MODES["detailed"].extractor_id).few_alike is None
+
+
+def test_turns_agree_across_north() -> None:
+    """A keypoint at 350 degrees in the query and 10 in the photo turned 20 degrees: an
+    inlier of the proposal, as is one turned by 20 degrees anywhere else; one turned by 60
+    is not (angles are degrees in LocalFeatures, compared in radians)."""
+    from imagesearch.core.local_features import LocalFeatures
+    from imagesearch.core.spatial_verification import _best_similarity
+
+    qxy = np.array([[100, 100], [140, 100], [100, 140], [140, 140]], np.float32)
+    q_angle = np.array([350.0, 10.0, 180.0, 100.0], np.float32)
+    d_angle = np.mod(q_angle + np.array([20.0, 20.0, 20.0, 60.0]), 360.0).astype(np.float32)
+    turn = np.radians(20.0)
+    rotate = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    dxy = (qxy @ rotate.T + [300, 200]).astype(np.float32)
+    q = LocalFeatures(np.eye(4, 128, dtype=np.float32), qxy, np.full(4, 8.0, np.float32),
+                      q_angle, 400, 300)
+    d = LocalFeatures(np.eye(4, 128, dtype=np.float32), dxy, np.full(4, 8.0, np.float32),
+                      d_angle, 1000, 800)
+    mask = _best_similarity(q, d, np.arange(4), np.arange(4), np.arange(4))
+    assert mask.tolist() == [True, True, True, False]

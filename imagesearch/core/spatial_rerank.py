@@ -12,9 +12,14 @@ import numpy as np
 
 from imagesearch.core.feature_codec import decode_features
 from imagesearch.core.imaging import load_query_features
-from imagesearch.core.local_features import LocalFeatures
+from imagesearch.core.local_features import COMPACT_LIBRARY_MODE, FEATURE_MODES, LocalFeatures
 from imagesearch.core.rerank import Evidence, RerankOutcome, fuse
-from imagesearch.core.spatial_verification import MIN_INLIERS, QueryFeatures, verify
+from imagesearch.core.spatial_verification import (
+    FEW_INLIERS_SIMILARITY,
+    MIN_INLIERS,
+    QueryFeatures,
+    verify,
+)
 from imagesearch.errors import FeatureDataError
 
 # Inliers at which a match counts as certain; below MIN_INLIERS it is no match at all.
@@ -38,6 +43,10 @@ class SpatialReranker:
 
     def __init__(self, data_kind: str) -> None:
         self.data_kind = data_kind
+        codec = next((m.codec for m in (*FEATURE_MODES.values(), COMPACT_LIBRARY_MODE)
+                      if m.extractor_id == data_kind), None)
+        # Three inliers verify only with the compact codec (FEW_INLIERS_SIMILARITY).
+        self.few_alike = FEW_INLIERS_SIMILARITY.get(codec) if codec else None
 
     def prepare(self, image: Path | bytes) -> QueryFeatures:
         return QueryFeatures(load_query_features(image))
@@ -63,7 +72,7 @@ class SpatialReranker:
                 outcome.complete = False
                 break
             batch = decoded[start:start + _BATCH]
-            results = verify(query, [f for _, f in batch], cancel)
+            results = verify(query, [f for _, f in batch], cancel, few_alike=self.few_alike)
             for (photo_id, _), result in zip(batch, results, strict=True):
                 if result is None:
                     outcome.complete = False

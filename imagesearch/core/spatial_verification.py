@@ -27,13 +27,15 @@ from imagesearch.core.local_features import LocalFeatures, mirrored
 RATIO = 0.85  # Lowe's ratio test on RootSIFT distances
 MIN_INLIERS = 3  # fewer than this is no verified match
 # A match of exactly MIN_INLIERS verifies only when its correspondences also look alike (mean
-# RootSIFT similarity, as stored and reconstructed): three fall into place by chance now and
-# then, but chance ones are less alike. In a trial on the instance benchmark (150 other
-# photos a query) three-inlier matches of true positives had a mean similarity of 0.927 or
-# more in three cases of four, those of other photos 0.915 or less in three of four; with
-# this rule `eval` verified 5 more of the 173 positives in the app's search and 3 more
-# other photos, where four inliers alone had let in 2.
-FEW_INLIERS_SIMILARITY = 0.92
+# RootSIFT similarity, as stored and reconstructed), and only for the compact codec: three
+# fall into place by chance now and then, and chance ones are less alike there. In a trial
+# on the instance benchmark (150 other photos a query, compact) three-inlier matches of true
+# positives had a mean similarity of 0.927 or more in three cases of four, those of other
+# photos 0.915 or less in three of four; with the rule, `eval` verified 5 more of the 173
+# positives in the app's compact search and 3 more other photos. The finer detailed codes
+# (pq16) make chance correspondences look alike too: there the rule verified 1 more
+# positive and 40 more other photos, so a detailed match needs four inliers.
+FEW_INLIERS_SIMILARITY = {"rq5": 0.92}  # by codec (core/feature_codec.CODECS)
 HYPOTHESES = 96  # proposals scored per photo: the most distinctive correspondences
 HYPOTHESIS_TOL = 0.035  # reprojection tolerance, as a share of the photo's longer side
 REFINED_TOL = 0.02
@@ -155,7 +157,7 @@ def _best_similarity(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.
     py = s[:, None] * dx + c[:, None] * dy + dp[hyp, None, 1]
     err = np.hypot(px - dp[None, :, 0], py - dp[None, :, 1])
     log_scale = np.abs(np.log(ratio[None, :] / ratio[hyp, None]))
-    turn = np.abs(np.angle(np.exp(1j * (theta[None, :] - theta[hyp, None]))))
+    turn = np.abs(np.remainder(theta[None, :] - theta[hyp, None] + np.pi, 2 * np.pi) - np.pi)
     inliers = (err < HYPOTHESIS_TOL * side) & (log_scale < MAX_LOG_SCALE) & (turn < MAX_TURN)
     counts = inliers.sum(axis=1)
     result: np.ndarray = inliers[int(counts.argmax())]
@@ -291,8 +293,14 @@ def box_from_inliers(d: LocalFeatures, di: np.ndarray) -> tuple[float, float, fl
 
 
 def verify_pair(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarray,
-                sim: np.ndarray, box_method: str = "frame") -> Verification:
-    """Best geometry for one orientation's correspondences."""
+                sim: np.ndarray, box_method: str = "frame", few_alike: float | None = None
+                ) -> Verification:
+    """Best geometry for one orientation's correspondences.
+
+    Args:
+        few_alike: the mean similarity at which MIN_INLIERS inliers verify (see
+            FEW_INLIERS_SIMILARITY); None: one more inlier is needed.
+    """
     if len(qi) < MIN_INLIERS:
         return Verification(0, None, matches=len(qi))
     order = np.argsort(-sim, kind="stable")
@@ -301,7 +309,7 @@ def verify_pair(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarr
         return Verification(_distinct(qi, di, mask), None, matches=len(qi))
     mask, transform = _refine(q, d, qi, di, mask)
     inliers = _distinct(qi, di, mask)
-    if inliers == MIN_INLIERS and float(np.mean(sim[mask])) < FEW_INLIERS_SIMILARITY:
+    if inliers == MIN_INLIERS and (few_alike is None or float(np.mean(sim[mask])) < few_alike):
         return Verification(inliers, None, matches=len(qi), alike=False)
     box = None
     if inliers >= MIN_INLIERS:
@@ -313,17 +321,20 @@ def verify_pair(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarr
 
 
 def verify(query: QueryFeatures, photos: Sequence[LocalFeatures],
-           cancel: threading.Event | None = None, box_method: str = "frame"
-           ) -> list[Verification | None]:
-    """Verify each photo against the query; None for photos left when cancelled."""
+           cancel: threading.Event | None = None, box_method: str = "frame",
+           few_alike: float | None = None) -> list[Verification | None]:
+    """Verify each photo against the query; None for photos left when cancelled.
+
+    ``few_alike``: see verify_pair (FEW_INLIERS_SIMILARITY for the photos' codec).
+    """
     matched = match_candidates(query, photos)
     out: list[Verification | None] = []
     for photo, (plain, mirror) in zip(photos, matched, strict=True):
         if cancel is not None and cancel.is_set():
             out.append(None)
             continue
-        a = verify_pair(query.plain, photo, *plain, box_method=box_method)
-        b = verify_pair(query.mirror, photo, *mirror, box_method=box_method)
+        a = verify_pair(query.plain, photo, *plain, box_method, few_alike)
+        b = verify_pair(query.mirror, photo, *mirror, box_method, few_alike)
         best = a if (a.verified, a.inliers) >= (b.verified, b.inliers) else \
             Verification(b.inliers, b.box, True, b.matches, b.alike)
         out.append(best)
