@@ -223,3 +223,34 @@ def test_removing_a_graph_removes_its_forms(tmp_path: Path) -> None:
     assert not (tmp_path / "visual.fp32.onnx.123.partial").exists()
     assert len(_forms(tmp_path / "visual.int8.onnx")) == 1
     assert len(_forms(tmp_path / "textual.int8.onnx")) == 1
+
+
+def test_a_write_cut_short_is_tried_again_at_the_next_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph, plain = _graph_and_answer(tmp_path / "visual.int8.onnx")
+
+    def full_disk(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(optimized_graph.os, "replace", full_disk)
+        np.testing.assert_array_equal(_run(onnx_session(graph, keep_optimized=True)), plain)
+    assert not optimized_graph.siblings(graph)  # no form, no marker, no partial file
+    np.testing.assert_array_equal(_run(onnx_session(graph, keep_optimized=True)), plain)
+    assert len(_forms(graph)) == 1
+
+
+def test_the_form_is_as_readable_as_its_graph_and_young_partials_are_left_alone(
+        tmp_path: Path) -> None:
+    graph, _ = _graph_and_answer(tmp_path / "textual.int8.onnx")
+    graph.chmod(0o640)
+    young = tmp_path / f"{graph.name}.other-process.partial"
+    old = tmp_path / f"{graph.name}.killed-long-ago.partial"
+    for path in (young, old):
+        path.write_bytes(b"being written")
+    os.utime(old, (1_000_000, 1_000_000))
+    onnx_session(graph, keep_optimized=True)
+    (form,) = _forms(graph)
+    if os.name == "posix":
+        assert form.stat().st_mode & 0o777 == 0o640
+    assert young.exists() and not old.exists()

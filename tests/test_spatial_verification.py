@@ -232,12 +232,15 @@ def test_three_inliers_verify_only_when_their_descriptors_look_alike() -> None:
         return q, d
 
     threshold = FEW_INLIERS_SIMILARITY["rq5"]
+    q, d = pair(4)
+    d.xy[3] += [300.0, 250.0]  # the fourth correspondence is no inlier, and unlike
+    sims = np.array([threshold + 0.05, threshold + 0.01, threshold + 0.02, 0.1], np.float32)
+    # The mean of the inliers' similarities decides, not of all correspondences'.
+    alike = verify_pair(q, d, np.arange(4), np.arange(4), sims, few_alike=threshold)
+    assert alike.inliers == 3 and alike.verified and alike.box is not None
     q, d = pair(3)
     three = (np.arange(3), np.arange(3))
-    # The mean of the inliers' similarities decides, not of all correspondences'.
-    sims = np.array([threshold + 0.05, threshold + 0.01, threshold + 0.02], np.float32)
-    alike = verify_pair(q, d, *three, sims, few_alike=threshold)
-    assert alike.verified and alike.box is not None
+    sims = sims[:3]
     unlike = verify_pair(q, d, *three, sims - 0.07, few_alike=threshold)
     assert unlike.inliers == 3 and not unlike.verified and unlike.box is None
     detailed = verify_pair(q, d, *three, sims, few_alike=None)  # finer codes: four needed

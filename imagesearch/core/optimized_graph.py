@@ -10,12 +10,16 @@ The saved form holds the "extended" optimisations, which ONNX Runtime applies fo
 provider whatever the CPU; the layout optimisations of its "all" level, which depend on
 the CPU's vector width, still run at every load, as they did on the graph itself, so a
 session computes exactly what it did before. A form's name carries the ONNX Runtime
-version and a digest of the graph's size and modification time (and the platform): a
-graph exported again makes its old forms useless, and they are removed; a form of another
-ONNX Runtime version (two installations sharing a models folder) is kept beside the
-current one, at most one of them. Where a form cannot be written (a read-only models
-folder, a graph ONNX Runtime cannot save whole) the graph itself is loaded as before, and a
-marker keeps later loads from trying again; a damaged form is written again.
+version and the platform, and a digest of the graph's size and modification time: a graph
+exported again makes its old forms useless, and they are removed; a form of another
+version or platform (two installations sharing a models folder) is kept beside the
+current one, at most one of them. Graphs over MAX_CACHED_BYTES or with external data get
+no form. Where a form cannot be written the graph itself is loaded, optimised once as
+before: in a read-only models folder (found out by creating the temporary file, which
+costs nothing), or where ONNX Runtime cannot save or read back a graph's form, which an
+`.unkept` marker beside the graph then records for this graph and version (delete it to
+try again). A damaged form, or a write cut short (a full disk), is written again at the
+next load.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+_PARTIAL_AGE_S = 3600.0
 
 SUFFIX = ".optimized"  # <graph>.onnx.<ORT version>-<graph digest>.optimized, beside it
 UNKEPT = ".unkept"  # a marker: this graph's form could not be written with this version
@@ -44,9 +50,11 @@ OptionsFactory = Callable[[Any], Any]  # an ORT GraphOptimizationLevel -> Sessio
 
 
 def _version_tag() -> str:
+    """ONNX Runtime's version and the platform: forms of another are kept beside ours."""
     import onnxruntime as ort
 
-    return "".join(c if c.isalnum() or c in "._" else "_" for c in ort.__version__)
+    tag = f"{ort.__version__}.{sys.platform}.{platform.machine()}"
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in tag)
 
 
 def cached_form(graph: Path) -> Path | None:
@@ -57,8 +65,7 @@ def cached_form(graph: Path) -> Path | None:
         return None
     if st.st_size > MAX_CACHED_BYTES or graph.with_name(graph.name + ".data").exists():
         return None
-    digest = hashlib.sha256(f"{st.st_size}|{st.st_mtime_ns}|{platform.machine()}|"
-                            f"{sys.platform}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     return graph.with_name(f"{graph.name}.{_version_tag()}-{digest}{SUFFIX}")
 
 
@@ -70,10 +77,13 @@ def siblings(graph: Path) -> list[Path]:
 
 def remove_forms(graph: Path, keep: Path | None = None) -> None:
     """Removes what is kept for ``graph``; with ``keep``, the forms for another graph
-    (exported again since) and all but the newest form of another ONNX Runtime version."""
+    (exported again since), all but the newest form of another ONNX Runtime version or
+    platform, and unfinished writes over an hour old (younger ones may be another
+    process's, still being written)."""
     others = []
     for path in siblings(graph):
-        if path == keep:
+        if path == keep or (keep is not None and path.name.endswith(".partial")
+                            and time.time() - _mtime(path) < _PARTIAL_AGE_S):
             continue
         if keep is not None and path.name.endswith(SUFFIX) \
                 and _digest(path) == _digest(keep):
@@ -105,7 +115,7 @@ def session(graph: Path, options: OptionsFactory) -> Any:
     every = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers = ["CPUExecutionProvider"]
     saved = cached_form(graph)
-    if saved is not None and not saved.with_suffix(UNKEPT).exists():
+    if saved is not None and (saved.is_file() or not saved.with_suffix(UNKEPT).exists()):
         fresh = not saved.is_file()
         if fresh:
             _write(graph, saved, options)
@@ -138,16 +148,27 @@ def _write(graph: Path, saved: Path, options: OptionsFactory) -> None:
     opts.optimized_model_filepath = str(partial)
     try:
         ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
-        with open(partial, "rb") as written:
-            os.fsync(written.fileno())  # whole on disk before it takes the form's name
-        os.replace(partial, saved)
-    except Exception as exc:  # a full disk, ORT's own errors, a rival's clean-up
+    except Exception as exc:  # ORT's own error types: it cannot save this graph whole
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        if saved.is_file():
-            return  # another process wrote it meanwhile
-        log.info("the optimised form of %s was not kept (%s)", graph.name, exc)
-        with contextlib.suppress(OSError):
-            saved.with_suffix(UNKEPT).touch()  # not tried again for this graph and version
+        if not saved.is_file():
+            log.info("the optimised form of %s was not kept (%s)", graph.name, exc)
+            with contextlib.suppress(OSError):
+                saved.with_suffix(UNKEPT).touch()  # not tried again: graph and version
         return
-    remove_forms(graph, keep=saved)
+    try:
+        # Readable by whoever may read the graph (mkstemp made it owner-only).
+        os.chmod(partial, graph.stat().st_mode & 0o666)
+        # Whole on disk before it takes the form's name. (Windows flushes only a handle
+        # open for writing; a file system that cannot flush still gets the form.)
+        with open(partial, "r+b") as written, contextlib.suppress(OSError):
+            os.fsync(written.fileno())
+        os.replace(partial, saved)
+    except OSError as exc:  # a full disk, a rival's clean-up: tried again next time
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        if not saved.is_file():
+            log.info("the optimised form of %s was not kept (%s)", graph.name, exc)
+        return
+    with contextlib.suppress(OSError):
+        remove_forms(graph, keep=saved)
