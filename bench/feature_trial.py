@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import emit
 from imagesearch.core import local_features as lf
-from imagesearch.core.feature_codec import decode_features, encode_features
+from imagesearch.core.feature_codec import CODECS, decode_features, encode_features
 from imagesearch.core.imaging import _open_query, open_image
 from imagesearch.core.metrics import average_precision, box_hits
 from imagesearch.core.spatial_rerank import match_confidence
@@ -134,9 +134,10 @@ def stored_as(features: lf.LocalFeatures, codec: str | None) -> tuple[lf.LocalFe
     return back, 20 + 12 * len(features)
 
 
-def query_features(path: Path, side: int) -> QueryFeatures:
+def query_features(path: Path, side: int, codec: str | None) -> QueryFeatures:
     img, facts = _open_query(path, 64, side)
-    return QueryFeatures(lf.extract(img, side, lf.QUERY_COUNT, (facts.width, facts.height)))
+    return QueryFeatures(lf.extract(img, side, lf.QUERY_COUNT, (facts.width, facts.height)),
+                         codec if codec in CODECS else None)  # compared as the app does
 
 
 def run_trial(trial: Trial, gt: dict[str, Any], bench: Path, pools: dict[int, Pool],
@@ -158,7 +159,7 @@ def run_trial(trial: Trial, gt: dict[str, Any], bench: Path, pools: dict[int, Po
         positives, junk = set(truth["ok"]), set(truth.get("junk", []))
         if not positives or not candidates[q]:
             continue
-        query = query_features(bench / "queries" / name, trial.query_side)
+        query = query_features(bench / "queries" / name, trial.query_side, trial.codec)
         ids = candidates[q]
         results = verify(query, [library_photo(i) for i in ids],
                          few_alike=FEW_INLIERS_SIMILARITY.get(trial.codec or ""))

@@ -58,7 +58,10 @@ class Settings:
     # coded vectors, fewer details, no details index; services/stored_vectors.py).
     storage: str = "standard"
     rerank: str = "spatial"  # off | spatial | ames: how image queries are re-ranked
-    shortlist: int = 100  # candidates re-ranked per image query
+    shortlist: int = 100  # candidates re-ranked per image query, from each source
+    # ... when no model is installed and the local features' index (ASMK) is the only
+    # source: verification is then the only judge, and deeper is worth its time (README).
+    weight_free_shortlist: int = 250
     ames_model: str = "dist"  # dist | fp: which AMES checkpoint (core/ames/registry.py)
     # Exact search while the library's vectors fit this many MB (and it has at most
     # 200,000 photos); approximate inverted lists beyond (core/index_family.py).
@@ -88,7 +91,8 @@ class Settings:
 
     _PERSISTED = ("model_id", "device", "precision", "batch_size", "decode_workers",
                   "decode_timeout_s", "top_k", "thumbnail_size", "thumbnail_cache_mb",
-                  "image_weight", "local_features", "rerank", "shortlist", "ames_model",
+                  "image_weight", "local_features", "rerank", "shortlist",
+                  "weight_free_shortlist", "ames_model",
                   "index_memory_mb", "storage")
 
     def save(self) -> None:

@@ -361,6 +361,35 @@ def test_cli_search_with_boxes_as_json(context: Any, scenes: Any, tmp_path: Path
     assert len(search("--shortlist", "2")) == 8
 
 
+def test_without_the_model_the_details_index_gives_a_deeper_shortlist(
+        no_weights: Settings, context: Any, scenes: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ASMK's candidates are all that is verified when no model is installed: it gives
+    weight_free_shortlist of them, the model's shortlist setting otherwise, and an explicit
+    --shortlist wins in both."""
+    root, _ = scenes
+    query = Query(image=save(OBJECT, tmp_path / "q.jpg"), top_k=8)
+    ctx = open_ctx(no_weights.with_changes(weight_free_shortlist=37, shortlist=11))
+    try:
+        for c in (ctx, context):
+            c.library.add_folder(root)
+            c.indexing.run()
+            asked: list[int] = []
+            real = c.local.shortlist
+
+            def spy(features: Any, k: int, allowed: Any = None, _real: Any = real,
+                    _asked: list[int] = asked) -> Any:
+                _asked.append(k)
+                return _real(features, k, allowed)
+
+            monkeypatch.setattr(c.local, "shortlist", spy)
+            c.search.begin(query)
+            c.search.begin(query, shortlist=5)
+            assert asked == ([37, 5] if c is ctx else [context.settings.shortlist, 5])
+    finally:
+        ctx.close()
+
+
 def test_a_read_error_while_completing_a_photo_keeps_what_it_had(
         make_settings: Callable[..., Settings], shared_encoder: Any, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

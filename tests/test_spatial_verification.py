@@ -49,7 +49,9 @@ def query() -> QueryFeatures:
 def test_the_object_is_verified_and_boxed(query: QueryFeatures, name: str,
                                           matrix: np.ndarray, mirror: bool) -> None:
     pixels, truth = scene(OBJECT, matrix, (800, 600), mirror=mirror)
-    (result,) = verify(query, [stored(pixels, "detailed" if "quarter" in name else "compact")])
+    mode = "detailed" if "quarter" in name else "compact"
+    (result,) = verify(QueryFeatures(query.plain, FEATURE_MODES[mode].codec),
+                       [stored(pixels, mode)])
     assert result is not None and result.verified, name
     assert result.mirrored == mirror
     assert result.box is not None and iou(result.box, truth) >= 0.6, (name, result, truth)
@@ -267,7 +269,7 @@ def test_turns_agree_across_north() -> None:
     inlier of the proposal, as is one turned by 20 degrees anywhere else; one turned by 60
     is not (angles are degrees in LocalFeatures, compared in radians)."""
     from imagesearch.core.local_features import LocalFeatures
-    from imagesearch.core.spatial_verification import _best_similarity
+    from imagesearch.core.spatial_verification import _best_similarities
 
     qxy = np.array([[100, 100], [140, 100], [100, 140], [140, 140]], np.float32)
     q_angle = np.array([350.0, 10.0, 180.0, 100.0], np.float32)
@@ -279,5 +281,87 @@ def test_turns_agree_across_north() -> None:
                       q_angle, 400, 300)
     d = LocalFeatures(np.eye(4, 128, dtype=np.float32), dxy, np.full(4, 8.0, np.float32),
                       d_angle, 1000, 800)
-    mask = _best_similarity(q, d, np.arange(4), np.arange(4), np.arange(4))
+    sims = np.array([0.9, 0.8, 0.7, 0.6], np.float32)  # proposals in this order
+    (mask,) = _best_similarities([(q, d, np.arange(4), np.arange(4), sims)])
     assert mask.tolist() == [True, True, True, False]
+
+
+def _correspondences(rng: np.random.Generator, n: int, consistent: int):  # type: ignore[no-untyped-def]
+    """A query and a photo with ``n`` correspondences, the first ``consistent`` of them
+    placed, sized and turned by one similarity, the rest anywhere; similarities with ties."""
+    from imagesearch.core.local_features import LocalFeatures
+
+    qxy = rng.uniform(0, 400, (n, 2)).astype(np.float32)
+    dxy = rng.uniform(0, 1000, (n, 2)).astype(np.float32)
+    dxy[:consistent] = qxy[:consistent] @ (0.6 * np.array([[0.8, -0.6], [0.6, 0.8]])).T + 200
+    q_angle = rng.uniform(0, 360, n).astype(np.float32)
+    d_angle = rng.uniform(0, 360, n).astype(np.float32)
+    d_angle[:consistent] = np.mod(q_angle[:consistent] + np.degrees(np.arctan2(0.6, 0.8)), 360)
+    q_scale = rng.uniform(4, 20, n).astype(np.float32)
+    d_scale = rng.uniform(2, 30, n).astype(np.float32)
+    d_scale[:consistent] = 0.6 * q_scale[:consistent]
+    q = LocalFeatures(np.zeros((n, 128), np.float32), qxy, q_scale, q_angle, 400, 400)
+    # Photos of different sizes: different tolerances in pixels.
+    d = LocalFeatures(np.zeros((n, 128), np.float32), dxy, d_scale, d_angle, 600 + 9 * n, 800)
+    sims = np.round(rng.uniform(0.7, 1.0, n), 2).astype(np.float32)
+    return q, d, np.arange(n), np.arange(n), sims
+
+
+def test_proposals_scored_together_are_scored_as_alone() -> None:
+    """Many photos' proposals in one set of arrays: each photo's mask is the one it gets
+    alone (proposals and correspondences never cross photos), with more correspondences
+    than proposals, ties in similarity, and photos of every size."""
+    from imagesearch.core.spatial_verification import HYPOTHESES, _best_similarities
+
+    rng = np.random.default_rng(11)
+    shapes = [(3, 3), (5, 0), (40, 12), (HYPOTHESES + 60, 30), (7, 4), (200, 0), (3, 0)]
+    photos = [_correspondences(rng, n, c) for n, c in shapes]
+    together = _best_similarities(photos)
+    alone = [_best_similarities([p])[0] for p in photos]
+    for (n, consistent), a, b in zip(shapes, together, alone, strict=True):
+        assert a.shape == (n,) and np.array_equal(a, b)
+        assert a[:consistent].all() or consistent == 0
+    assert together[3].sum() >= 30  # the consistent set wins among the many proposals
+
+
+def test_verification_gives_the_same_answers_in_groups_of_any_size(
+        query: QueryFeatures, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagesearch.core import spatial_verification
+
+    photos = [stored(scene(OBJECT, similarity(0.5, 30 * i, 400, 300, CENTRE), (800, 600),
+                           seed=i)[0]) for i in range(3)]
+    photos.append(stored(skimage_photo("coffee")))
+    q = QueryFeatures(query.plain, "rq5")
+    whole = verify(q, photos)
+    monkeypatch.setattr(spatial_verification, "_GROUP_PAIRS", 1)  # one photo and side each
+    assert verify(q, photos) == whole
+    assert [r is not None and r.verified for r in whole] == [True, True, True, False]
+
+
+def test_compact_descriptors_are_compared_in_fewer_dimensions_with_exact_similarities(
+        query: QueryFeatures) -> None:
+    from imagesearch.core.spatial_verification import (
+        MATCH_DIMS,
+        match_candidates,
+        matching_projection,
+    )
+
+    axes = matching_projection("rq5")
+    assert axes is not None and axes.shape == (128, MATCH_DIMS["rq5"])
+    assert np.allclose(axes.T @ axes, np.eye(axes.shape[1]), atol=1e-5)  # orthonormal
+    assert matching_projection("pq16") is None and matching_projection(None) is None
+    photo = stored(scene(OBJECT, similarity(0.5, 30, 400, 300, CENTRE), (800, 600))[0])
+    # Most of a RootSIFT descriptor lies in the strongest axes.
+    kept = np.linalg.norm(photo.descriptors @ axes, axis=1)
+    assert np.median(kept) > 0.95
+    projected = QueryFeatures(query.plain, "rq5")
+    ((qi, di, sim), _), = match_candidates(projected, [photo])
+    ((full_qi, full_di, _), _), = match_candidates(QueryFeatures(query.plain), [photo])
+    assert len(qi) > 20
+    # The similarities carried on are exact dot products, not their projections.
+    assert np.allclose(sim, (query.plain.descriptors[qi] * photo.descriptors[di]).sum(axis=1),
+                       atol=1e-5)
+    # And the projection finds nearly the same correspondences.
+    found = set(zip(qi.tolist(), di.tolist(), strict=True))
+    full = set(zip(full_qi.tolist(), full_di.tolist(), strict=True))
+    assert len(found & full) >= 0.8 * len(full)

@@ -1,10 +1,13 @@
 """Train the codebooks that compress stored RootSIFT descriptors.
 
-    python tools/train_feature_codebooks.py [CODEC ...]  # writes core/data/rootsift_*.npy
+    python tools/train_feature_codebooks.py [CODEC ... | projection]
+    # writes core/data/rootsift_*.npy
 
-Run once; the files are committed. Stored features depend on them, so a codebook that
-changes must come with a new extractor id (core/local_features.py) and the new checksums
-in core/feature_codec.py; tests/test_feature_codec.py holds the two together.
+Run once; the files are committed. Stored features depend on the codebooks, so a codebook
+that changes must come with a new extractor id (core/local_features.py) and the new
+checksums in core/feature_codec.py; tests/test_feature_codec.py holds the two together.
+The projection that descriptor matching works in (core/spatial_verification.py) is learned
+from the same descriptors; nothing stored depends on it.
 
 Training data: SIFT descriptors of photos that scikit-image ships and that the instance
 benchmark does not use as objects (textures, a horse, the moon, cells, ...), each at
@@ -31,6 +34,7 @@ from imagesearch.core.feature_codec import (
     reconstruct,
 )
 from imagesearch.core.local_features import FEATURE_MODES, root_sift
+from imagesearch.core.spatial_verification import PROJECTION_AXES, PROJECTION_FILE
 
 TRAINING_PHOTOS = ("brick", "grass", "gravel", "cell", "clock", "colorwheel", "horse", "moon",
                    "text", "microaneurysms", "checkerboard", "lfw_subset")
@@ -83,11 +87,30 @@ def _train(name: str, data: np.ndarray) -> np.ndarray:
     return centroids
 
 
+def _train_projection(data: np.ndarray) -> None:
+    """The matching projection: the principal axes of the descriptors (not centred, so
+    that dot products, not distances from the mean, are kept), strongest first."""
+    moment = data.astype(np.float64).T @ data.astype(np.float64) / len(data)
+    energy, axes = np.linalg.eigh(moment)
+    energy, axes = energy[::-1], axes[:, ::-1]
+    # Each axis's sign is arbitrary: fix it so that a rerun writes the same file.
+    axes = axes * np.where(axes[np.abs(axes).argmax(axis=0), np.arange(128)] < 0, -1.0, 1.0)
+    np.save(PROJECTION_FILE, np.ascontiguousarray(axes[:, :PROJECTION_AXES], dtype=np.float32))
+    kept = np.cumsum(energy) / energy.sum()
+    print(f"projection -> {PROJECTION_FILE}; the first 32 / 48 / 64 of 128 axes keep "
+          f"{kept[31]:.1%} / {kept[47]:.1%} / {kept[63]:.1%} of the descriptors' energy")
+
+
 def main() -> None:
     data = np.ascontiguousarray(training_descriptors())
     print(f"{len(data)} training descriptors")
     CODEBOOK_DIR.mkdir(parents=True, exist_ok=True)
-    for name in sys.argv[1:] or sorted({mode.codec for mode in FEATURE_MODES.values()}):
+    names = sys.argv[1:] or [*sorted({mode.codec for mode in FEATURE_MODES.values()}),
+                             "projection"]
+    if "projection" in names:
+        names.remove("projection")
+        _train_projection(data)
+    for name in names:
         _train(name, data)
         _codebook.cache_clear()
         _residual_quantizer.cache_clear()

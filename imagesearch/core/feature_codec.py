@@ -149,9 +149,13 @@ def reconstruct(codes: np.ndarray, codec: str) -> np.ndarray:
     c = _codec(codec)
     book = _codebook(codec)
     n = len(codes)
-    words = book[np.arange(c.parts)[None, :], codes.astype(np.intp)]  # N x M x d
-    out = words.sum(axis=1) if c.kind == "rq" else words.reshape(n, 128)
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+    if c.kind == "rq":  # one word of each codebook, summed in place
+        out = book[0][codes[:, 0]]
+        for part in range(1, c.parts):
+            out += book[part][codes[:, part]]
+    else:
+        out = book[np.arange(c.parts)[None, :], codes.astype(np.intp)].reshape(n, 128)
+    out /= np.maximum(np.sqrt(np.einsum("ij,ij->i", out, out)), 1e-9)[:, None]
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

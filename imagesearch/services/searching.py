@@ -156,7 +156,8 @@ class SearchService:
 
         Args:
             rerank: force the re-rank stage on or off (None: the settings decide).
-            shortlist: candidates to re-rank (None: the settings' value).
+            shortlist: candidates to re-rank from each source (None: the settings' value,
+                ``weight_free_shortlist`` when no model is installed).
             using: the re-ranker by name ("sp", "ames"; None: the settings decide).
             every_note: repeat the notes a window shows once a session (AMES missing) for
                 a caller that sees only this round (a command-line search answered here).
@@ -164,10 +165,11 @@ class SearchService:
         Raises:
             QueryError, ModelUnavailable: nothing can answer this query.
         """
-        k = max(shortlist or self.settings.shortlist, 1)
         notes: list[str] = []
         allowed = self.catalog.ids_under(query.folder) if query.folder is not None else None
         vector = self._vector_or_none(query, notes)
+        k = max(shortlist or (self.settings.shortlist if vector is not None
+                              else self.settings.weight_free_shortlist), 1)
         global_ids, global_scores = self._global(vector, max(k, query.top_k), allowed)
         reranker = self._reranker(query, rerank, using, notes, every_note)
         # The local shortlist needs the query's SIFT keypoints whatever re-ranks it.
