@@ -369,7 +369,8 @@ def test_without_the_model_the_details_index_gives_a_deeper_shortlist(
     --shortlist wins in both."""
     root, _ = scenes
     query = Query(image=save(OBJECT, tmp_path / "q.jpg"), top_k=8)
-    ctx = open_ctx(no_weights.with_changes(weight_free_shortlist=37, shortlist=11))
+    ctx = open_ctx(no_weights.with_changes(weight_free_shortlist=37, shortlist=11,
+                                           library_dir=tmp_path / "bare"))
     try:
         for c in (ctx, context):
             c.library.add_folder(root)

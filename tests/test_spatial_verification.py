@@ -307,20 +307,51 @@ def _correspondences(rng: np.random.Generator, n: int, consistent: int):  # type
     return q, d, np.arange(n), np.arange(n), sims
 
 
-def test_proposals_scored_together_are_scored_as_alone() -> None:
-    """Many photos' proposals in one set of arrays: each photo's mask is the one it gets
-    alone (proposals and correspondences never cross photos), with more correspondences
-    than proposals, ties in similarity, and photos of every size."""
+def _one_photo_at_a_time(q, d, qi, di, sim):  # type: ignore[no-untyped-def]
+    """The proposals of one photo scored as the app scored them before they were batched:
+    the reference the batched scoring must agree with."""
+    from imagesearch.core.spatial_verification import (
+        HYPOTHESES,
+        HYPOTHESIS_TOL,
+        MAX_LOG_SCALE,
+        MAX_TURN,
+    )
+
+    side = float(max(d.width, d.height))
+    qp, dp = q.xy[qi].astype(np.float64), d.xy[di].astype(np.float64)
+    ratio = (d.scale[di] / np.maximum(q.scale[qi], 1e-6)).astype(np.float64)
+    theta = np.radians((d.angle[di] - q.angle[qi]).astype(np.float64))
+    best_mask, best_count = None, -1
+    for h in np.argsort(-sim, kind="stable")[:HYPOTHESES]:
+        c, s = np.cos(theta[h]) * ratio[h], np.sin(theta[h]) * ratio[h]
+        dx, dy = qp[:, 0] - qp[h, 0], qp[:, 1] - qp[h, 1]
+        err = np.hypot(c * dx - s * dy + dp[h, 0] - dp[:, 0],
+                       s * dx + c * dy + dp[h, 1] - dp[:, 1])
+        turn = np.abs(np.remainder(theta - theta[h] + np.pi, 2 * np.pi) - np.pi)
+        mask = (err < HYPOTHESIS_TOL * side) & (np.abs(np.log(ratio / ratio[h]))
+                                                < MAX_LOG_SCALE) & (turn < MAX_TURN)
+        if mask.sum() > best_count:
+            best_mask, best_count = mask, int(mask.sum())
+    return best_mask
+
+
+def test_proposals_scored_together_are_scored_as_one_photo_at_a_time() -> None:
+    """Many photos' proposals in one set of arrays: each photo's mask is the one a plain
+    loop over its own proposals finds (proposals and correspondences never cross photos),
+    with more correspondences than proposals, ties in similarity, photos of every size,
+    and one without correspondences."""
     from imagesearch.core.spatial_verification import HYPOTHESES, _best_similarities
 
     rng = np.random.default_rng(11)
-    shapes = [(3, 3), (5, 0), (40, 12), (HYPOTHESES + 60, 30), (7, 4), (200, 0), (3, 0)]
+    shapes = [(3, 3), (5, 0), (40, 12), (HYPOTHESES + 60, 30), (0, 0), (7, 4), (200, 0),
+              (3, 0)]
     photos = [_correspondences(rng, n, c) for n, c in shapes]
     together = _best_similarities(photos)
-    alone = [_best_similarities([p])[0] for p in photos]
-    for (n, consistent), a, b in zip(shapes, together, alone, strict=True):
-        assert a.shape == (n,) and np.array_equal(a, b)
-        assert a[:consistent].all() or consistent == 0
+    for (n, consistent), photo, mask in zip(shapes, photos, together, strict=True):
+        assert mask.shape == (n,)
+        if n:
+            assert np.array_equal(mask, _one_photo_at_a_time(*photo))
+        assert mask[:consistent].all()
     assert together[3].sum() >= 30  # the consistent set wins among the many proposals
 
 

@@ -24,8 +24,9 @@ from imagesearch.errors import FeatureDataError
 
 # Inliers at which a match counts as certain; below MIN_INLIERS it is no match at all.
 SURE_INLIERS = 25
-# Photos verified between checks of the clock and the cancel flag (~50 ms on 2 cores): their
-# proposals are scored together (spatial_verification._best_similarities).
+# Photos verified between checks of the clock and the cancel flag (~50 ms of compact
+# details on 2 cores, a few times that of detailed ones): their proposals are scored
+# together (spatial_verification._best_similarities).
 _BATCH = 64
 
 

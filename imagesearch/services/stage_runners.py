@@ -235,13 +235,15 @@ class BagOfWordsRunner(LocalRunner):
     def image(self, path: Path, k: int) -> StageRun:
         started = time.perf_counter()
         prepared = self._prepare(path)
-        ids, scores = self.bow.search(prepared.plain, k)
+        # Verified as deep as the app's weight-free search verifies ASMK's shortlist.
+        depth = self.ctx.settings.weight_free_shortlist if self.verify else k
+        ids, scores = self.bow.search(prepared.plain, max(k, depth))
         pairs = list(zip(ids.tolist(), scores.tolist(), strict=True))
         if not self.verify:
             return self._run(pairs, started)
         reranker = self.ctx.rerank.get("sp")
         assert reranker is not None
-        shortlist = pairs[:self.ctx.settings.shortlist]
+        shortlist = pairs[:depth]
         reranked = self.ctx.rerank.rerank(reranker, prepared, shortlist, threading.Event())
         order = list(zip(reranked.ids, reranked.scores, strict=True))
         seen = set(reranked.ids)
