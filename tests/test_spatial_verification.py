@@ -308,8 +308,8 @@ def _correspondences(rng: np.random.Generator, n: int, consistent: int):  # type
 
 
 def _one_photo_at_a_time(q, d, qi, di, sim):  # type: ignore[no-untyped-def]
-    """The proposals of one photo scored as the app scored them before they were batched:
-    the reference the batched scoring must agree with."""
+    """The proposals of one photo scored by a plain loop (in float64, as the batched
+    scoring computes): the reference the batched scoring must agree with."""
     from imagesearch.core.spatial_verification import (
         HYPOTHESES,
         HYPOTHESIS_TOL,
@@ -353,6 +353,33 @@ def test_proposals_scored_together_are_scored_as_one_photo_at_a_time() -> None:
             assert np.array_equal(mask, _one_photo_at_a_time(*photo))
         assert mask[:consistent].all()
     assert together[3].sum() >= 30  # the consistent set wins among the many proposals
+
+
+def test_only_the_most_alike_correspondences_propose_and_the_first_wins_a_tie() -> None:
+    from imagesearch.core.spatial_verification import HYPOTHESES, _best_similarities
+
+    rng = np.random.default_rng(3)
+    # 100 alike correspondences scattered at random, then 10 less alike ones that agree
+    # on one geometry: these rank below the HYPOTHESES proposals, so none of them proposes
+    # and their geometry is never found.
+    q, d, qi, di, sims = _correspondences(rng, 110, 0)
+    consistent = _correspondences(rng, 10, 10)
+    for name in ("xy", "scale", "angle"):
+        getattr(q, name)[100:] = getattr(consistent[0], name)
+        getattr(d, name)[100:] = getattr(consistent[1], name)
+    sims[:100], sims[100:] = 0.99, 0.5
+    assert HYPOTHESES < 100
+    (capped,) = _best_similarities([(q, d, qi, di, sims)])
+    assert capped[100:].sum() <= 1
+    sims[100:] = 1.0  # now they propose first, and win
+    (found,) = _best_similarities([(q, d, qi, di, sims)])
+    assert found[100:].all()
+    # Six correspondences of equal similarity, each its own only inlier (scales 2.8x
+    # apart): every proposal counts one, and the first in order wins.
+    q, d, qi, di, _ = _correspondences(rng, 6, 0)
+    d.scale[:] = q.scale * np.exp(1.03 * np.arange(6)).astype(np.float32)
+    (tie,) = _best_similarities([(q, d, qi, di, np.full(6, 0.9, np.float32))])
+    assert tie.tolist() == [True, False, False, False, False, False]
 
 
 def test_verification_gives_the_same_answers_in_groups_of_any_size(

@@ -119,6 +119,8 @@ def main() -> None:
         print(f"{name}: {CODECS[name].parts} bytes a descriptor, mean squared reconstruction "
               f"error {error:.4f} -> {codebook_file(name)}")
         print(f"  sha256 {codebook_digest(name)} (CODEBOOK_SHA256 in core/feature_codec.py)")
+    if not names:
+        return  # only the projection was asked for
     # For comparison: 8-byte product codes, what the compact mode stored before rq5.
     import faiss
 
