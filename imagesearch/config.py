@@ -15,6 +15,7 @@ DEFAULT_MODEL = "ViT-B-32-256/datacomp_s34b_b86k"
 
 SETTINGS_FILE = "settings.json"
 STORAGE_MODES = ("standard", "compact")  # README "Compact library"
+_COUNTS = ("shortlist", "weight_free_shortlist", "top_k")  # at least 1 when read from a file
 
 
 def default_library_dir() -> Path:
@@ -122,6 +123,9 @@ class Settings:
         for key, value in saved.items():
             if key == "storage" and value not in STORAGE_MODES:
                 continue  # a typo is not a choice: the default stands
+            if key in _COUNTS and (isinstance(value, bool) or not isinstance(value, int)
+                                   or value < 1):
+                continue  # nor is a count of no candidates (or true)
             if key in cls._PERSISTED and key in known:
                 default = getattr(base, key)
                 if isinstance(value, type(default)) or (

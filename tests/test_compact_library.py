@@ -516,3 +516,16 @@ def test_indexing_a_compact_library_then_making_it_standard(
         assert index is not None and len(index) == 261
     finally:
         again.close()
+
+
+def test_counts_of_no_candidates_in_the_settings_file_are_not_taken(tmp_path: Path) -> None:
+    library = tmp_path / "lib"
+    library.mkdir()
+    (library / "settings.json").write_text(json.dumps(
+        {"shortlist": 0, "weight_free_shortlist": -5, "top_k": True}))
+    loaded = Settings.load(library)
+    defaults = Settings(library_dir=library)
+    assert (loaded.shortlist, loaded.weight_free_shortlist, loaded.top_k) == (
+        defaults.shortlist, defaults.weight_free_shortlist, defaults.top_k)
+    (library / "settings.json").write_text(json.dumps({"weight_free_shortlist": 400}))
+    assert Settings.load(library).weight_free_shortlist == 400
