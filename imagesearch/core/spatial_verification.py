@@ -56,8 +56,8 @@ AFFINE_INLIERS = 8  # fewer inliers than this are fitted by a similarity, not an
 MAX_TURN = 0.6
 MAX_LOG_SCALE = 0.8  # a correspondence's scale may disagree with the model's by ~2.2x
 # Photo keypoints matched per matrix product: its similarities (~12 MB with a large query)
-# stay in cache for the passes that find each row's nearest two. Against 8,192, this took
-# match_candidates from 325 to 200 ms a query over 300 photos (AVX2 EPYC, 2 cores).
+# stay in cache for the passes that find each row's nearest two. With 8,192, the whole
+# re-rank of 250 photos took 1.21x as long (bench/verification_speed.py, AVX2 EPYC).
 _CHUNK_ROWS = 1024
 PROJECTION_FILE = Path(__file__).with_name("data") / "rootsift_projection.npy"
 PROJECTION_AXES = 64  # principal axes the file holds, strongest first
