@@ -20,6 +20,8 @@ Each arm also prints how many photos it verified. The catalog is only read.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sqlite3
 import statistics
 import sys
 import threading
@@ -41,24 +43,22 @@ from imagesearch.services.local_search import feature_mode
 
 
 def _records(library: Path, photos: int) -> tuple[str, list[bytes]]:
-    from imagesearch.storage.catalog import Catalog
-    from imagesearch.storage.database import open_catalog_engine
-
+    """The extractor and the first ``photos`` records, read through a read-only
+    connection (the app's catalog layer would migrate an older catalog)."""
     settings = Settings.load(library)
     mode = feature_mode(settings)
     if mode is None:
         sys.exit(f"{library} keeps no local features")
     if not settings.catalog_path.is_file():
         sys.exit(f"{library} has no catalog")
-    catalog = Catalog(open_catalog_engine(settings.catalog_path))
-    blobs: list[bytes] = []
-    for chunk in catalog.iter_features(mode.extractor_id):
-        blobs.extend(blob for _, blob in chunk)
-        if len(blobs) >= photos:
-            break
+    uri = settings.catalog_path.resolve().as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        blobs = [bytes(row[0]) for row in conn.execute(
+            "SELECT data FROM local_features WHERE extractor = ? ORDER BY photo_id LIMIT ?",
+            (mode.extractor_id, photos))]
     if not blobs:
-        sys.exit(f"{library} has no local features stored yet")
-    return mode.extractor_id, blobs[:photos]
+        sys.exit(f"{library} has no local features of {mode.extractor_id} stored yet")
+    return mode.extractor_id, blobs
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ DEFAULT_MODEL = "ViT-B-32-256/datacomp_s34b_b86k"
 SETTINGS_FILE = "settings.json"
 STORAGE_MODES = ("standard", "compact")  # README "Compact library"
 _COUNTS = ("shortlist", "weight_free_shortlist", "top_k")  # at least 1 when read from a file
+_WRITTEN_WHEN_CHANGED = ("weight_free_shortlist",)  # settings no window shows
 
 
 def default_library_dir() -> Path:
@@ -60,8 +61,10 @@ class Settings:
     storage: str = "standard"
     rerank: str = "spatial"  # off | spatial | ames: how image queries are re-ranked
     shortlist: int = 100  # candidates re-ranked per image query, from each source
-    # ... when no model is installed and the local features' index (ASMK) is the only
-    # source: verification is then the only judge, and deeper is worth its time (README).
+    # ... when the local features' index (ASMK) is the only source (no model installed, or
+    # none of its vectors yet) and spatial verification the only judge: deeper is then
+    # worth its time (README "A shortlist from the details alone"). Written to
+    # settings.json only when changed, so that a later default reaches every library.
     weight_free_shortlist: int = 250
     ames_model: str = "dist"  # dist | fp: which AMES checkpoint (core/ames/registry.py)
     # Exact search while the library's vectors fit this many MB (and it has at most
@@ -99,7 +102,9 @@ class Settings:
     def save(self) -> None:
         """Write the user-editable settings atomically to the library folder."""
         self.library_dir.mkdir(parents=True, exist_ok=True)
-        data = {k: v for k, v in asdict(self).items() if k in self._PERSISTED}
+        defaults = {f.name: f.default for f in fields(self)}
+        data = {k: v for k, v in asdict(self).items() if k in self._PERSISTED
+                and (k not in _WRITTEN_WHEN_CHANGED or v != defaults[k])}
         target = self.library_dir / SETTINGS_FILE
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")

@@ -529,3 +529,14 @@ def test_counts_of_no_candidates_in_the_settings_file_are_not_taken(tmp_path: Pa
         defaults.shortlist, defaults.weight_free_shortlist, defaults.top_k)
     (library / "settings.json").write_text(json.dumps({"weight_free_shortlist": 400}))
     assert Settings.load(library).weight_free_shortlist == 400
+
+
+def test_the_weight_free_shortlist_is_written_only_when_changed(tmp_path: Path) -> None:
+    """No window shows it: a library that never changed it follows a later default."""
+    settings = Settings(library_dir=tmp_path)
+    settings.save()
+    written = json.loads((tmp_path / "settings.json").read_text())
+    assert "weight_free_shortlist" not in written and written["shortlist"] == 100
+    settings.with_changes(weight_free_shortlist=400).save()
+    assert json.loads((tmp_path / "settings.json").read_text())["weight_free_shortlist"] == 400
+    assert Settings.load(tmp_path).weight_free_shortlist == 400

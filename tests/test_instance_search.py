@@ -387,6 +387,15 @@ def test_without_the_model_the_details_index_gives_a_deeper_shortlist(
             c.search.begin(query)
             c.search.begin(query, shortlist=5)
             assert asked == ([37, 5] if c is ctx else [context.settings.shortlist, 5])
+        # A model whose vectors are not there yet gives no candidates either.
+        monkeypatch.setattr(context.search, "_global", lambda *_: ([], []))
+        context.search.begin(query)
+        assert asked[-1] == context.settings.weight_free_shortlist
+        # AMES re-ranks what it is given within its budget: it keeps the model's depth.
+        ames = type("Ames", (), {"name": "ames"})()
+        monkeypatch.setattr(context.search, "_reranker", lambda *_: ames)
+        context.search.begin(query)
+        assert asked[-1] == context.settings.shortlist
     finally:
         ctx.close()
 

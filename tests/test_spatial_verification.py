@@ -104,6 +104,41 @@ def test_cancelled_verification_leaves_the_rest_undone(query: QueryFeatures) -> 
     assert verify(query, [photo, photo], cancel) == [None, None]
 
 
+def test_a_re_rank_checks_its_cancel_flag_every_few_thousand_keypoints(
+        query: QueryFeatures, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches are cut by keypoints, not photos: a detailed photo (1,000 keypoints) counts
+    for four compact ones. After the first batch is cancelled, the rest are not decoded."""
+    from imagesearch.core import spatial_rerank
+    from imagesearch.core.feature_codec import encode_features
+    from imagesearch.core.local_features import FEATURE_MODES
+    from imagesearch.core.spatial_rerank import SpatialReranker
+
+    mode = FEATURE_MODES["detailed"]
+    pixels, _ = scene(OBJECT, similarity(0.5, 0, 400, 300, CENTRE), (800, 600))
+    blob = encode_features(extract(Image.fromarray(pixels), mode.max_side, mode.count),
+                           mode.codec)
+    photo = decode_features(blob)
+    monkeypatch.setattr(spatial_rerank, "_BATCH_ROWS", 2 * len(photo))
+    cancel, decoded = threading.Event(), []
+
+    def decode(data: bytes):  # type: ignore[no-untyped-def]
+        decoded.append(data)
+        return decode_features(data)
+
+    def verify_then_cancel(*args, **kwargs):  # type: ignore[no-untyped-def]
+        results = verify(*args, **kwargs)
+        cancel.set()  # the user starts another search as the first batch is verified
+        return results
+
+    monkeypatch.setattr(spatial_rerank, "decode_features", decode)
+    monkeypatch.setattr(spatial_rerank, "verify", verify_then_cancel)
+    reranker = SpatialReranker(mode.extractor_id)
+    outcome = reranker.score(reranker.prepare_features(query.plain),
+                             {i: blob for i in range(7)}, cancel)
+    assert not outcome.complete and sorted(outcome.evidence) == [0, 1]
+    assert len(decoded) == 2 and all(e.match > 0 for e in outcome.evidence.values())
+
+
 def test_mirrored_descriptors_match_extraction_on_the_mirror_image() -> None:
     """The permutation that mirrors a SIFT descriptor, checked against SIFT itself."""
     img = Image.fromarray(OBJECT)

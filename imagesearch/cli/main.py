@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the library's setting, on)")
     p.add_argument("--shortlist", type=int, default=None, metavar="N",
                    help="candidates an image query re-ranks from each source (default: "
-                        "the library's settings, 100; 250 when no model is installed)")
+                        "the library's settings, 100; 250 when only local features give "
+                        "candidates)")
 
     p = sub.add_parser("status", help="library totals, folders and failures")
     p.add_argument("--failures", type=int, default=20, metavar="N",

@@ -156,8 +156,9 @@ class SearchService:
 
         Args:
             rerank: force the re-rank stage on or off (None: the settings decide).
-            shortlist: candidates to re-rank from each source (None: the settings' value,
-                ``weight_free_shortlist`` when no model is installed).
+            shortlist: candidates to re-rank from each source (None: the settings' value;
+                ``weight_free_shortlist`` when the local features' index is the only
+                source and spatial verification, if anything, re-ranks).
             using: the re-ranker by name ("sp", "ames"; None: the settings decide).
             every_note: repeat the notes a window shows once a session (AMES missing) for
                 a caller that sees only this round (a command-line search answered here).
@@ -168,10 +169,13 @@ class SearchService:
         notes: list[str] = []
         allowed = self.catalog.ids_under(query.folder) if query.folder is not None else None
         vector = self._vector_or_none(query, notes)
-        k = max(shortlist or (self.settings.shortlist if vector is not None
-                              else self.settings.weight_free_shortlist), 1)
+        k = max(shortlist or self.settings.shortlist, 1)
         global_ids, global_scores = self._global(vector, max(k, query.top_k), allowed)
         reranker = self._reranker(query, rerank, using, notes, every_note)
+        if not global_ids and shortlist is None and (reranker is None or reranker.name == "sp"):
+            # The local features' index is the only source (no model, or none of its
+            # vectors yet) and verification the only judge: it looks deeper (README).
+            k = max(self.settings.weight_free_shortlist, 1)
         # The local shortlist needs the query's SIFT keypoints whatever re-ranks it.
         keypoints = self._keypoints(query, notes, vector is None) \
             if (reranker is not None or vector is None) else None
