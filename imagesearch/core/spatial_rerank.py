@@ -30,6 +30,7 @@ SURE_INLIERS = 25
 # time, so a cancelled re-rank has not decoded the rest.
 _BATCH_ROWS = 16_384
 
+
 def match_confidence(inliers: int) -> float:
     """0 below the verification threshold, then rising on a log scale to 1."""
     if inliers < MIN_INLIERS:

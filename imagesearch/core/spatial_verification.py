@@ -213,8 +213,7 @@ def _best_similarities(pairs: Sequence[tuple[LocalFeatures, LocalFeatures, np.nd
     operations: 0.4x the time of one photo at a time, and on the instance benchmark's
     queries the same masks. A photo without correspondences gets an empty mask.
     """
-    empty = [k for k, (_, _, qi, _, _) in enumerate(pairs) if len(qi) == 0]
-    if empty:
+    if any(len(qi) == 0 for _, _, qi, _, _ in pairs):
         scored = iter(_best_similarities([p for p in pairs if len(p[2])]))
         return [np.zeros(0, bool) if len(p[2]) == 0 else next(scored) for p in pairs]
     if not pairs:
@@ -419,6 +418,22 @@ def verify_pair(q: LocalFeatures, d: LocalFeatures, qi: np.ndarray, di: np.ndarr
     return Verification(inliers, box, matches=len(qi))
 
 
+def _groups(sizes: Sequence[int]) -> list[list[int]]:
+    """Indices of the non-zero ``sizes`` (correspondences), in groups whose proposal-
+    correspondence pairs reach _GROUP_PAIRS at most by their last member."""
+    groups: list[list[int]] = [[]]
+    pairs = 0
+    for k, n in enumerate(sizes):
+        if n == 0:
+            continue
+        if pairs >= _GROUP_PAIRS:
+            groups.append([])
+            pairs = 0
+        groups[-1].append(k)
+        pairs += min(n, HYPOTHESES) * n
+    return [g for g in groups if g]
+
+
 def verify(query: QueryFeatures, photos: Sequence[LocalFeatures],
            cancel: threading.Event | None = None, box_method: str = "frame",
            few_alike: float | None = None) -> list[Verification | None]:
@@ -431,18 +446,10 @@ def verify(query: QueryFeatures, photos: Sequence[LocalFeatures],
     sides = [(q, photo, *found) for photo, both in zip(photos, matched, strict=True)
              for q, found in zip((query.plain, query.mirror), both, strict=True)]
     proposed: list[np.ndarray | None] = [None] * len(sides)
-    group: list[int] = []
-    pairs = 0
-    for k in [k for k, (_, _, qi, _, _) in enumerate(sides) if len(qi) >= MIN_INLIERS]:
-        group.append(k)
-        pairs += min(len(sides[k][2]), HYPOTHESES) * len(sides[k][2])
-        if pairs >= _GROUP_PAIRS:
-            for j, mask in zip(group, _best_similarities([sides[j] for j in group]),
-                               strict=True):
-                proposed[j] = mask
-            group, pairs = [], 0
-    for j, mask in zip(group, _best_similarities([sides[j] for j in group]), strict=True):
-        proposed[j] = mask
+    for group in _groups([len(qi) if len(qi) >= MIN_INLIERS else 0
+                          for _, _, qi, _, _ in sides]):
+        for j, mask in zip(group, _best_similarities([sides[j] for j in group]), strict=True):
+            proposed[j] = mask
     out: list[Verification | None] = []
     for i, (photo, (plain, mirror)) in enumerate(zip(photos, matched, strict=True)):
         if cancel is not None and cancel.is_set():
