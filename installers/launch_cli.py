@@ -1,8 +1,6 @@
 """The frozen app's `imagesearch` command (PyInstaller needs a script, not an entry point)."""
 
-import sys
-
-from imagesearch.cli.main import main
+from imagesearch.cli.main import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

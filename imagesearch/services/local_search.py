@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,7 +37,9 @@ from imagesearch.errors import (
     IndexFileError,
     IndexUnavailableError,
 )
-from imagesearch.storage.catalog import Catalog
+
+if TYPE_CHECKING:
+    from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imagesearch.core.rerank import Evidence, Reranker, normalise_prior
-from imagesearch.storage.catalog import Catalog
+
+if TYPE_CHECKING:
+    from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

@@ -12,23 +12,27 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imagesearch.config import Settings
+from imagesearch.core.encoder import Encoder
 from imagesearch.core.imaging import load_query_image
-from imagesearch.core.rerank import Reranker
-from imagesearch.domain import Box, Query, SearchHit
+from imagesearch.core.rerank import Evidence, Reranker
+from imagesearch.core.vector_index import VectorIndex
+from imagesearch.domain import Box, PhotoRecord, Query, SearchHit
 from imagesearch.errors import ModelUnavailable, QueryError
 from imagesearch.services.local_search import MIN_PHOTOS, LocalIndexService
 from imagesearch.services.models import ModelManager
 from imagesearch.services.reranking import DEFAULT_BUDGET_S, Reranked, RerankService
 from imagesearch.services.vector_store import VectorStore
-from imagesearch.storage.catalog import Catalog
+
+if TYPE_CHECKING:
+    from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -103,27 +107,7 @@ class SearchService:
             QueryError: nothing to search for, or the query image is unreadable.
             ModelUnavailable: the model's weights are not installed.
         """
-        encoder = self.models.encoder()
-        positive, negatives = split_negatives(query.text)
-        parts: list[tuple[float, np.ndarray]] = []
-        if query.image is not None:
-            parts.append((query.image_weight if positive else 1.0,
-                          self._image_vector(query.image)))
-        if positive:
-            weight = 1.0 - query.image_weight if query.image is not None else 1.0
-            parts.append((weight, encoder.encode_texts([positive])[0]))
-        if not parts:
-            raise QueryError("Type a description or drop an image to search."
-                             if not negatives else
-                             "A search needs something to look for, not only '-' terms.")
-        vec = sum(w * v for w, v in parts)
-        vec = np.asarray(vec, dtype=np.float32)
-        vec /= max(float(np.linalg.norm(vec)), 1e-12)
-        if negatives:
-            neg = encoder.encode_texts(negatives).mean(axis=0)
-            vec = vec - NEGATIVE_WEIGHT * neg
-            vec /= max(float(np.linalg.norm(vec)), 1e-12)
-        return vec
+        return query_vector(self.models.encoder(), query, self._image_vector)
 
     def _image_vector(self, image: Path | bytes) -> np.ndarray:
         encoder = self.models.encoder()
@@ -258,12 +242,7 @@ class SearchService:
                 ) -> tuple[list[int], list[float]]:
         if vec is None:
             return [], []
-        index = self.vectors.index()
-        if index is None or len(index) == 0:
-            return [], []
-        scores, ids = index.search(vec[None].astype(np.float32), k, allowed)
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-        return [i for i, _ in found], [s for _, s in found]
+        return search_index(self.vectors.index(), vec, k, allowed)
 
     def _keypoints(self, query: Query, notes: list[str], required: bool) -> Any:
         """The query image's local features (as the "sp" re-ranker prepares them), or None.
@@ -364,20 +343,72 @@ class SearchService:
 
     def _hits(self, found: Sequence[tuple[int, float]], global_scores: dict[int, float],
               reranked: Reranked | None = None) -> list[SearchHit]:
-        records = self.catalog.photos([i for i, _ in found])
-        hits = []
-        for pid, score in found:
-            r = records.get(pid)
-            if r is None:
-                continue  # removed between the search and this lookup
-            evidence = reranked.evidence.get(pid) if reranked is not None else None
-            box = Box(*evidence.box) if evidence is not None and evidence.box else None
-            hits.append(SearchHit(
-                photo_id=pid, path=r.path, score=score, width=r.width, height=r.height,
-                size=r.size, captured_at=r.captured_at, mtime=r.mtime, box=box,
-                global_score=global_scores.get(pid),
-                rerank_score=evidence.strength if evidence is not None else None))
-        return hits
+        return hits_of(found, self.catalog.photos([i for i, _ in found]), global_scores,
+                       reranked.evidence if reranked is not None else None)
+
+
+def query_vector(encoder: Encoder, query: Query,
+                 image_vector: Callable[[Path | bytes], np.ndarray] | None = None
+                 ) -> np.ndarray:
+    """The L2-normalised vector a query stands for: its image's and its description's,
+    weighted, pushed away from its "-" terms.
+
+    Args:
+        image_vector: the vector of the query's image (required when it has one).
+
+    Raises:
+        QueryError: nothing to search for.
+    """
+    positive, negatives = split_negatives(query.text)
+    parts: list[tuple[float, np.ndarray]] = []
+    if query.image is not None:
+        assert image_vector is not None, "an image query needs image_vector"
+        parts.append((query.image_weight if positive else 1.0, image_vector(query.image)))
+    if positive:
+        weight = 1.0 - query.image_weight if query.image is not None else 1.0
+        parts.append((weight, encoder.encode_texts([positive])[0]))
+    if not parts:
+        raise QueryError("Type a description or drop an image to search."
+                         if not negatives else
+                         "A search needs something to look for, not only '-' terms.")
+    vec = sum(w * v for w, v in parts)
+    vec = np.asarray(vec, dtype=np.float32)
+    vec /= max(float(np.linalg.norm(vec)), 1e-12)
+    if negatives:
+        neg = encoder.encode_texts(negatives).mean(axis=0)
+        vec = vec - NEGATIVE_WEIGHT * neg
+        vec /= max(float(np.linalg.norm(vec)), 1e-12)
+    return vec
+
+
+def search_index(index: VectorIndex | None, vec: np.ndarray, k: int,
+                 allowed: np.ndarray | None) -> tuple[list[int], list[float]]:
+    """The ``k`` nearest photos of ``vec`` (among ``allowed``), best first: (ids, scores)."""
+    if index is None or len(index) == 0:
+        return [], []
+    scores, ids = index.search(vec[None].astype(np.float32), k, allowed)
+    found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+    return [i for i, _ in found], [s for _, s in found]
+
+
+def hits_of(found: Sequence[tuple[int, float]], records: Mapping[int, PhotoRecord],
+            global_scores: Mapping[int, float],
+            evidence: Mapping[int, Evidence] | None = None) -> list[SearchHit]:
+    """Hits for (photo id, score) pairs, in that order; a photo without a record (removed
+    between the search and the lookup) is left out."""
+    hits = []
+    for pid, score in found:
+        r = records.get(pid)
+        if r is None:
+            continue
+        seen = evidence.get(pid) if evidence is not None else None
+        box = Box(*seen.box) if seen is not None and seen.box else None
+        hits.append(SearchHit(
+            photo_id=pid, path=r.path, score=score, width=r.width, height=r.height,
+            size=r.size, captured_at=r.captured_at, mtime=r.mtime, box=box,
+            global_score=global_scores.get(pid),
+            rerank_score=seen.strength if seen is not None else None))
+    return hits
 
 
 def _candidates(first: list[tuple[int, float]], local: list[tuple[int, float]]

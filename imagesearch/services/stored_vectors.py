@@ -13,13 +13,15 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from imagesearch.core.vector_codec import CODE_BYTES, TRAIN_MAX, TRAIN_MIN, VectorCodec
 from imagesearch.errors import CatalogError
-from imagesearch.storage.catalog import Catalog
+
+if TYPE_CHECKING:
+    from imagesearch.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

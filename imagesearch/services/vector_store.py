@@ -13,7 +13,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,7 +44,9 @@ from imagesearch.services import index_upgrade
 from imagesearch.services.index_upgrade import Upgrade
 from imagesearch.services.save_schedule import SaveSchedule
 from imagesearch.services.stored_vectors import StoredVectors
-from imagesearch.storage.catalog import Catalog, Commit
+
+if TYPE_CHECKING:
+    from imagesearch.storage.catalog import Catalog, Commit
 
 log = logging.getLogger(__name__)
 
@@ -224,29 +228,8 @@ class VectorStore:
                 pass
 
     def _mismatch(self, index: VectorIndex, generation: int) -> str | None:
-        if index.model_id != self.model_id:
-            return f"the file is for model {index.model_id}"
-        if index.generation != generation:
-            return (f"the file reflects catalog generation {index.generation}, "
-                    f"the catalog is at {generation}")
-        stored = np.sort(self.catalog.vector_ids(self.model_id))
-        if len(stored) != len(index):
-            return f"the file holds {len(index)} vectors, the catalog {len(stored)}"
-        if not np.array_equal(stored, np.sort(index.ids())):
-            return f"the file's photo ids differ from the catalog's ({len(stored)} each)"
-        if len(stored) == 0:
-            return None
-        # Same ids can still hold other vectors (a photo re-embedded by another process
-        # while this file claimed its generation): compare a spread of them too.
-        sample = stored[np.unique(np.linspace(0, len(stored) - 1, CHECK_SAMPLE).astype(int))]
-        try:
-            expected = self.rows.of(sample)
-        except KeyError:
-            return "the catalog changed while the file was being checked"
-        if not _same_vectors(index.vectors_of(sample), index.requantized(expected)):
-            return (f"the file's vectors differ from the catalog's "
-                    f"({len(sample)} of {len(stored)} compared)")
-        return None
+        return mismatch(index, self.model_id, generation,
+                        lambda: self.catalog.vector_ids(self.model_id), self.rows.of)
 
     def refresh(self) -> VectorIndex | None:
         """The index, first dropped if another process changed the catalog meanwhile.
@@ -544,6 +527,43 @@ class VectorStore:
             return (self.save_error,)
         self.save_error = None
         return ()
+
+
+def mismatch(index: VectorIndex, model_id: str, generation: int,
+             stored_ids: Callable[[], np.ndarray],
+             stored_vectors: Callable[[np.ndarray], np.ndarray]) -> str | None:
+    """Why an index file opened for ``model_id`` does not hold what the catalog does, or
+    None when it does.
+
+    Args:
+        generation: the catalog's, read before the file was.
+        stored_ids: the ids of the catalog's vectors for the model.
+        stored_vectors: the catalog's float32 vectors of some ids, in their order
+            (KeyError when one has none).
+    """
+    if index.model_id != model_id:
+        return f"the file is for model {index.model_id}"
+    if index.generation != generation:
+        return (f"the file reflects catalog generation {index.generation}, "
+                f"the catalog is at {generation}")
+    stored = np.sort(stored_ids())
+    if len(stored) != len(index):
+        return f"the file holds {len(index)} vectors, the catalog {len(stored)}"
+    if not np.array_equal(stored, np.sort(index.ids())):
+        return f"the file's photo ids differ from the catalog's ({len(stored)} each)"
+    if len(stored) == 0:
+        return None
+    # Same ids can still hold other vectors (a photo re-embedded by another process
+    # while this file claimed its generation): compare a spread of them too.
+    sample = stored[np.unique(np.linspace(0, len(stored) - 1, CHECK_SAMPLE).astype(int))]
+    try:
+        expected = stored_vectors(sample)
+    except KeyError:
+        return "the catalog changed while the file was being checked"
+    if not _same_vectors(index.vectors_of(sample), index.requantized(expected)):
+        return (f"the file's vectors differ from the catalog's "
+                f"({len(sample)} of {len(stored)} compared)")
+    return None
 
 
 def _same_vectors(stored: np.ndarray, expected: np.ndarray) -> bool:

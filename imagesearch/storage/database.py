@@ -8,16 +8,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from imagesearch.errors import CatalogError, CatalogTooNew
+from imagesearch.storage.catalog_reads import HEAD_REVISION, schema_revision
 
 log = logging.getLogger(__name__)
-
-# The newest migration in storage/migrations/versions. A test keeps the two in step;
-# checking it directly lets an up-to-date catalog open without importing Alembic.
-HEAD_REVISION = "0003"
 
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -64,13 +61,7 @@ def create_catalog_engine(path: Path) -> Engine:
 def current_revision(engine: Engine) -> str | None:
     """The schema revision stored in the catalog, or None for an empty database."""
     with engine.connect() as conn:
-        has_table = conn.execute(
-            text("SELECT name FROM sqlite_master WHERE type='table' AND name='alembic_version'")
-        ).first()
-        if not has_table:
-            return None
-        row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
-        return None if row is None else str(row[0])
+        return schema_revision(conn.connection)
 
 
 def _alembic_config(connection: Any) -> Any:

@@ -1,0 +1,70 @@
+"""A description searched at once: a cold command's text query, without SQLAlchemy.
+
+A cold ``imagesearch search`` for a description needs, of the whole library, only the
+index file, the catalog's records of the hits and the text tower. Opening the catalog in
+full (``storage.database``, ``storage.catalog``) imports SQLAlchemy, about 0.3-0.5 s of
+the command's second on 2 cores; this answers through ``CatalogReader`` instead, with the
+same functions the app's ``SearchService`` uses, so the hits are the same.
+
+It answers only when nothing needs more than reading: the catalog at the current schema,
+float16 vectors (a compact library's codes need their codec), the model's weights
+installed, and an index file that holds what the catalog does. Anything else returns
+None, and the caller opens the library in full, which migrates, rebuilds or says what is
+wrong as it always has.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from imagesearch.config import Settings
+from imagesearch.core.vector_index import load_saved
+from imagesearch.domain import Query, SearchHit
+from imagesearch.errors import IndexFileError
+from imagesearch.services.models import ModelManager
+from imagesearch.services.searching import hits_of, query_vector, search_index
+from imagesearch.services.vector_store import index_path, mismatch
+from imagesearch.storage.catalog_reads import CatalogReader
+
+log = logging.getLogger(__name__)
+
+
+def answer_description(settings: Settings, models: ModelManager, query: Query,
+                       shortlist: int | None = None) -> list[SearchHit] | None:
+    """The hits of a query without an image, or None when only the full path can answer.
+
+    Args:
+        shortlist: candidates taken from the index (None: the settings'), as
+            ``SearchService.begin`` takes them, so the first ``top_k`` are its own.
+
+    Raises:
+        QueryError: the description holds nothing to look for (only "-" terms).
+    """
+    if query.image is not None or not models.weights_present():
+        return None
+    reader = CatalogReader.open(settings.catalog_path)
+    if reader is None:
+        return None
+    try:
+        model_id = models.model_id
+        if reader.vector_codec_digest(model_id) is not None:
+            return None  # a compact library: its codes are decoded by the full path
+        generation = reader.generation()  # before the file, as VectorStore reads them
+        try:
+            index = load_saved(index_path(settings.index_dir, model_id)).index
+        except IndexFileError:
+            return None  # none yet, or unreadable: the full path rebuilds it
+        reason = mismatch(index, model_id, generation, lambda: reader.vector_ids(model_id),
+                          lambda ids: reader.vectors_of(model_id, ids))
+        if reason is not None:
+            log.info("the index file cannot answer at once (%s): opening the library", reason)
+            return None
+        vector = query_vector(models.encoder(), query)
+        allowed = reader.ids_under(query.folder) if query.folder is not None else None
+        k = max(shortlist or settings.shortlist, query.top_k, 1)
+        ids, scores = search_index(index, vector, k, allowed)
+        found = list(zip(ids, scores, strict=True))[:query.top_k]
+        return hits_of(found, reader.photos([i for i, _ in found]),
+                       dict(zip(ids, scores, strict=True)))
+    finally:
+        reader.close()
