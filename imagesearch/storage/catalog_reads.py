@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
@@ -169,11 +168,11 @@ class CatalogReader:
         if not path.is_file():
             return None
         try:
-            # mode=rw: never creates a missing file. Quoted, so '?' or '#' in a folder
-            # name stays part of the path.
-            conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True,
+            # mode=rw: never creates a missing file. A URI quotes every byte of the path
+            # ('?', '#', a Linux name that is not UTF-8), as SQLite reads them back.
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
                                    timeout=10.0)
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError, ValueError):
             return None
         try:
             if schema_revision(conn) == HEAD_REVISION:
