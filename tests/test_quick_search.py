@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import pytest
@@ -17,9 +17,10 @@ from sqlalchemy import select
 
 import imagesearch.cli.main as cli_main
 from imagesearch.cli.main import main
+from imagesearch.errors import QueryError
 from imagesearch.services import quick_search
 from imagesearch.storage.catalog import Catalog, PhotoUpdate, _record
-from imagesearch.storage.catalog_reads import CatalogReader
+from imagesearch.storage.catalog_reads import CatalogReader, _uri
 from imagesearch.storage.database import open_catalog_engine
 from imagesearch.storage.schema import PhotoRow
 from tests.test_cli import cli_env  # noqa: F401  (a fixture)
@@ -42,12 +43,17 @@ def indexed(cli_env: Path, photo_dir: Path,  # noqa: F811
 
 @pytest.fixture
 def answers(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """What each quick answer returned (None: it handed over to the full path)."""
+    """What each quick answer returned (None: it handed over to the full path), or the
+    exception it raised."""
     seen: list[object] = []
     real = quick_search.answer_description
 
     def spy(*args: object, **kwargs: object) -> object:
-        seen.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        try:
+            seen.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        except Exception as exc:
+            seen.append(exc)
+            raise
         return seen[-1]
 
     monkeypatch.setattr(quick_search, "answer_description", spy)
@@ -82,6 +88,20 @@ def test_only_minus_terms_is_the_same_clear_error(indexed: Path, answers: list[o
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["search", "-k", "3", "--", "-cup"]) == 1
     assert "not only '-' terms" in capsys.readouterr().err
+    assert len(answers) == 1 and isinstance(answers[0], QueryError)  # said by the quick path
+
+
+def test_a_catalog_that_cannot_be_read_is_left_to_the_full_path(
+        indexed: Path, answers: list[object], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    expected = _full_path(["search", "coffee"], monkeypatch, capsys)
+
+    def locked(_self: CatalogReader) -> int:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(CatalogReader, "generation", locked)
+    assert main(["search", "coffee"]) == 0
+    assert answers == [None] and capsys.readouterr().out == expected
 
 
 def test_a_stale_or_missing_index_file_is_left_to_the_full_path(
@@ -134,6 +154,13 @@ def test_the_reader_opens_only_a_current_catalog(tmp_path: Path) -> None:
     with sqlite3.connect(odd) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0002'")
     assert CatalogReader.open(odd) is None  # the full open migrates it
+
+
+def test_windows_paths_become_uris_sqlite_accepts() -> None:
+    share = PureWindowsPath(r"\\server\share\photos #1\catalog.sqlite3")
+    assert _uri(share) == "file:////server/share/photos%20%231/catalog.sqlite3?mode=rw"
+    local = PureWindowsPath(r"C:\Users\a?b\catalog.sqlite3")
+    assert _uri(local) == "file:///C:/Users/a%3Fb/catalog.sqlite3?mode=rw"
 
 
 def test_plain_reads_match_what_the_orm_maps(tmp_path: Path) -> None:
@@ -191,3 +218,45 @@ def test_the_command_answers_without_sqlalchemy_and_leaves_at_once(indexed: Path
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "False"  # no teardown, no SQLAlchemy
     assert len(json.loads(done.stdout)) == 6
+
+
+def _leave(script: str, **run: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "import sys\n"
+                           "from imagesearch.cli.main import _leave_now\n" + script],
+                          text=True, timeout=60, env=_buffered(),
+                          **run)  # type: ignore[call-overload]
+
+
+def _buffered() -> dict[str, str]:
+    """This environment with Python's output buffered, as a user's shell has it."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+def test_leaving_at_once_reports_lost_output_but_not_a_closed_pipe() -> None:
+    if Path("/dev/full").exists():  # a full disk: the hits are lost, and that is said
+        with open("/dev/full", "w") as full_disk:
+            full = _leave("sys.stdout.write('hits')\n_leave_now(0)", stdout=full_disk,
+                          stderr=subprocess.PIPE)
+        assert full.returncode == 1 and "cannot write the results" in full.stderr
+    closed = _leave("sys.stdout = None\n_leave_now(3)", capture_output=True)
+    assert closed.returncode == 3 and not closed.stderr  # no console at all
+    # A reader that stopped reading (`| head -1`) is how a pipe ends, not an error: the
+    # hits still buffered when the search ends meet a closed pipe.
+    proc = subprocess.Popen([sys.executable, "-c", "import sys\n"
+                             "from imagesearch.cli.main import _leave_now\n"
+                             "sys.stdout.write('hit\\n' * 100)\n"
+                             "sys.stdin.read()\n_leave_now(0)"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_buffered())
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stdin.close()  # now the child flushes into the closed pipe
+    assert proc.wait(timeout=60) == 0 and not proc.stderr.read()
+    proc.stderr.close()
+
+
+def test_the_command_exits_with_the_errors_code(indexed: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", "from imagesearch.cli.main import entry; "
+                           "entry()", "search", "--", "-cup"], capture_output=True,
+                          text=True, timeout=120, env=os.environ.copy())
+    assert done.returncode == 1 and "not only '-' terms" in done.stderr

@@ -512,13 +512,15 @@ def test_cold_text_search_imports_no_torch(probed: WeightStore, tmp_path: Path,
         {"model_id": TINY_MODEL_ID, "precision": "onnx-int8", "decode_workers": 1}))
     env = {"IMAGESEARCH_HOME": str(library), "IMAGESEARCH_MODELS": str(models),
            "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    script = ("import sys, json\nfrom imagesearch.cli.main import main\n"
-              "code = main(sys.argv[1:])\n"
+    script = ("import sys, json\nimport imagesearch.cli.main as m\n"
+              "if sys.argv[1] == 'full':  # the library opened in full, as when the index\n"
+              "    m._answered_at_once = lambda *_: False  # file is stale\n"
+              "code = m.main(sys.argv[2:])\n"
               "print(json.dumps([code, sorted(m for m in ('torch', 'open_clip', 'cv2')"
               " if m in sys.modules)]))\n")
 
-    def run(*args: str) -> tuple[int, list[str], str]:
-        proc = subprocess.run([sys.executable, "-c", script, *args], env=env,
+    def run(*args: str, path: str = "quick") -> tuple[int, list[str], str]:
+        proc = subprocess.run([sys.executable, "-c", script, path, *args], env=env,
                               capture_output=True, text=True, timeout=120)
         code, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
         return code, heavy, proc.stdout
@@ -529,8 +531,9 @@ def test_cold_text_search_imports_no_torch(probed: WeightStore, tmp_path: Path,
         mp.setenv("IMAGESEARCH_HOME", str(library))
         mp.setenv("IMAGESEARCH_MODELS", str(models))
         assert main(["index", str(photo_dir), "--no-progress"]) == 0
-    code, heavy, out = run("search", "a", "cup", "of", "coffee", "-k", "3")
-    assert code == 0 and heavy == [] and len(out.strip().splitlines()) == 4
+    for path in ("quick", "full"):
+        code, heavy, out = run("search", "a", "cup", "of", "coffee", "-k", "3", path=path)
+        assert code == 0 and heavy == [] and len(out.strip().splitlines()) == 4, path
 
 
 def test_models_list_and_status_bar_show_the_choice(probed: WeightStore, tmp_path: Path,

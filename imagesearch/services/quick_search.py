@@ -1,26 +1,28 @@
 """A description searched at once: a cold command's text query, without SQLAlchemy.
 
 A cold ``imagesearch search`` for a description needs, of the whole library, only the
-index file, the catalog's records of the hits and the text tower. Opening the catalog in
-full (``storage.database``, ``storage.catalog``) imports SQLAlchemy, about 0.3-0.5 s of
-the command's second on 2 cores; this answers through ``CatalogReader`` instead, with the
-same functions the app's ``SearchService`` uses, so the hits are the same.
+index file, the catalog's records of the hits and the text tower. Opening the library in
+full (SQLAlchemy, every service) costs such a query about 0.2 s of its 0.8 on 2 cores
+(``bench/cold_query.py``); this answers through ``CatalogReader`` instead, with the same
+functions the app's ``SearchService`` uses, so the hits are the same.
 
 It answers only when nothing needs more than reading: the catalog at the current schema,
 float16 vectors (a compact library's codes need their codec), the model's weights
 installed, and an index file that holds what the catalog does. Anything else returns
 None, and the caller opens the library in full, which migrates, rebuilds or says what is
-wrong as it always has.
+wrong as it always has. So does a catalog this cannot read (locked past its timeout,
+damaged): the full path meets the same trouble and reports it in its own words.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from imagesearch.config import Settings
 from imagesearch.core.vector_index import load_saved
 from imagesearch.domain import Query, SearchHit
-from imagesearch.errors import IndexFileError
+from imagesearch.errors import ImageSearchError, IndexFileError
 from imagesearch.services.models import ModelManager
 from imagesearch.services.searching import hits_of, query_vector, search_index
 from imagesearch.services.vector_store import index_path, mismatch
@@ -46,25 +48,35 @@ def answer_description(settings: Settings, models: ModelManager, query: Query,
     if reader is None:
         return None
     try:
-        model_id = models.model_id
-        if reader.vector_codec_digest(model_id) is not None:
-            return None  # a compact library: its codes are decoded by the full path
-        generation = reader.generation()  # before the file, as VectorStore reads them
-        try:
-            index = load_saved(index_path(settings.index_dir, model_id)).index
-        except IndexFileError:
-            return None  # none yet, or unreadable: the full path rebuilds it
-        reason = mismatch(index, model_id, generation, lambda: reader.vector_ids(model_id),
-                          lambda ids: reader.vectors_of(model_id, ids))
-        if reason is not None:
-            log.info("the index file cannot answer at once (%s): opening the library", reason)
-            return None
-        vector = query_vector(models.encoder(), query)
-        allowed = reader.ids_under(query.folder) if query.folder is not None else None
-        k = max(shortlist or settings.shortlist, query.top_k, 1)
-        ids, scores = search_index(index, vector, k, allowed)
-        found = list(zip(ids, scores, strict=True))[:query.top_k]
-        return hits_of(found, reader.photos([i for i, _ in found]),
-                       dict(zip(ids, scores, strict=True)))
+        return _answer(settings, models, query, shortlist, reader)
+    except ImageSearchError:
+        raise  # the query's own fault (only "-" terms), said the same on either path
+    except (sqlite3.Error, ValueError) as exc:  # ValueError: a damaged vector
+        log.info("the catalog cannot be read at once (%s): opening the library", exc)
+        return None
     finally:
         reader.close()
+
+
+def _answer(settings: Settings, models: ModelManager, query: Query, shortlist: int | None,
+            reader: CatalogReader) -> list[SearchHit] | None:
+    model_id = models.model_id
+    if reader.vector_codec_digest(model_id) is not None:
+        return None  # a compact library: its codes are decoded by the full path
+    generation = reader.generation()  # before the file, as VectorStore reads them
+    try:
+        index = load_saved(index_path(settings.index_dir, model_id)).index
+    except IndexFileError:
+        return None  # none yet, or unreadable: the full path rebuilds it
+    reason = mismatch(index, model_id, generation, lambda: reader.vector_ids(model_id),
+                      lambda ids: reader.vectors_of(model_id, ids))
+    if reason is not None:
+        log.info("the index file cannot answer at once (%s): opening the library", reason)
+        return None
+    vector = query_vector(models.encoder(), query)
+    allowed = reader.ids_under(query.folder) if query.folder is not None else None
+    k = max(shortlist or settings.shortlist, query.top_k, 1)
+    ids, scores = search_index(index, vector, k, allowed)
+    found = list(zip(ids, scores, strict=True))[:query.top_k]
+    return hits_of(found, reader.photos([i for i, _ in found]),
+                   dict(zip(ids, scores, strict=True)))

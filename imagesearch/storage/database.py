@@ -12,7 +12,7 @@ from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from imagesearch.errors import CatalogError, CatalogTooNew
-from imagesearch.storage.catalog_reads import HEAD_REVISION, schema_revision
+from imagesearch.storage.catalog_reads import HEAD_REVISION, MIN_SQLITE, schema_revision
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,6 @@ def _on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
-
-
-# The catalog's batched upsert uses RETURNING (SQLite 3.35, March 2021).
-MIN_SQLITE = (3, 35, 0)
 
 
 def check_sqlite() -> None:
