@@ -260,3 +260,15 @@ def test_the_command_exits_with_the_errors_code(indexed: Path) -> None:
                            "entry()", "search", "--", "-cup"], capture_output=True,
                           text=True, timeout=120, env=os.environ.copy())
     assert done.returncode == 1 and "not only '-' terms" in done.stderr
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(indexed: Path) -> None:
+    """`imagesearch search cat -k 500 | head -3`: the pipe closes while hits are printed."""
+    script = ("import imagesearch.cli.main as m\n"
+              "def printing(*_):\n"
+              "    raise BrokenPipeError(32, 'Broken pipe')\n"
+              "m._answered_at_once = printing\n"
+              "m.entry()\n")
+    done = subprocess.run([sys.executable, "-c", script, "search", "a", "cup"],
+                          capture_output=True, text=True, timeout=120, env=_buffered())
+    assert done.returncode == 0 and not done.stderr

@@ -252,7 +252,7 @@ def _leave_now(code: int) -> NoReturn:
         if sys.stdout is not None:  # None: no console (a windowed build)
             sys.stdout.flush()
     except BrokenPipeError:
-        pass
+        pass  # `| head`, as above
     except ValueError:
         pass  # closed by the caller
     except OSError as exc:  # a full disk, an I/O error: the hits are lost
@@ -317,6 +317,18 @@ def _run_command(args: argparse.Namespace, cancel: threading.Event) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader stopped reading (`imagesearch search cat -k 500 | head -3`): how a
+        # pipe ends, not an error. What is still buffered goes nowhere, quietly.
+        _discard_stdout()
+        return 0
+
+
+def _discard_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":
