@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import multiprocessing
-import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from imagesearch import __version__
+from imagesearch.cli.exiting import EXIT_ERROR, discard_stdout, flush_output, leave_now, reader_gone
 from imagesearch.errors import ImageSearchError
 
 if TYPE_CHECKING:
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from imagesearch.services.context import AppContext
     from imagesearch.services.models import ModelManager
 
-EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -232,46 +230,17 @@ def _context(args: argparse.Namespace, models: ModelManager | None = None) -> Ap
 
 
 def entry() -> None:
-    """The `imagesearch` command: `main`, then leave at once when a search is answered."""
+    """The `imagesearch` command: `main` as the process's own (cli/exiting.py)."""
     sys.exit(main(leave_when_done=True))
-
-
-def _leave_now(code: int) -> NoReturn:
-    """End the process without tearing the interpreter down.
-
-    A search has printed its hits and closed the catalog, and nothing of it is left to
-    write; freeing the modules and objects it loaded (the ONNX Runtime session, FAISS,
-    SQLAlchemy when the library was opened in full) would only keep the shell waiting:
-    0.1-0.3 s on 2 cores (README, "Using the CLI").
-
-    Output that cannot be written is an error, as Python's own exit makes it, except a
-    reader that stopped reading (``| head``): that is how a pipe ends.
-    """
-    logging.shutdown()
-    try:
-        if sys.stdout is not None:  # None: no console (a windowed build)
-            sys.stdout.flush()
-    except BrokenPipeError:
-        pass  # `| head`, as above
-    except ValueError:
-        pass  # closed by the caller
-    except OSError as exc:  # a full disk, an I/O error: the hits are lost
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            print(f"imagesearch: error: cannot write the results: {exc.strerror or exc}",
-                  file=sys.stderr)
-        code = code or EXIT_ERROR
-    if sys.stderr is not None:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.flush()
-    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None, *, leave_when_done: bool = False) -> int:
     """Run one command; returns its exit code.
 
     Args:
-        leave_when_done: after a search, end the process at once (the console command);
-            False where the caller goes on (tests, embedding).
+        leave_when_done: the command's own process (the console command): it ends at
+            once after a search, and a reader that stopped reading its output ends it
+            quietly; False where the caller goes on (tests, embedding).
     """
     # In a frozen build this executable is also what the decode pool spawns: a child
     # must run its worker here, before argparse sees the arguments it was started with.
@@ -295,11 +264,28 @@ def main(argv: Sequence[str] | None = None, *, leave_when_done: bool = False) ->
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         code = _run_command(args, cancel)
+    except OSError as exc:
+        if not (leave_when_done and reader_gone(exc)):
+            raise
+        # The reader stopped reading while the output was printed (`imagesearch search
+        # cat -k 500 | head -3`): no traceback; what is still buffered goes nowhere.
+        discard_stdout()
+        code = _when_reader_gone(args)
     finally:
         signal.signal(signal.SIGINT, previous)
-    if leave_when_done and args.command == "search":
-        _leave_now(code)
+    if leave_when_done:
+        if args.command == "search":
+            leave_now(code, _when_reader_gone(args))
+        code = flush_output(code, _when_reader_gone(args))
     return code
+
+
+def _when_reader_gone(args: argparse.Namespace) -> int:
+    """The exit code when the output's reader has gone: none is an error for a command
+    that only prints; any other command (indexing, watching) stopped short of its work."""
+    prints_only = args.command in ("search", "status") or (
+        args.command == "models" and getattr(args, "models_command", None) == "list")
+    return 0 if prints_only else EXIT_ERROR
 
 
 def _run_command(args: argparse.Namespace, cancel: threading.Event) -> int:
@@ -317,18 +303,6 @@ def _run_command(args: argparse.Namespace, cancel: threading.Event) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader stopped reading (`imagesearch search cat -k 500 | head -3`): how a
-        # pipe ends, not an error. What is still buffered goes nowhere, quietly.
-        _discard_stdout()
-        return 0
-
-
-def _discard_stdout() -> None:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,15 @@ damaged): the full path meets the same trouble and reports it in its own words.
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from imagesearch.config import Settings
 from imagesearch.core.vector_index import load_saved
 from imagesearch.domain import Query, SearchHit
-from imagesearch.errors import ImageSearchError, IndexFileError
+from imagesearch.errors import IndexFileError
 from imagesearch.services.models import ModelManager
 from imagesearch.services.searching import hits_of, query_vector, search_index
 from imagesearch.services.vector_store import index_path, mismatch
-from imagesearch.storage.catalog_reads import CatalogReader
+from imagesearch.storage.catalog_reads import CatalogReader, UnreadableCatalog
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,7 @@ def answer_description(settings: Settings, models: ModelManager, query: Query,
         return None
     try:
         return _answer(settings, models, query, shortlist, reader)
-    except ImageSearchError:
-        raise  # the query's own fault (only "-" terms), said the same on either path
-    except (sqlite3.Error, ValueError) as exc:  # ValueError: a damaged vector
+    except UnreadableCatalog as exc:  # only the reads: a fault elsewhere is not hidden
         log.info("the catalog cannot be read at once (%s): opening the library", exc)
         return None
     finally:

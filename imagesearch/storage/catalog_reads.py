@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -170,6 +170,13 @@ def _uri(path: PurePath) -> str:
     return uri + "?mode=rw"
 
 
+class UnreadableCatalog(Exception):
+    """``CatalogReader`` could not read the catalog: locked past its timeout, damaged."""
+
+
+_T = TypeVar("_T")
+
+
 class CatalogReader:
     """A catalog opened for reading only, through the standard library's sqlite3.
 
@@ -189,7 +196,9 @@ class CatalogReader:
         if sqlite3.sqlite_version_info < MIN_SQLITE or not path.is_file():
             return None  # (an old SQLite: the full open says what to do)
         try:
-            conn = sqlite3.connect(_uri(path), uri=True, timeout=10.0)
+            # A lock held past a second (rare in WAL mode) hands the search to the full
+            # open, which waits its own 10 s and says so if it must.
+            conn = sqlite3.connect(_uri(path), uri=True, timeout=1.0)
         except (sqlite3.Error, OSError, ValueError):
             return None
         try:
@@ -203,20 +212,33 @@ class CatalogReader:
     def close(self) -> None:
         self._conn.close()
 
+    def _read(self, read: Callable[..., _T], *args: Any) -> _T:
+        try:
+            return read(self._conn, *args)
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a damaged row
+            raise UnreadableCatalog(str(exc)) from exc
+
+    # Each raises UnreadableCatalog when the file cannot be read.
+
     def generation(self) -> int:
-        return generation(self._conn)
+        return self._read(generation)
 
     def photos(self, ids: Sequence[int]) -> dict[int, PhotoRecord]:
-        return photos(self._conn, ids)
+        return self._read(photos, ids)
 
     def ids_under(self, folder: Path) -> np.ndarray:
-        return ids_under(self._conn, folder)
+        return self._read(ids_under, folder)
 
     def vector_ids(self, model: str) -> np.ndarray:
-        return vector_ids(self._conn, model)
+        return self._read(vector_ids, model)
 
     def vectors_of(self, model: str, ids: np.ndarray) -> np.ndarray:
-        return vectors_of(self._conn, model, ids)
+        """float32 vectors of ``ids``, in that order.
+
+        Raises:
+            KeyError: one of ``ids`` has no vector (the catalog changed meanwhile).
+        """
+        return self._read(vectors_of, model, ids)
 
     def vector_codec_digest(self, model: str) -> str | None:
-        return vector_codec_digest(self._conn, model)
+        return self._read(vector_codec_digest, model)
