@@ -540,3 +540,37 @@ def test_the_weight_free_shortlist_is_written_only_when_changed(tmp_path: Path) 
     settings.with_changes(weight_free_shortlist=400).save()
     assert json.loads((tmp_path / "settings.json").read_text())["weight_free_shortlist"] == 400
     assert Settings.load(tmp_path).weight_free_shortlist == 400
+
+
+def test_a_cold_search_checks_a_compact_index_file_through_the_codes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick path (services/quick_search.py) compares the file with the catalog's
+    codes decoded, as VectorStore does, and hands a stale file to the full path."""
+    from imagesearch.core import index_family
+    from imagesearch.services.quick_search import current_index
+    from imagesearch.storage.catalog_reads import CatalogReader
+
+    monkeypatch.setattr(stored_vectors, "TRAIN_MIN", 300)
+    monkeypatch.setattr(index_family, "IVF_MIN", 500)
+    lib = Library(tmp_path)
+    _photos(lib, 1200)
+    assert StoredVectors(lib.catalog, MODEL).compress()
+    store = lib.store(background=False)
+    assert store.index() is not None
+    store._touched = True
+    assert store.upgrade_now()
+    store.close()
+    reader = CatalogReader.open(tmp_path / "catalog.sqlite3")
+    assert reader is not None
+    try:
+        index = current_index(reader, tmp_path / "index", MODEL)
+        assert index is not None and index.family == IVF_PQ and len(index) == 1200
+        codec = StoredVectors(lib.catalog, MODEL).codec()
+        assert codec is not None
+        lib.catalog.store(MODEL, [PhotoUpdate(tmp_path / "photos" / "new.jpg", lib.folder,
+                                              1, 1.0, "f" * 32,
+                                              vector=codec.encode(_clustered(1, seed=9))[0])])
+        assert current_index(reader, tmp_path / "index", MODEL) is None  # behind now
+    finally:
+        reader.close()
+        lib.catalog.close()

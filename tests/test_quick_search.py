@@ -124,9 +124,9 @@ def test_a_stale_or_missing_index_file_is_left_to_the_full_path(
     assert answers[-1] is None and capsys.readouterr().out == expected
 
 
-def test_a_compact_library_is_left_to_the_full_path(indexed: Path, answers: list[object],
-                                                    capsys: pytest.CaptureFixture[str]
-                                                    ) -> None:
+def test_a_damaged_codec_is_left_to_the_full_path(indexed: Path, answers: list[object],
+                                                  capsys: pytest.CaptureFixture[str]
+                                                  ) -> None:
     with sqlite3.connect(indexed / "catalog.sqlite3") as conn:
         conn.execute("INSERT INTO vector_codecs (model, code_size, digest, data) "
                      "VALUES (?, 128, 'x', x'00')", (json.loads(

@@ -7,23 +7,31 @@ full (SQLAlchemy, every service) costs such a query about 0.2 s of its 0.8 on 2 
 functions the app's ``SearchService`` uses, so the hits are the same.
 
 It answers only when nothing needs more than reading: the catalog at the current schema,
-float16 vectors (a compact library's codes need their codec), the model's weights
-installed, and an index file that holds what the catalog does. Anything else returns
-None, and the caller opens the library in full, which migrates, rebuilds or says what is
-wrong as it always has. So does a catalog this cannot read (locked past its timeout,
-damaged): the full path meets the same trouble and reports it in its own words.
+the model's weights installed, and an index file that holds what the catalog does (a
+compact library's codes decoded with its codec for that check, as ``StoredVectors`` does).
+Anything else returns None, and the caller opens the library in full, which migrates,
+rebuilds or says what is wrong as it always has. So does a catalog this cannot read
+(locked past its timeout, damaged): the full path meets the same trouble and reports it
+in its own words.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 
 from imagesearch.config import Settings
-from imagesearch.core.vector_index import load_saved
+from imagesearch.core.vector_codec import VectorCodec
+from imagesearch.core.vector_index import VectorIndex, load_saved
 from imagesearch.domain import Query, SearchHit
-from imagesearch.errors import IndexFileError
+from imagesearch.errors import CatalogError, IndexFileError
 from imagesearch.services.models import ModelManager
 from imagesearch.services.searching import hits_of, query_vector, search_index
+from imagesearch.services.stored_vectors import decoded
 from imagesearch.services.vector_store import index_path, mismatch
 from imagesearch.storage.catalog_reads import CatalogReader, UnreadableCatalog
 
@@ -55,20 +63,47 @@ def answer_description(settings: Settings, models: ModelManager, query: Query,
         reader.close()
 
 
-def _answer(settings: Settings, models: ModelManager, query: Query, shortlist: int | None,
-            reader: CatalogReader) -> list[SearchHit] | None:
-    model_id = models.model_id
-    if reader.vector_codec_digest(model_id) is not None:
-        return None  # a compact library: its codes are decoded by the full path
+def current_index(reader: CatalogReader, index_dir: Path, model_id: str
+                  ) -> VectorIndex | None:
+    """The model's index file when it holds what the catalog does, else None (none yet,
+    unreadable, or behind the catalog: the full path rebuilds it).
+
+    Raises:
+        UnreadableCatalog: the catalog could not be read.
+    """
+    digest = reader.vector_codec_digest(model_id)
+    stored: Callable[[np.ndarray], np.ndarray]
+    if digest is None:
+        stored = functools.partial(reader.vectors_of, model_id)
+    else:  # a compact library: its codes, decoded as StoredVectors decodes them
+        row = reader.vector_codec(model_id)
+        if row is None or row[2] != digest:
+            return None  # coded or made standard meanwhile
+        try:
+            codec = VectorCodec.from_bytes(row[1])
+        except CatalogError:
+            return None  # damaged: the full path says what to do
+        def stored(ids: np.ndarray) -> np.ndarray:
+            return decoded(codec, reader.vectors_of(model_id, ids, codec.parts))
     generation = reader.generation()  # before the file, as VectorStore reads them
     try:
-        index = load_saved(index_path(settings.index_dir, model_id)).index
+        index = load_saved(index_path(index_dir, model_id)).index
     except IndexFileError:
-        return None  # none yet, or unreadable: the full path rebuilds it
+        return None
     reason = mismatch(index, model_id, generation, lambda: reader.vector_ids(model_id),
-                      lambda ids: reader.vectors_of(model_id, ids))
+                      stored)
+    if reason is None and reader.vector_codec_digest(model_id) != digest:
+        reason = "the vectors changed kind while they were compared"
     if reason is not None:
         log.info("the index file cannot answer at once (%s): opening the library", reason)
+        return None
+    return index
+
+
+def _answer(settings: Settings, models: ModelManager, query: Query, shortlist: int | None,
+            reader: CatalogReader) -> list[SearchHit] | None:
+    index = current_index(reader, settings.index_dir, models.model_id)
+    if index is None:
         return None
     vector = query_vector(models.encoder(), query)
     allowed = reader.ids_under(query.folder) if query.folder is not None else None

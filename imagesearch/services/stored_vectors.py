@@ -87,7 +87,7 @@ class StoredVectors:
             if codec is None:
                 return self.catalog.vectors(self.model_id)
             ids, codes = self.catalog.vectors(self.model_id, codec.parts)
-            return ids, _decoded(codec, codes)
+            return ids, decoded(codec, codes)
         return self._read(read)
 
     def of(self, ids: np.ndarray) -> np.ndarray:
@@ -95,7 +95,7 @@ class StoredVectors:
         def read(codec: VectorCodec | None) -> np.ndarray:
             if codec is None:
                 return self.catalog.vectors_of(self.model_id, ids)
-            return _decoded(codec, self.catalog.vectors_of(self.model_id, ids, codec.parts))
+            return decoded(codec, self.catalog.vectors_of(self.model_id, ids, codec.parts))
         return self._read(read)
 
     def one(self, photo_id: int) -> np.ndarray | None:
@@ -157,7 +157,8 @@ class StoredVectors:
         return coded > 0
 
 
-def _decoded(codec: VectorCodec, codes: np.ndarray) -> np.ndarray:
+def decoded(codec: VectorCodec, codes: np.ndarray) -> np.ndarray:
+    """float32 vectors of rows of ``codec``'s codes (none: an empty array of its width)."""
     if not len(codes):
         return np.zeros((0, codec.dim), np.float32)
     return codec.decode(codes)

@@ -465,10 +465,7 @@ class Catalog:
     def vector_codec(self, model: str) -> tuple[int, bytes, str] | None:
         """(code size, codec bytes, their digest) of ``model``'s vectors when they are
         product codes."""
-        with self._sessions() as s:
-            row = s.get(VectorCodecRow, model)
-            return None if row is None else (int(row.code_size), bytes(row.data),
-                                             str(row.digest))
+        return self._read(reads.vector_codec, model)
 
     def vector_codec_digest(self, model: str) -> str | None:
         """The digest of ``model``'s codec (None: float16 vectors), without its bytes."""

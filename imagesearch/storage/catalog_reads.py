@@ -147,6 +147,14 @@ def vectors_of(conn: Any, model: str, ids: np.ndarray, code_size: int = 0) -> np
     return stacked if code_size else stacked.astype(np.float32)
 
 
+def vector_codec(conn: Any, model: str) -> tuple[int, bytes, str] | None:
+    """(code size, codec bytes, their digest) of ``model``'s vectors when they are
+    product codes."""
+    found = _rows(conn, "SELECT code_size, data, digest FROM vector_codecs WHERE model = ?",
+                  (model,))
+    return (int(found[0][0]), bytes(found[0][1]), str(found[0][2])) if found else None
+
+
 def vector_codec_digest(conn: Any, model: str) -> str | None:
     """The digest of ``model``'s codec (None: float16 vectors), without its bytes."""
     found = _rows(conn, "SELECT digest FROM vector_codecs WHERE model = ?", (model,))
@@ -232,13 +240,16 @@ class CatalogReader:
     def vector_ids(self, model: str) -> np.ndarray:
         return self._read(vector_ids, model)
 
-    def vectors_of(self, model: str, ids: np.ndarray) -> np.ndarray:
-        """float32 vectors of ``ids``, in that order.
+    def vectors_of(self, model: str, ids: np.ndarray, code_size: int = 0) -> np.ndarray:
+        """float32 vectors of ``ids``, in that order; with ``code_size`` their codes.
 
         Raises:
             KeyError: one of ``ids`` has no vector (the catalog changed meanwhile).
         """
-        return self._read(vectors_of, model, ids)
+        return self._read(vectors_of, model, ids, code_size)
+
+    def vector_codec(self, model: str) -> tuple[int, bytes, str] | None:
+        return self._read(vector_codec, model)
 
     def vector_codec_digest(self, model: str) -> str | None:
         return self._read(vector_codec_digest, model)
