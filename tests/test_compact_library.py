@@ -5,6 +5,7 @@ codes, and made standard again by turning the codes back into float16."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -565,6 +566,21 @@ def test_a_cold_search_checks_a_compact_index_file_through_the_codes(
     try:
         index = current_index(reader, tmp_path / "index", MODEL)
         assert index is not None and index.family == IVF_PQ and len(index) == 1200
+        # Another process codes the library again (or makes it standard) while the file
+        # is compared: its vectors change kind under the reads, and the full path answers.
+        real = reader.vector_codec_digest
+        calls = iter(range(10))
+        monkeypatch.setattr(reader, "vector_codec_digest",
+                            lambda model: real(model) if next(calls) < 1 else "another")
+        assert current_index(reader, tmp_path / "index", MODEL) is None
+        monkeypatch.setattr(reader, "vector_codec_digest", real)
+        # Other codes at the same generation (a file that claims it): the decoded
+        # vectors differ from the file's, as the full path would find.
+        with sqlite3.connect(tmp_path / "catalog.sqlite3") as conn:
+            conn.execute("UPDATE embeddings SET vector = (SELECT vector FROM embeddings "
+                         "ORDER BY photo_id DESC LIMIT 1)")
+        assert current_index(reader, tmp_path / "index", MODEL) is None
+        assert lib.reopened()[1] is not None  # the full path rebuilds it too
         codec = StoredVectors(lib.catalog, MODEL).codec()
         assert codec is not None
         lib.catalog.store(MODEL, [PhotoUpdate(tmp_path / "photos" / "new.jpg", lib.folder,

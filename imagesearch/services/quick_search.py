@@ -72,9 +72,9 @@ def current_index(reader: CatalogReader, index_dir: Path, model_id: str
         UnreadableCatalog: the catalog could not be read.
     """
     digest = reader.vector_codec_digest(model_id)
-    stored: Callable[[np.ndarray], np.ndarray]
+    read: Callable[[np.ndarray], np.ndarray]
     if digest is None:
-        stored = functools.partial(reader.vectors_of, model_id)
+        read = functools.partial(reader.vectors_of, model_id)
     else:  # a compact library: its codes, decoded as StoredVectors decodes them
         row = reader.vector_codec(model_id)
         if row is None or row[2] != digest:
@@ -83,8 +83,24 @@ def current_index(reader: CatalogReader, index_dir: Path, model_id: str
             codec = VectorCodec.from_bytes(row[1])
         except CatalogError:
             return None  # damaged: the full path says what to do
-        def stored(ids: np.ndarray) -> np.ndarray:
+
+        def read(ids: np.ndarray) -> np.ndarray:
             return decoded(codec, reader.vectors_of(model_id, ids, codec.parts))
+
+    def stored(ids: np.ndarray) -> np.ndarray:
+        """``read``, valid only while the vectors keep the kind they had: another process
+        coding the library, or making it standard, makes them unreadable as before
+        (KeyError: ``mismatch`` then says the catalog changed)."""
+        try:
+            values = read(ids)
+        except ValueError as exc:
+            if reader.vector_codec_digest(model_id) != digest:
+                raise KeyError("the vectors changed kind while they were read") from exc
+            raise UnreadableCatalog(f"a damaged vector: {exc}") from exc
+        if reader.vector_codec_digest(model_id) != digest:
+            raise KeyError("the vectors changed kind while they were read")
+        return values
+
     generation = reader.generation()  # before the file, as VectorStore reads them
     try:
         index = load_saved(index_path(index_dir, model_id)).index
@@ -92,8 +108,6 @@ def current_index(reader: CatalogReader, index_dir: Path, model_id: str
         return None
     reason = mismatch(index, model_id, generation, lambda: reader.vector_ids(model_id),
                       stored)
-    if reason is None and reader.vector_codec_digest(model_id) != digest:
-        reason = "the vectors changed kind while they were compared"
     if reason is not None:
         log.info("the index file cannot answer at once (%s): opening the library", reason)
         return None
