@@ -17,9 +17,10 @@ from sqlalchemy import select
 
 import imagesearch.cli.main as cli_main
 from imagesearch.cli.main import main
+from imagesearch.domain import PhotoRecord, PhotoStatus
 from imagesearch.errors import QueryError
 from imagesearch.services import quick_search
-from imagesearch.storage.catalog import Catalog, PhotoUpdate, _record
+from imagesearch.storage.catalog import Catalog, PhotoUpdate
 from imagesearch.storage.catalog_reads import CatalogReader, _uri
 from imagesearch.storage.database import open_catalog_engine
 from imagesearch.storage.schema import PhotoRow
@@ -180,11 +181,17 @@ def test_plain_reads_match_what_the_orm_maps(tmp_path: Path) -> None:
                         captured_at=datetime(2023, 1, 2, 3, 4, 5, 678901),
                         vector=np.full(4, 0.5, np.float32))])
         with catalog._sessions() as s:
-            mapped = {row.id: _record(row) for row in s.scalars(select(PhotoRow))}
+            mapped = {row.id: PhotoRecord(
+                id=row.id, path=row.path, folder_id=row.folder_id, size=row.size,
+                mtime=row.mtime, content_hash=row.content_hash, width=row.width,
+                height=row.height, format=row.format, captured_at=row.captured_at,
+                status=PhotoStatus(row.status), error=row.error)
+                for row in s.scalars(select(PhotoRow))}
         reader = CatalogReader.open(tmp_path / "catalog.sqlite3")
         assert reader is not None
         try:
             assert reader.photos([*ids, 999]) == mapped == catalog.photos(ids)
+            assert catalog.failures() == [mapped[ids[1]]]  # the same SQL, by path
             assert reader.ids_under(weird.parent).tolist() == [ids[0]]
             assert reader.generation() == catalog.generation() > 0
             with_vectors = [ids[0], ids[2]]

@@ -376,10 +376,7 @@ class Catalog:
         return self._read(reads.photo_by_path, path)
 
     def failures(self, limit: int = 1000) -> list[PhotoRecord]:
-        with self._sessions() as s:
-            rows = s.scalars(select(PhotoRow).where(PhotoRow.status == PhotoStatus.FAILED.value)
-                             .order_by(PhotoRow.path).limit(limit))
-            return [_record(r) for r in rows]
+        return self._read(reads.failures, limit)
 
     def ids_under(self, folder: Path) -> np.ndarray:
         return self._read(reads.ids_under, folder)
@@ -802,10 +799,3 @@ def _utc(moment: datetime | None) -> datetime | None:
     """The catalog stores naive UTC; readers get it marked as UTC, never taken for local."""
     return None if moment is None else moment.replace(tzinfo=UTC)
 
-
-def _record(row: PhotoRow) -> PhotoRecord:
-    return PhotoRecord(
-        id=row.id, path=row.path, folder_id=row.folder_id, size=row.size, mtime=row.mtime,
-        content_hash=row.content_hash, width=row.width, height=row.height, format=row.format,
-        captured_at=row.captured_at, status=PhotoStatus(row.status), error=row.error,
-    )

@@ -86,6 +86,13 @@ def photo_by_path(conn: Any, path: Path) -> PhotoRecord | None:
     return photo_record(found[0]) if found else None
 
 
+def failures(conn: Any, limit: int) -> list[PhotoRecord]:
+    """The failed photos, by path, at most ``limit``."""
+    return [photo_record(row) for row in _rows(
+        conn, f"SELECT {_PHOTO_COLUMNS} FROM photos WHERE status = ? ORDER BY path LIMIT ?",
+        (PhotoStatus.FAILED.value, limit))]
+
+
 def photo_record(row: Sequence[Any]) -> PhotoRecord:
     """A ``photos`` row (the columns of ``_PHOTO_COLUMNS``, in order) as a record."""
     (pid, path, folder_id, size, mtime, content_hash, width, height, fmt, captured_at,
